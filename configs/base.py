@@ -1,0 +1,64 @@
+"""The shared config schema: every experiment config starts from `get_base_config()` and edits it.
+
+Sections: model, mesh, data, optim, train, checkpoint, eval. Anything here can be overridden on the
+command line: `python -m marco_jax.train --config configs/x.py --config.optim.peak_lr=3e-5`.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "tiny"  # a key of marco_jax.model.config.PRESETS
+    c.model.hf_config = ""  # a HF config.json path: overrides the preset's architecture
+    c.model.overrides = ml_collections.ConfigDict()  # e.g. num_hidden_layers=4
+    c.model.param_dtype = "float32"
+    c.model.dtype = "float32"  # bfloat16 on TPU/GPU
+    c.model.remat_policy = "none"
+    c.model.scan_layers = True
+    c.model.attention_impl = "xla"
+
+    c.mesh = ml_collections.ConfigDict()
+    # In-slice (ICI) sizes per axis; -1 means "the rest of the devices". DCN sizes are the
+    # across-slice factors (multi-slice); their product is the number of slices.
+    c.mesh.ici = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    c.mesh.dcn = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
+
+    c.data = ml_collections.ConfigDict()
+    c.data.mixture = "demo"  # a registered seqio mixture name
+    c.data.seq_len = 256
+    c.data.global_batch_size = 8
+    c.data.seed = 0
+    c.data.temperature = 3.0
+    c.data.sources_dir = ""  # root of local/gs:// shards; empty: the package's sample corpus
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.peak_lr = 1e-5
+    c.optim.end_lr_ratio = 0.1
+    c.optim.warmup_steps = 100
+    c.optim.schedule = "cosine"  # cosine | linear | constant
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.1
+    c.optim.clip_norm = 1.0
+    c.optim.grad_accum_steps = 1
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1000
+    c.train.seed = 0
+    c.train.init_from = ""  # an Orbax checkpoint made by `python -m marco_jax.convert`
+    c.train.log_every = 10
+    c.train.eval_every = 0
+    c.train.max_bad_steps = 10  # NaN/Inf steps skipped before the run stops
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 500
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batches = 4
+    return c

@@ -1,0 +1,308 @@
+"""Qwen2 decoder in Flax NNX, named like Hugging Face's `Qwen2ForCausalLM` to ease conversion.
+
+Layout choices (one home for each; `convert/` maps HF tensors onto exactly these shapes):
+- Linear kernels are stored input-major (`x @ kernel`), attention kernels split heads out:
+  q_proj.kernel [embed, heads, head_dim], k/v_proj.kernel [embed, kv_heads, head_dim],
+  o_proj.kernel [heads, head_dim, embed]. Splitting heads lets the sharding rules shard on whole
+  heads rather than on a flattened heads*head_dim axis.
+- Decoder layers are stored stacked: every layer parameter has a leading `layers` axis. The
+  forward pass runs them with `jax.lax.scan` (fast compiles at 80 layers) or, with
+  `scan_layers=False`, as an unrolled loop over the same stacked parameters, so the checkpoint
+  layout never depends on that switch.
+- Every parameter carries `logical_axes` metadata; `marco_jax.parallel` maps those names to mesh
+  axes. Names: vocab, embed, heads, kv_heads, head_dim, mlp, layers, norm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from marco_jax.model.config import Qwen2Config
+from marco_jax.model.kv_cache import KVCache
+
+# Finite, so fully-masked rows (padding queries) give a uniform softmax instead of NaN.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _param(rngs: nnx.Rngs | None, init: Callable, shape: tuple[int, ...], axes: tuple[str, ...],
+           config: Qwen2Config, num_layers: int | None) -> nnx.Param:
+    if num_layers is not None:
+        shape, axes = (num_layers, *shape), ("layers", *axes)
+    key = rngs.params() if rngs is not None else jax.random.key(0)
+    return nnx.Param(init(key, shape, config.jnp_param_dtype), logical_axes=axes)
+
+
+def _normal(stddev: float) -> Callable:
+    return jax.nn.initializers.normal(stddev)
+
+
+class Linear(nnx.Module):
+    """`y = x @ kernel (+ bias)`, contracting the first `contract_dims` kernel axes with the
+    last axes of x; the remaining kernel axes (e.g. heads, head_dim) are the output axes."""
+
+    def __init__(self, kernel_shape: tuple[int, ...], axes: tuple[str, ...], config: Qwen2Config,
+                 rngs: nnx.Rngs, *, contract_dims: int = 1, use_bias: bool = False,
+                 num_layers: int | None = None):
+        self.contract_dims = contract_dims
+        self.kernel = _param(rngs, _normal(config.initializer_range), kernel_shape, axes, config,
+                             num_layers)
+        self.bias = (_param(rngs, jax.nn.initializers.zeros, kernel_shape[contract_dims:],
+                            axes[contract_dims:], config, num_layers) if use_bias else None)
+        self.dtype = config.jnp_dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel.value.astype(self.dtype)
+        contract = "abcd"[: self.contract_dims]
+        out = "wxyz"[: kernel.ndim - self.contract_dims]
+        y = jnp.einsum(f"...{contract},{contract}{out}->...{out}", x.astype(self.dtype), kernel)
+        if self.bias is not None:
+            y = y + self.bias.value.astype(self.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    def __init__(self, config: Qwen2Config, rngs: nnx.Rngs):
+        self.embedding = _param(rngs, _normal(config.initializer_range),
+                                (config.vocab_size, config.hidden_size), ("vocab", "embed"),
+                                config, None)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding.value, tokens, axis=0)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, config: Qwen2Config, rngs: nnx.Rngs, num_layers: int | None = None):
+        self.scale = _param(rngs, jax.nn.initializers.ones, (config.hidden_size,), ("norm",),
+                            config, num_layers)
+        self.eps = config.rms_norm_eps
+        self.dtype = config.jnp_dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # As HF: normalise in fp32, cast back, then scale in the compute dtype.
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale.value.astype(self.dtype) * x32.astype(self.dtype)
+
+
+def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [batch, len, head_dim] in the rotate-half layout HF uses."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x: [batch, len, heads, head_dim]; rotate-half RoPE, matching HF without permuting weights."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+def attention_mask(q_segment: jax.Array, kv_segment: jax.Array, q_slot: jax.Array,
+                   kv_slot: jax.Array) -> jax.Array:
+    """[batch, q_len, kv_len] bool: same document, real key, and causal by slot index."""
+    same_doc = q_segment[:, :, None] == kv_segment[:, None, :]
+    causal = kv_slot[None, None, :] <= q_slot[None, :, None]
+    return same_doc & (kv_segment[:, None, :] != 0) & causal
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str) -> jax.Array:
+    """q [B,T,H,D], k/v [B,S,K,D] with H a multiple of K (grouped-query attention)."""
+    if impl == "dot_product_attention":
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
+    b, t, h, d = q.shape
+    groups = h // k.shape[2]
+    qg = q.reshape(b, t, k.shape[2], groups, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: Qwen2Config, rngs: nnx.Rngs, num_layers: int | None = None):
+        h, d = config.hidden_size, config.dim_per_head
+        nh, nkv = config.num_attention_heads, config.num_key_value_heads
+        self.q_proj = Linear((h, nh, d), ("embed", "heads", "head_dim"), config, rngs,
+                             use_bias=True, num_layers=num_layers)
+        self.k_proj = Linear((h, nkv, d), ("embed", "kv_heads", "head_dim"), config, rngs,
+                             use_bias=True, num_layers=num_layers)
+        self.v_proj = Linear((h, nkv, d), ("embed", "kv_heads", "head_dim"), config, rngs,
+                             use_bias=True, num_layers=num_layers)
+        self.o_proj = Linear((nh, d, h), ("heads", "head_dim", "embed"), config, rngs,
+                             contract_dims=2, num_layers=num_layers)
+        self.head_dim, self.theta = d, config.rope_theta
+        self.impl = config.attention_impl
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
+                 cache_kv: tuple[jax.Array, jax.Array] | None, cache_segment_ids: jax.Array | None,
+                 start: jax.Array | None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        q = apply_rope(self.q_proj(x), cos, sin)
+        k = apply_rope(self.k_proj(x), cos, sin)
+        v = self.v_proj(x)
+        q = checkpoint_name(q, "query_proj")
+        k = checkpoint_name(k, "key_proj")
+        v = checkpoint_name(v, "value_proj")
+        t = x.shape[1]
+        if cache_kv is None:
+            slots = jnp.arange(t)
+            mask = attention_mask(segment_ids, segment_ids, slots, slots)
+            new_cache = None
+        else:
+            ck, cv = cache_kv
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), start, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), start, axis=1)
+            new_cache = (k, v)
+            mask = attention_mask(segment_ids, cache_segment_ids, start + jnp.arange(t),
+                                  jnp.arange(k.shape[1]))
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+        out = _attend(q, k, v, mask, self.impl)
+        return self.o_proj(out), new_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: Qwen2Config, rngs: nnx.Rngs, num_layers: int | None = None):
+        h, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = Linear((h, f), ("embed", "mlp"), config, rngs, num_layers=num_layers)
+        self.up_proj = Linear((h, f), ("embed", "mlp"), config, rngs, num_layers=num_layers)
+        self.down_proj = Linear((f, h), ("mlp", "embed"), config, rngs, num_layers=num_layers)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: Qwen2Config, rngs: nnx.Rngs, num_layers: int | None = None):
+        self.input_layernorm = RMSNorm(config, rngs, num_layers)
+        self.self_attn = Attention(config, rngs, num_layers)
+        self.post_attention_layernorm = RMSNorm(config, rngs, num_layers)
+        self.mlp = MLP(config, rngs, num_layers)
+
+    def __call__(self, x, cos, sin, segment_ids, cache_kv, cache_segment_ids, start):
+        attn, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids,
+                                         cache_kv, cache_segment_ids, start)
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, new_cache
+
+
+def _remat(fn: Callable, policy: str) -> Callable:
+    if policy == "none":
+        return fn
+    policies = {
+        "full": None,
+        "dots": jax.checkpoint_policies.checkpoint_dots,
+        "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(
+            "query_proj", "key_proj", "value_proj"),
+    }
+    return jax.checkpoint(fn, policy=policies[policy], prevent_cse=False)
+
+
+class Qwen2Model(nnx.Module):
+    def __init__(self, config: Qwen2Config, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = Embed(config, rngs)
+        self.layers = DecoderLayer(config, rngs, num_layers=config.num_hidden_layers)
+        self.norm = RMSNorm(config, rngs)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        cfg = self.config
+        x = self.embed_tokens(tokens).astype(cfg.jnp_dtype)
+        cos, sin = rope_cos_sin(positions, cfg.dim_per_head, cfg.rope_theta)
+        graphdef, stacked = nnx.split(self.layers)
+
+        if cache is None:
+            cache_segment_ids, start = None, None
+        else:
+            start = cache.end
+            cache_segment_ids = jax.lax.dynamic_update_slice_in_dim(
+                cache.segment_ids, segment_ids.astype(jnp.int32), start, axis=1)
+
+        def one_layer(h, layer_state, layer_kv):
+            layer = nnx.merge(graphdef, layer_state)
+            return layer(h, cos, sin, segment_ids, layer_kv, cache_segment_ids, start)
+
+        one_layer = _remat(one_layer, cfg.remat_policy)
+        layer_kvs = None if cache is None else (cache.k, cache.v)
+
+        if cfg.scan_layers:
+            def body(h, xs):
+                layer_state, layer_kv = xs
+                return one_layer(h, layer_state, layer_kv)
+            x, new_kvs = jax.lax.scan(body, x, (stacked, layer_kvs))
+        else:
+            outs = []
+            for i in range(cfg.num_hidden_layers):
+                pick = lambda a, i=i: a[i]  # noqa: E731
+                kv_i = None if layer_kvs is None else jax.tree.map(pick, layer_kvs)
+                x, kv = one_layer(x, jax.tree.map(pick, stacked), kv_i)
+                outs.append(kv)
+            new_kvs = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+        x = self.norm(x)
+        if cache is None:
+            return x, None
+        new_cache = KVCache(k=new_kvs[0], v=new_kvs[1], segment_ids=cache_segment_ids,
+                            end=cache.end + tokens.shape[1])
+        return x, new_cache
+
+
+class Qwen2ForCausalLM(nnx.Module):
+    """Qwen2 causal LM. `__call__` gives fp32 logits; `hidden` + `lm_head_kernel` serve the chunked
+    loss so the [tokens, vocab] logits never need to exist at once during training."""
+
+    def __init__(self, config: Qwen2Config, rngs: nnx.Rngs):
+        self.config = config
+        self.model = Qwen2Model(config, rngs)
+        if not config.tie_word_embeddings:
+            self.lm_head = Linear((config.hidden_size, config.vocab_size), ("embed", "vocab"),
+                                  config, rngs)
+        else:
+            self.lm_head = None
+
+    def lm_head_kernel(self) -> jax.Array:
+        """[embed, vocab] in the compute dtype (the tied embedding, transposed, when tied)."""
+        if self.lm_head is None:
+            return self.model.embed_tokens.embedding.value.T.astype(self.config.jnp_dtype)
+        return self.lm_head.kernel.value.astype(self.config.jnp_dtype)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        return jnp.einsum("...e,ev->...v", hidden, self.lm_head_kernel(),
+                          preferred_element_type=jnp.float32)
+
+    def hidden(self, tokens: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        if segment_ids is None:
+            segment_ids = jnp.ones(tokens.shape, jnp.int32)
+        return self.model(tokens, positions, segment_ids, cache)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        """tokens/positions/segment_ids [batch, len] -> logits [batch, len, vocab] (fp32).
+        segment_ids: documents packed in a row get distinct ids; 0 marks padding."""
+        hidden, _ = self.hidden(tokens, positions, segment_ids)
+        return self.logits(hidden)
+
+    def decode_step(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                    cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Prefill (len > 1) or one decoding step; writes k/v at slots [cache.end, +len)."""
+        hidden, cache = self.hidden(tokens, positions, segment_ids, cache)
+        return self.logits(hidden), cache
+
+
+def init_model(config: Qwen2Config, seed: int = 0) -> Qwen2ForCausalLM:
+    return Qwen2ForCausalLM(config, nnx.Rngs(params=seed))
