@@ -25,6 +25,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # across-slice factors (multi-slice); their product is the number of slices.
     c.mesh.ici = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
     c.mesh.dcn = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
+    # The gcloud TPU type this config is proven to fit (`python -m marco_jax.aot`); "" for none.
+    c.topology = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.mixture = "demo"  # a registered seqio mixture name
@@ -45,6 +47,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.1
     c.optim.clip_norm = 1.0
     c.optim.grad_accum_steps = 1
+    c.optim.decay_embeddings = True  # weight decay on embedding/lm_head (never biases, norms)
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000
@@ -53,6 +56,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train.log_every = 10
     c.train.eval_every = 0
     c.train.max_bad_steps = 10  # NaN/Inf steps skipped before the run stops
+    c.train.loss_chunk = 256  # sequence chunk of the lm-head/cross-entropy (0: whole sequence)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 500

@@ -1,0 +1,121 @@
+"""Cross-entropy over a large vocabulary without materialising [tokens, vocab] logits.
+
+The lm-head matmul and the softmax run over chunks of the sequence axis (the batch axis stays
+whole, so data/FSDP sharding of the batch is untouched). Two entry points:
+
+- `token_nll`: per-token negative log-likelihood, differentiable with respect to hidden and kernel
+  through a rematerialised scan (each chunk's logits are recomputed in the backward pass). General:
+  any cotangent per token (DPO, scoring).
+- `weighted_nll_sum`: sum_i w_i * nll_i for fixed weights (the LM training loss). Its gradient is
+  computed *in the forward pass* (a custom VJP, the "fused linear cross-entropy" trick), so the
+  head costs the minimum three matmuls and one chunk of logits at a time — no recomputation.
+  Its second output, the per-token nll, carries no gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def _chunks(x: jax.Array, chunk: int) -> jax.Array:
+    """[B, T, ...] -> [T // chunk, B, chunk, ...] (T must be a multiple of chunk)."""
+    b, t = x.shape[:2]
+    return jnp.swapaxes(x.reshape(b, t // chunk, chunk, *x.shape[2:]), 0, 1)
+
+
+def _unchunk(x: jax.Array) -> jax.Array:
+    """[n, B, chunk, ...] -> [B, n * chunk, ...]."""
+    x = jnp.swapaxes(x, 0, 1)
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
+
+
+def _chunk_len(seq_len: int, chunk: int) -> int:
+    """The largest divisor of seq_len that is <= chunk (chunk <= 0: the whole sequence)."""
+    if chunk <= 0 or chunk >= seq_len:
+        return seq_len
+    while seq_len % chunk:
+        chunk -= 1
+    return chunk
+
+
+def _chunk_logits(h: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jnp.einsum("bce,ev->bcv", h, kernel, preferred_element_type=jnp.float32)
+
+
+def _nll_from_logits(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return lse - target_logit, lse
+
+
+def token_nll(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
+              chunk: int = 0) -> jax.Array:
+    """hidden [B,T,E], kernel [E,V], targets [B,T] int -> nll [B,T] fp32 (differentiable)."""
+    c = _chunk_len(hidden.shape[1], chunk)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def one(h, t):
+        return _nll_from_logits(_chunk_logits(h, kernel), t)[0]
+
+    def body(carry, xs):
+        return carry, one(*xs)
+
+    _, nll = jax.lax.scan(body, None, (_chunks(hidden, c), _chunks(targets, c)))
+    return _unchunk(nll)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def weighted_nll_sum(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
+                     weights: jax.Array, chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+    """-> (sum_i weights_i * nll_i [scalar fp32], nll [B,T] fp32 without gradient)."""
+    nll = jax.lax.stop_gradient(token_nll(hidden, kernel, targets, chunk))
+    return jnp.sum(nll * weights), nll
+
+
+def _fwd(hidden, kernel, targets, weights, chunk):
+    c = _chunk_len(hidden.shape[1], chunk)
+    vocab = kernel.shape[1]
+
+    def body(d_kernel, xs):
+        h, t, w = xs
+        logits = _chunk_logits(h, kernel)
+        nll, lse = _nll_from_logits(logits, t)
+        # d(sum w*nll)/dlogits = w * (softmax - onehot(target))
+        onehot = jnp.arange(vocab, dtype=t.dtype) == t[..., None]
+        d_logits = (jnp.exp(logits - lse[..., None]) - onehot) * w[..., None]
+        d_logits = d_logits.astype(h.dtype)
+        d_h = jnp.einsum("bcv,ev->bce", d_logits, kernel)
+        d_kernel = d_kernel + jnp.einsum("bce,bcv->ev", h, d_logits,
+                                         preferred_element_type=jnp.float32)
+        return d_kernel, (nll, d_h)
+
+    w = weights.astype(jnp.float32)
+    d_kernel, (nll, d_h) = jax.lax.scan(
+        body, jnp.zeros(kernel.shape, jnp.float32),
+        (_chunks(hidden, c), _chunks(targets, c), _chunks(w, c)))
+    nll = _unchunk(nll)
+    residuals = (_unchunk(d_h), d_kernel.astype(kernel.dtype), targets, weights)
+    return (jnp.sum(nll * w), nll), residuals
+
+
+def _bwd(chunk, residuals, cotangents):
+    d_h, d_kernel, targets, weights = residuals
+    g, _ = cotangents  # the nll output is documented as gradient-free
+    zeros_t = jnp.zeros(targets.shape, jax.dtypes.float0) if jnp.issubdtype(
+        targets.dtype, jnp.integer) else jnp.zeros_like(targets)
+    return ((g * d_h).astype(d_h.dtype), (g * d_kernel).astype(d_kernel.dtype), zeros_t,
+            jnp.zeros_like(weights))
+
+
+weighted_nll_sum.defvjp(_fwd, _bwd)
+
+
+def per_source_sums(nll: jax.Array, mask: jax.Array, source_ids: jax.Array,
+                    num_sources: int) -> tuple[jax.Array, jax.Array]:
+    """Per-source (loss sum, token count), each [num_sources]; source id -1 counts nowhere."""
+    onehot = (source_ids[..., None] == jnp.arange(num_sources)).astype(jnp.float32)
+    w = mask.astype(jnp.float32)[..., None] * onehot
+    return jnp.sum(nll[..., None] * w, axis=(0, 1)), jnp.sum(w, axis=(0, 1))
