@@ -29,14 +29,14 @@ def make_hf_model(tmp_path: str | Path, *, hidden: int = 48, heads: int = 6, kv_
                   layers: int = 2, tie: bool = True, vocab: int = 160, seed: int = 0,
                   intermediate: int | None = None, dtype: torch.dtype = torch.float32,
                   max_shard_size: str | int | None = None, name: str = "hf",
-                  ) -> tuple[Path, transformers.Qwen2ForCausalLM]:
+                  rope_theta: float = 10_000.0) -> tuple[Path, transformers.Qwen2ForCausalLM]:
     """Build a random tiny Qwen2, `save_pretrained` it (safetensors) under `tmp_path/name`.
 
     Returns (checkpoint dir, the model in eval mode, in `dtype`). `max_shard_size` (e.g. "20KB")
     forces a sharded checkpoint with a `model.safetensors.index.json`.
     """
     config = make_hf_config(hidden=hidden, heads=heads, kv_heads=kv_heads, layers=layers, tie=tie,
-                            vocab=vocab, intermediate=intermediate)
+                            vocab=vocab, intermediate=intermediate, rope_theta=rope_theta)
     torch.manual_seed(seed)
     model = transformers.Qwen2ForCausalLM(config).eval()
     with torch.no_grad():

@@ -26,6 +26,9 @@ class TensorRule:
     hf_shape: Callable[[Qwen2Config], tuple[int, ...]]
     to_ours: Callable[[np.ndarray, Qwen2Config], np.ndarray]
     to_hf: Callable[[np.ndarray, Qwen2Config], np.ndarray]
+    # Vocabulary tensors are HF [vocab, embed]; this is the vocab axis of ours. Both transforms
+    # also map a block of vocab rows to the matching block, so they can be streamed in blocks.
+    ours_vocab_axis: int | None = None
 
 
 def _q_kernel(w, c):  # [nh*d, h] -> [h, nh, d]
@@ -69,11 +72,12 @@ def _rules() -> dict[str, TensorRule]:
     rules = {
         "model.embed_tokens.weight": TensorRule(("model", "embed_tokens", "embedding"), False,
                                                 lambda c: (c.vocab_size, c.hidden_size),
-                                                _same, _same),
+                                                _same, _same, ours_vocab_axis=0),
         "model.norm.weight": TensorRule(("model", "norm", "scale"), False,
                                         lambda c: (c.hidden_size,), _same, _same),
         "lm_head.weight": TensorRule(("lm_head", "kernel"), False,
-                                     lambda c: (c.vocab_size, c.hidden_size), _t, _t),
+                                     lambda c: (c.vocab_size, c.hidden_size), _t, _t,
+                                     ours_vocab_axis=1),
     }
     for proj, n in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
         rules[f"self_attn.{proj}.weight"] = TensorRule(

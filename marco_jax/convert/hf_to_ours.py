@@ -1,0 +1,159 @@
+"""Hugging Face Qwen2 checkpoint -> our converted checkpoint, streamed tensor by tensor.
+
+Each HF tensor is read on its own (vocabulary tensors in blocks of rows), transformed by its
+`mapping.RULES` entry and written into its slice of the stacked on-disk array, so peak host memory
+is about one layer tensor (or one vocab block), whatever the model size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from marco_jax.convert.checkpoint import (
+    CONFIG_FILE,
+    PARAMS_DIR,
+    abstract_params,
+    flat_params,
+    write_model_config,
+)
+from marco_jax.convert.hf_source import HFSource
+from marco_jax.convert.mapping import RULES, expected_hf_tensors, rule_for
+from marco_jax.convert.orbax_layout import StreamingOrbaxWriter
+from marco_jax.model.config import Qwen2Config
+
+log = logging.getLogger(__name__)
+
+VOCAB_BLOCK_BYTES = 64 * 2**20  # chunk size of vocabulary arrays, and the read block size
+# Non-parameter buffers some older transformers versions saved; they carry no weights.
+_IGNORED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
+
+
+def check_hf_tensors(source: HFSource, config: Qwen2Config) -> list[str]:
+    """Validate names and shapes against the config; returns names to skip (extra tied lm_head,
+    ignored buffers). Raises ONE error listing every missing, unexpected or mis-shaped tensor."""
+    expected = expected_hf_tensors(config)
+    found = {n: source.shape(n) for n in source.names()}
+    skip = [n for n in found if _IGNORED.match(n)]
+    if config.tie_word_embeddings and "lm_head.weight" in found:
+        skip.append("lm_head.weight")  # tied checkpoints may still carry the (equal) head
+        expected = {**expected, "lm_head.weight": RULES["lm_head.weight"].hf_shape(config)}
+    problems = [f"missing {n} (expected shape {list(s)})" for n, s in expected.items()
+                if n not in found]
+    problems += [f"unexpected {n} (shape {list(s)})" for n, s in found.items()
+                 if n not in expected and n not in skip]
+    problems += [f"mis-shaped {n}: shape {list(found[n])}, expected {list(s)}"
+                 for n, s in expected.items() if n in found and tuple(found[n]) != tuple(s)]
+    if problems:
+        raise ValueError(f"{source.directory}: checkpoint does not match its config.json "
+                         f"({len(problems)} problems):\n  " + "\n  ".join(problems))
+    return skip
+
+
+def _stored_dtype(source: HFSource, names: list[str], dtype: str | None) -> np.dtype:
+    if dtype is not None:
+        return np.dtype(jnp.dtype(dtype))
+    dtypes = sorted({source.dtype(n).name for n in names})
+    if len(dtypes) != 1:
+        raise ValueError(f"{source.directory}: tensors mix dtypes {dtypes}; pass dtype= "
+                         "(--dtype) to pick one")
+    return source.dtype(names[0])
+
+
+def _target_vocab(hf_vocab: int, vocab_size: int | None, vocab_multiple: int | None) -> int:
+    if vocab_size is not None and vocab_multiple is not None:
+        raise ValueError("give vocab_size or vocab_multiple, not both")
+    if vocab_multiple is not None:
+        if vocab_multiple < 1:
+            raise ValueError(f"vocab_multiple={vocab_multiple} must be >= 1")
+        return math.ceil(hf_vocab / vocab_multiple) * vocab_multiple
+    return hf_vocab if vocab_size is None else vocab_size
+
+
+def _vocab_block_rows(hidden: int, itemsize: int) -> int:
+    return max(1, VOCAB_BLOCK_BYTES // (hidden * itemsize))
+
+
+def convert_hf_to_orbax(hf_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
+                        vocab_size: int | None = None, vocab_multiple: int | None = None,
+                        overwrite: bool = False) -> Qwen2Config:
+    """Convert a HF Qwen2 directory (config.json + safetensors, or .bin) into `out_dir`.
+
+    dtype: store params in this dtype (default: the checkpoint's own, so bf16 stays bf16).
+    vocab_size / vocab_multiple: pad (zero rows) or trim the vocabulary to this size / up to a
+    multiple; by default the rows are kept as they are (e.g. 151936 rows for 151646 tokens).
+    """
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    source = HFSource(hf_dir)
+    hf_config = Qwen2Config.from_hf_json(hf_dir)
+    skip = check_hf_tensors(source, hf_config)
+    names = [n for n in source.names() if n not in skip]
+    stored = _stored_dtype(source, names, dtype)
+    vocab = _target_vocab(hf_config.vocab_size, vocab_size, vocab_multiple)
+    if vocab < hf_config.vocab_size:
+        log.warning("trimming the vocabulary from %d to %d rows: rows %d.. are dropped",
+                    hf_config.vocab_size, vocab, vocab)
+    config = hf_config.replace(vocab_size=vocab, param_dtype=stored.name)
+    if (out_dir / PARAMS_DIR).exists() and not overwrite:
+        raise FileExistsError(f"{out_dir / PARAMS_DIR} exists; pass overwrite=True (--overwrite)")
+
+    writer = StreamingOrbaxWriter(out_dir / PARAMS_DIR)
+    rows = _vocab_block_rows(config.hidden_size, stored.itemsize)
+    try:
+        for key, leaf in flat_params(abstract_params(config)).items():
+            chunks = list(leaf.shape)
+            if key[:2] == ("model", "layers"):
+                chunks[0] = 1
+            vocab_axis = next((r.ours_vocab_axis for r in RULES.values() if r.ours == key), None)
+            if vocab_axis is not None:
+                chunks[vocab_axis] = min(rows, vocab)
+            writer.create(key, leaf.shape, stored, chunks)
+        for i, name in enumerate(names):
+            rule, layer = rule_for(name)
+            if rule.ours_vocab_axis is not None:
+                _copy_vocab_tensor(source, name, rule, hf_config, vocab, rows, stored, writer)
+            else:
+                value = rule.to_ours(source.read(name), hf_config).astype(stored)
+                writer.write(rule.ours, () if layer is None else (layer,), value)
+            log.info("[%d/%d] %s", i + 1, len(names), name)
+        if "lm_head.weight" in skip:
+            _check_tied_head(source, rows)
+        writer.finalize()
+    except BaseException:
+        writer.abort()
+        raise
+    write_model_config(out_dir, config)
+    log.info("wrote %s and %s/ under %s", CONFIG_FILE, PARAMS_DIR, out_dir)
+    return config
+
+
+def _copy_vocab_tensor(source: HFSource, name: str, rule, config: Qwen2Config, vocab: int,
+                       rows: int, dtype: np.dtype, writer: StreamingOrbaxWriter) -> None:
+    """Copy HF [vocab, hidden] in blocks of rows; rows past the HF vocab are written as zeros."""
+    axis = rule.ours_vocab_axis
+    hf_rows = source.shape(name)[0]
+    for r0 in range(0, vocab, rows):
+        r1 = min(r0 + rows, vocab)
+        block = np.zeros((r1 - r0, config.hidden_size), dtype)
+        have = max(0, min(r1, hf_rows) - r0)
+        if have:
+            block[:have] = source.read(name, (r0, r0 + have))
+        index = (slice(None),) * axis + (slice(r0, r1),)
+        writer.write(rule.ours, index, rule.to_ours(block, config))
+
+
+def _check_tied_head(source: HFSource, rows: int) -> None:
+    """A tied checkpoint's extra lm_head.weight is dropped, so it must equal the embedding."""
+    n = source.shape("lm_head.weight")[0]
+    for r0 in range(0, n, rows):
+        span = (r0, min(r0 + rows, n))
+        a, b = source.read("model.embed_tokens.weight", span), source.read("lm_head.weight", span)
+        if a.tobytes() != b.tobytes():
+            raise ValueError(f"{source.directory}: config.json has tie_word_embeddings=true but "
+                             f"lm_head.weight differs from model.embed_tokens.weight in rows "
+                             f"{span[0]}..{span[1] - 1}; set tie_word_embeddings=false to keep it")
