@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from marco_jax.model.config import RUNTIME_FIELDS, Qwen2Config
@@ -25,13 +26,19 @@ CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 
 
-def write_model_config(path: str | Path, config: Qwen2Config) -> None:
-    Path(path).mkdir(parents=True, exist_ok=True)
-    (Path(path) / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+def _path(path: str | os.PathLike) -> epath.Path:
+    """Local paths made absolute (Orbax wants them so); gs:// and other URLs as they are."""
+    return epath.Path(path if "://" in str(path) else os.path.abspath(path))
 
 
-def read_model_config(path: str | Path) -> Qwen2Config:
-    file = Path(path) / CONFIG_FILE
+def write_model_config(path: str | os.PathLike, config: Qwen2Config) -> None:
+    _path(path).mkdir(parents=True, exist_ok=True)
+    (_path(path) / CONFIG_FILE).write_text(
+        json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+
+def read_model_config(path: str | os.PathLike) -> Qwen2Config:
+    file = _path(path) / CONFIG_FILE
     if not file.exists():
         raise FileNotFoundError(f"{path}: not a converted checkpoint (no {CONFIG_FILE})")
     fields = json.loads(file.read_text())
@@ -67,21 +74,21 @@ def check_param_shapes(config: Qwen2Config, found: dict[tuple[str, ...], tuple[i
         raise ValueError(f"{where} does not match the model config:\n  " + "\n  ".join(problems))
 
 
-def save_params(path: str | Path, config: Qwen2Config, params: dict) -> None:
+def save_params(path: str | os.PathLike, config: Qwen2Config, params: dict) -> None:
     """Save a pure-dict param tree (jax or numpy arrays) with Orbax; overwrites `path/params`."""
     check_param_shapes(config, {k: tuple(np.shape(v)) for k, v in flat_params(params).items()},
                        "params")
-    path = Path(path).absolute()
+    path = _path(path)
     write_model_config(path, config)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(path / PARAMS_DIR, params, force=True)
     checkpointer.wait_until_finished()
 
 
-def load_params(path: str | Path, shardings: Any = None) -> tuple[Qwen2Config, dict]:
+def load_params(path: str | os.PathLike, shardings: Any = None) -> tuple[Qwen2Config, dict]:
     """(config, pure-dict params). `shardings`: a pytree of jax.sharding.Sharding matching the
     param tree (e.g. from `marco_jax.parallel.logical_to_sharding`); default: first device."""
-    path = Path(path).absolute()
+    path = _path(path)
     config = read_model_config(path)
     params_dir = path / PARAMS_DIR
     if not (params_dir / "_METADATA").exists():
@@ -102,7 +109,7 @@ def load_params(path: str | Path, shardings: Any = None) -> tuple[Qwen2Config, d
     return config, checkpointer.restore(params_dir, target)
 
 
-def load_model(path: str | Path, shardings: Any = None,
+def load_model(path: str | os.PathLike, shardings: Any = None,
                **runtime_overrides: Any) -> Qwen2ForCausalLM:
     """A ready model from a converted checkpoint; runtime fields (dtype, param_dtype, remat_policy,
     scan_layers, attention_impl) may be overridden. Params are cast to `param_dtype`."""
