@@ -1,0 +1,289 @@
+"""Random-access document sources over JSONL(.gz), TFRecord(.gz) and ArrayRecord shards.
+
+Paths are local files or any filesystem `tf.io.gfile` knows (gs://...), and may be globs. A
+source is an ordered list of shards with a record index, so record i of the source is a pure
+function of i: what the index-addressable mixture stream needs.
+
+- JSONL: one JSON object per line; blank lines are not records (counted in `blank_lines`).
+  Local plain files are memory-mapped; .gz and remote files are read into memory once.
+- TFRecord: the record framing (length, crc, data, crc) is indexed by a header scan; payloads are
+  JSON objects or serialized `tf.train.Example`s.
+- ArrayRecord: native random access (array_record's reader); payloads as for TFRecord.
+
+Stats: a `stats.json` next to the shards, `{"documents": N, "tokens": N, "by_language":
+{lang: {"documents": n, "tokens": n}}}` (written by data_pipelines), gives the token counts that
+mixing rates use. `read_stats` finds it; without one the caller estimates (and says so).
+"""
+
+from __future__ import annotations
+
+import bisect
+import glob as globlib
+import gzip
+import io
+import json
+import mmap
+import os
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+_CHUNK = 1 << 26  # bytes scanned at a time when indexing newlines
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _gfile():
+    import tensorflow as tf  # lazy: only remote paths need it
+
+    return tf.io.gfile
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """Sorted files matching a path or glob (local or remote); empty list when nothing matches."""
+    if is_remote(pattern):
+        gf = _gfile()
+        return sorted(gf.glob(pattern)) if any(c in pattern for c in "*?[") else (
+            [pattern] if gf.exists(pattern) else [])
+    return sorted(p for p in globlib.glob(pattern) if os.path.isfile(p))
+
+
+def exists(path: str) -> bool:
+    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def read_bytes(path: str) -> bytes:
+    if is_remote(path):
+        with _gfile().GFile(path, "rb") as f:
+            data = f.read()
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+    return gzip.decompress(data) if path.endswith(".gz") else data
+
+
+def shard_format(path: str) -> str:
+    name = os.path.basename(path).removesuffix(".gz")
+    if name.endswith((".jsonl", ".json")):
+        return "jsonl"
+    if ".tfrecord" in name or name.endswith(".tfrec"):
+        return "tfrecord"
+    if ".array_record" in name or ".arrayrecord" in name:
+        return "array_record"
+    raise ValueError(f"{path}: unknown shard format; expected *.jsonl[.gz], *.tfrecord*[.gz] or "
+                     f"*.array_record*")
+
+
+class _Shard:
+    path: str
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, i: int) -> bytes:
+        raise NotImplementedError
+
+
+class _BufferShard(_Shard):
+    """Records at [starts[i], ends[i]) of an in-memory or memory-mapped buffer."""
+
+    def __init__(self, path: str, buf, starts: np.ndarray, ends: np.ndarray):
+        self.path, self._buf, self._starts, self._ends = path, buf, starts, ends
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def read(self, i: int) -> bytes:
+        return bytes(self._buf[int(self._starts[i]):int(self._ends[i])])
+
+
+def _load_buffer(path: str):
+    """A memory map for local plain files (no copy), the (decompressed) bytes otherwise."""
+    if is_remote(path) or path.endswith(".gz"):
+        return read_bytes(path)
+    size = os.path.getsize(path)
+    if size == 0:
+        return b""
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _jsonl_shard(path: str) -> tuple[_Shard, int]:
+    buf = _load_buffer(path)
+    size = len(buf)
+    newlines = []
+    view = np.frombuffer(buf, dtype=np.uint8) if size else np.zeros(0, np.uint8)
+    for lo in range(0, size, _CHUNK):
+        newlines.append(np.flatnonzero(view[lo:lo + _CHUNK] == 10) + lo)
+    nl = np.concatenate(newlines) if newlines else np.zeros(0, np.int64)
+    starts = np.concatenate([[0], nl + 1]).astype(np.int64)
+    ends = np.concatenate([nl, [size]]).astype(np.int64)
+    # Strip a trailing \r (CRLF files); lines with nothing left are not records.
+    cr = (ends > starts) & (view[np.maximum(ends - 1, 0)] == 13) if size else ends > starts
+    ends = ends - cr
+    keep = ends > starts
+    blank = int((~keep[:-1]).sum()) + int(not keep[-1] and starts[-1] < size)
+    return _BufferShard(path, buf, starts[keep], ends[keep]), blank
+
+
+def _tfrecord_shard(path: str) -> _Shard:
+    buf = _load_buffer(path)
+    starts, ends, pos, size = [], [], 0, len(buf)
+    while pos < size:
+        if pos + 12 > size:
+            raise ValueError(f"{path}: truncated TFRecord header at byte {pos}")
+        (length,) = struct.unpack_from("<Q", buf, pos)
+        data = pos + 12
+        if data + length + 4 > size:
+            raise ValueError(f"{path}: TFRecord at byte {pos} claims {length} bytes, past the "
+                             f"end of the file ({size} bytes)")
+        starts.append(data)
+        ends.append(data + length)
+        pos = data + length + 4
+    return _BufferShard(path, buf, np.asarray(starts, np.int64), np.asarray(ends, np.int64))
+
+
+class _ArrayRecordShard(_Shard):
+    def __init__(self, path: str):
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        self.path = path
+        self._reader = ArrayRecordReader(path, "readahead_buffer_size:0")
+        self._n = self._reader.num_records()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def read(self, i: int) -> bytes:
+        return self._reader.read([i])[0]
+
+
+def decode_payload(raw: bytes, where: str) -> dict[str, Any]:
+    """A record's payload as a dict: a JSON object, or a tf.train.Example's features."""
+    stripped = raw.lstrip()
+    if stripped.startswith(b"{"):
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno}): "
+                             f"{raw[:120]!r}") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        return obj
+    return _decode_example(raw, where)
+
+
+def _decode_example(raw: bytes, where: str) -> dict[str, Any]:
+    from tensorflow.core.example import example_pb2  # lazy: imports TensorFlow
+
+    ex = example_pb2.Example()
+    try:
+        ex.ParseFromString(raw)
+    except Exception as e:  # protobuf raises DecodeError
+        raise ValueError(f"{where}: neither a JSON object nor a tf.train.Example ({e})") from None
+    out: dict[str, Any] = {}
+    for key, feat in ex.features.feature.items():
+        kind = feat.WhichOneof("kind")
+        if kind == "bytes_list":
+            vals = [v.decode("utf-8") for v in feat.bytes_list.value]
+            out[key] = vals[0] if len(vals) == 1 else vals
+        elif kind == "int64_list":
+            out[key] = list(feat.int64_list.value)
+        elif kind == "float_list":
+            out[key] = list(feat.float_list.value)
+    return out
+
+
+class DocumentSource:
+    """Records of all shards matching `pattern`, addressable by a global index."""
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        self.files = expand_pattern(pattern)
+        if not self.files:
+            raise FileNotFoundError(f"no files match source pattern {pattern!r}")
+        self.blank_lines = 0
+        self._shards: list[_Shard] = []
+        for path in self.files:
+            fmt = shard_format(path)
+            if fmt == "jsonl":
+                shard, blank = _jsonl_shard(path)
+                self.blank_lines += blank
+            elif fmt == "tfrecord":
+                shard = _tfrecord_shard(path)
+            else:
+                shard = _ArrayRecordShard(path)
+            self._shards.append(shard)
+        self._offsets = np.cumsum([0] + [len(s) for s in self._shards]).tolist()
+        if self._offsets[-1] == 0:
+            raise ValueError(f"source {pattern!r}: {len(self.files)} file(s) but no records")
+
+    def __len__(self) -> int:
+        return self._offsets[-1]
+
+    def locate(self, i: int) -> tuple[str, int]:
+        """(file, record number in file) of record i, for error messages."""
+        s = bisect.bisect_right(self._offsets, i) - 1
+        return self._shards[s].path, i - self._offsets[s]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"record {i} out of range for {self.pattern!r} ({len(self)} records)")
+        s = bisect.bisect_right(self._offsets, i) - 1
+        shard = self._shards[s]
+        return decode_payload(shard.read(i - self._offsets[s]),
+                              f"{shard.path}: record {i - self._offsets[s]}")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def read_stats(pattern: str, language: str | None = None) -> dict[str, Any] | None:
+    """Token/document counts for a source from the stats.json next to it, or None.
+
+    Looks for `<file stem>.stats.json` (single-file sources), then `stats.json` in the shards'
+    directory and its parent; with `language`, a `by_language[language]` entry wins.
+    """
+    files = expand_pattern(pattern)
+    if not files:
+        return None
+    first = files[0]
+    folder = os.path.dirname(first)
+    stem = os.path.basename(first).split(".")[0]
+    candidates = []
+    if len(files) == 1:
+        candidates.append(os.path.join(folder, f"{stem}.stats.json"))
+    candidates += [os.path.join(folder, "stats.json"),
+                   os.path.join(os.path.dirname(folder), "stats.json")]
+    for path in candidates:
+        if not exists(path):
+            continue
+        try:
+            stats = json.load(io.BytesIO(read_bytes(path)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid stats JSON ({e.msg})") from None
+        by_lang = stats.get("by_language") or {}
+        if language is not None and language in by_lang:
+            entry = by_lang[language]
+            entry = {"tokens": entry} if isinstance(entry, int | float) else dict(entry)
+            return _check_stats(entry, path, f"by_language[{language!r}]")
+        if path.endswith(f"{stem}.stats.json") or os.path.dirname(path) == folder:
+            if "tokens" in stats:
+                return _check_stats(stats, path, "top level")
+    return None
+
+
+def _check_stats(entry: dict[str, Any], path: str, where: str) -> dict[str, Any]:
+    tokens = entry.get("tokens")
+    if not isinstance(tokens, int | float) or tokens <= 0:
+        raise ValueError(f"{path}: {where}: 'tokens' must be a positive number, got {tokens!r}")
+    docs = entry.get("documents")
+    if docs is not None and (not isinstance(docs, int | float) or docs <= 0):
+        raise ValueError(f"{path}: {where}: 'documents' must be a positive number, got {docs!r}")
+    return {"tokens": float(tokens), "documents": None if docs is None else float(docs),
+            "path": path}
