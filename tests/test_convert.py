@@ -93,6 +93,10 @@ def test_bf16_round_trip_is_bit_exact_and_dtype_option_casts(tmp_path):
     for a, b in zip(jax.tree.leaves(params32), jax.tree.leaves(params), strict=True):
         assert a.dtype == np.float32
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b).astype(np.float32))
+    # fp32 (exactly representable bf16 values) exported with dtype=bfloat16: bits match again.
+    export_orbax_to_hf(tmp_path / "ours32", tmp_path / "back16", dtype="bfloat16")
+    for name, t in _hf_tensors(tmp_path / "back16").items():
+        assert torch.equal(t.view(torch.int16), original[name].view(torch.int16)), name
 
 
 def test_bad_checkpoint_lists_every_problem_in_one_error(tmp_path):
@@ -127,7 +131,7 @@ def test_tied_checkpoint_with_lm_head(tmp_path):
         convert_hf_to_orbax(hf_dir, tmp_path / "ours2")
 
 
-def test_vocab_padding_keeps_rows_and_zero_fills(tmp_path):
+def test_vocab_padding_and_trimming(tmp_path):
     hf_dir, hf_model = make_hf_model(tmp_path, tie=False, vocab=150)
     config = convert_hf_to_orbax(hf_dir, tmp_path / "ours", vocab_multiple=64)
     assert config.vocab_size == 192
@@ -142,6 +146,12 @@ def test_vocab_padding_keeps_rows_and_zero_fills(tmp_path):
     logits = np.asarray(load_model(tmp_path / "ours")(tokens))
     np.testing.assert_allclose(logits[..., :150], _torch_logits(hf_model, tokens), atol=1e-4,
                                rtol=0)
+
+    convert_hf_to_orbax(hf_dir, tmp_path / "trimmed", vocab_size=100)
+    config, params = load_params(tmp_path / "trimmed")
+    assert config.vocab_size == 100
+    np.testing.assert_array_equal(np.asarray(params["model"]["embed_tokens"]["embedding"]),
+                                  original["model.embed_tokens.weight"].numpy()[:100])
 
 
 def test_torch_bin_checkpoint_matches_safetensors(tmp_path):
@@ -191,6 +201,9 @@ def test_orbax_saved_params_export_to_transformers(tmp_path):
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     save_params(tmp_path / "ours", config, params)
     assert json.loads((tmp_path / "ours" / "params" / "_METADATA").read_text())["use_ocdbt"]
+    _, restored = load_params(tmp_path / "ours")
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
+                 restored, params)
     export_orbax_to_hf(tmp_path / "ours", tmp_path / "hf")
     hf_model = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "hf").eval()
     tokens = _tokens(128)

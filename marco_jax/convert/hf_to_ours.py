@@ -139,9 +139,11 @@ def _copy_vocab_tensor(source: HFSource, name: str, rule, config: Qwen2Config, v
     hf_rows = source.shape(name)[0]
     for r0 in range(0, vocab, rows):
         r1 = min(r0 + rows, vocab)
-        block = np.zeros((r1 - r0, config.hidden_size), dtype)
         have = max(0, min(r1, hf_rows) - r0)
-        if have:
+        if have == r1 - r0:
+            block = source.read(name, (r0, r1)).astype(dtype, copy=False)
+        else:  # the block reaches into padding rows
+            block = np.zeros((r1 - r0, config.hidden_size), dtype)
             block[:have] = source.read(name, (r0, r0 + have))
         index = (slice(None),) * axis + (slice(r0, r1),)
         writer.write(rule.ours, index, rule.to_ours(block, config))
