@@ -1,0 +1,202 @@
+"""Ahead-of-time proof that a config's train step fits a TPU slice, compiled on this machine.
+
+The step compiled is the trainer's own (`make_train_step` + `jit_train_step`, explicit in/out
+shardings, donated state) for compile-only devices of the target slice, so the figures are XLA's
+TPU compiler's: per-chip argument/output/temporary bytes, and the FLOPs of the compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from marco_jax.model.config import Qwen2Config, from_experiment
+from marco_jax.parallel.init import abstract_model
+from marco_jax.parallel.mesh import build_mesh
+from marco_jax.parallel.rules import data_parallel_size, explain_fallbacks, pure_dict_shardings
+from marco_jax.parallel.topologies import GIB, TpuSlice, topology_devices
+
+DEFAULT_HEADROOM = 0.05  # of HBM kept free for the runtime, fragmentation and input buffers
+DEFAULT_MFU = 0.40
+
+
+@dataclasses.dataclass
+class FitReport:
+    slice_desc: str
+    mesh: dict[str, int]
+    global_batch: int
+    seq_len: int
+    capacity_bytes: int
+    headroom: float
+    fits: bool
+    argument_bytes: int = 0
+    output_bytes: int = 0
+    alias_bytes: int = 0
+    temp_bytes: int = 0
+    code_bytes: int = 0
+    compiled_flops_per_chip: float = 0.0
+    model_flops_per_step: float = 0.0
+    chips: int = 1
+    peak_flops_per_chip: float = 0.0
+    mfu: float = DEFAULT_MFU
+    compile_seconds: float = 0.0
+    error: str = ""
+    fallbacks: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        """Peak per-chip HBM: live inputs, outputs not aliased to (donated) inputs, temporaries
+        and the program itself."""
+        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+                + self.code_bytes)
+
+    @property
+    def budget_bytes(self) -> float:
+        return self.capacity_bytes * (1.0 - self.headroom)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len
+
+    @property
+    def step_seconds(self) -> float:
+        """Step time if the compiled per-chip FLOPs run at `mfu` of the chip's peak."""
+        return self.compiled_flops_per_chip / (self.peak_flops_per_chip * self.mfu)
+
+    @property
+    def tokens_per_second_per_chip(self) -> float:
+        return self.tokens_per_step / self.step_seconds / self.chips
+
+    @property
+    def model_flops_utilisation_ceiling(self) -> float:
+        """Model FLOPs / compiled FLOPs: the MFU reached if the hardware ran at 100% of peak
+        (below 1 by rematerialisation and masked attention work)."""
+        total = self.compiled_flops_per_chip * self.chips
+        return self.model_flops_per_step / total if total else 0.0
+
+    def lines(self) -> list[str]:
+        g = lambda b: f"{b / GIB:8.2f} GiB"  # noqa: E731
+        out = [f"slice        {self.slice_desc}",
+               f"mesh         {self.mesh}",
+               f"batch        {self.global_batch} x {self.seq_len} = {self.tokens_per_step:,} "
+               "tokens per step"]
+        if self.error:
+            out.append(f"compile      FAILED: {self.error}")
+        else:
+            margin = self.capacity_bytes - self.total_bytes
+            out += [f"HBM/chip     arguments {g(self.argument_bytes)}",
+                    f"             outputs   {g(self.output_bytes)} "
+                    f"(aliased to donated inputs {g(self.alias_bytes).strip()})",
+                    f"             temps     {g(self.temp_bytes)}",
+                    f"             code      {g(self.code_bytes)}",
+                    f"             total     {g(self.total_bytes)} of {g(self.capacity_bytes)} "
+                    f"capacity: margin {margin / GIB:.2f} GiB "
+                    f"({margin / self.capacity_bytes:.1%}; required {self.headroom:.0%})",
+                    f"FLOPs/step   {self.compiled_flops_per_chip:.4g} per chip (compiled), "
+                    f"{self.compiled_flops_per_chip * self.chips:.4g} in all; model "
+                    f"{self.model_flops_per_step:.4g} "
+                    f"(ratio {self.model_flops_utilisation_ceiling:.2f})",
+                    f"at {self.mfu:.0%} MFU   step {self.step_seconds:.3f} s, "
+                    f"{self.tokens_per_second_per_chip:,.0f} tokens/s/chip",
+                    f"compile      {self.compile_seconds:.0f} s"]
+        out += [f"note         {f}" for f in self.fallbacks[:8]]
+        if len(self.fallbacks) > 8:
+            out.append(f"note         ... and {len(self.fallbacks) - 8} more unsplit dimensions")
+        out.append(f"fits         {'YES' if self.fits else 'NO'}")
+        return out
+
+
+def model_flops_per_token(config: Qwen2Config, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward) of the matmuls, the standard
+    6N count plus causal attention; the embedding lookup is no matmul, a tied lm_head is."""
+    n = config.num_params()
+    if not config.tie_word_embeddings:
+        n -= config.vocab_size * config.hidden_size
+    attn = config.num_hidden_layers * seq_len * config.num_attention_heads * config.dim_per_head
+    return 6.0 * n + 6.0 * attn
+
+
+def abstract_batch(global_batch: int, seq_len: int, sharding: Any) -> dict[str, Any]:
+    from marco_jax.train.step import BATCH_KEYS
+
+    return {k: jax.ShapeDtypeStruct((global_batch, seq_len), jnp.int32, sharding=sharding)
+            for k in BATCH_KEYS}
+
+
+def lower_train_step(config: Any, devices: list[Any]) -> tuple[Any, Any, Qwen2Config]:
+    """Lower the trainer's jitted step for `devices` (real or compile-only) with abstract
+    inputs. Returns (lowered, mesh, model config)."""
+    from marco_jax.train.optimizer import make_optimizer
+    from marco_jax.train.state import abstract_train_state, train_state_shardings
+    from marco_jax.train.step import batch_sharding, jit_train_step, make_train_step
+
+    model_cfg = from_experiment(config.model)
+    mesh = build_mesh(config.mesh, devices)
+    b, t = int(config.data.global_batch_size), int(config.data.seq_len)
+    dp = data_parallel_size(mesh)
+    if b % dp:
+        raise ValueError(f"data.global_batch_size={b} is not divisible by the data-parallel size "
+                         f"{dp} of mesh {dict(mesh.shape)}")
+    graphdef, abstract = abstract_model(model_cfg)
+    param_shardings = pure_dict_shardings(abstract, mesh)
+    tx = make_optimizer(config.optim, int(config.train.steps))
+    from flax import nnx
+
+    state = abstract_train_state(nnx.to_pure_dict(abstract), tx)
+    state_shardings = train_state_shardings(state, param_shardings, mesh, tx)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         state, state_shardings)
+    step = make_train_step(graphdef, tx, config)
+    jitted = jit_train_step(step, state_shardings, batch_sharding(mesh), mesh)
+    lowered = jitted.lower(state, abstract_batch(b, t, batch_sharding(mesh)))
+    return lowered, mesh, model_cfg
+
+
+def _cost_flops(compiled: Any) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def check_fit(config: Any, tpu_slice: TpuSlice, headroom: float = DEFAULT_HEADROOM,
+              mfu: float = DEFAULT_MFU) -> FitReport:
+    """Compile the config's train step for `tpu_slice` and report whether it fits per chip."""
+    devices = topology_devices(tpu_slice)
+    t0 = time.perf_counter()
+    lowered, mesh, model_cfg = lower_train_step(config, devices)
+    b, t = int(config.data.global_batch_size), int(config.data.seq_len)
+    report = FitReport(
+        slice_desc=tpu_slice.describe(), mesh=dict(mesh.shape), global_batch=b, seq_len=t,
+        capacity_bytes=tpu_slice.chip.hbm_bytes, headroom=headroom, fits=False,
+        chips=tpu_slice.chips, peak_flops_per_chip=tpu_slice.chip.peak_bf16_flops, mfu=mfu,
+        model_flops_per_step=model_flops_per_token(model_cfg, t) * b * t,
+        fallbacks=explain_fallbacks(abstract_model(model_cfg)[1], mesh))
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # XLA's out-of-memory verdict is a compile error
+        report.compile_seconds = time.perf_counter() - t0
+        report.error = _short_error(e)
+        return report
+    report.compile_seconds = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    report.argument_bytes = int(mem.argument_size_in_bytes)
+    report.output_bytes = int(mem.output_size_in_bytes)
+    report.alias_bytes = int(mem.alias_size_in_bytes)
+    report.temp_bytes = int(mem.temp_size_in_bytes)
+    report.code_bytes = int(mem.generated_code_size_in_bytes)
+    report.compiled_flops_per_chip = _cost_flops(compiled)
+    report.fits = report.total_bytes <= report.budget_bytes
+    return report
+
+
+def _short_error(e: Exception) -> str:
+    text = str(e)
+    m = re.search(r"(RESOURCE_EXHAUSTED[^\n]*|Ran out of memory[^\n]*)", text)
+    line = m.group(1) if m else text.strip().splitlines()[0] if text.strip() else repr(e)
+    return line[:400]
