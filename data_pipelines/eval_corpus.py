@@ -120,7 +120,7 @@ def build_corpus(text_dir: Path, languages: list[str], docs_per_lang: int, junk_
     for i in range(junk_per_kind * 2):
         orig = clean[(i * 7) % len(clean)]
         lang = orig["gold_lang"]
-        rate = (0.02, 0.04, 0.06, 0.1)[i % 4]
+        rate = (0.005, 0.01, 0.02, 0.05)[i % 4]
         text = _edit(orig["text"], lang, rng, rate)
         j = jaccard(shingles(orig["text"], lang, 5), shingles(text, lang, 5))
         add(text, lang, "near_duplicate", dup_of=orig["id"], jaccard=round(j, 4))

@@ -1,0 +1,167 @@
+"""Cleaning-pipeline benchmark and quality measurement.
+
+  python bench/bench_clean.py quality [--docs_per_lang 20] [--out /tmp/clean_quality]
+      builds a labelled corpus from ../shared/data/text (real sentences in 28 Marco languages,
+      Nepali is absent there) mixed with generated junk, runs the Beam pipeline, prints LID
+      accuracy per language and junk precision/recall per filter as Markdown.
+  python bench/bench_clean.py speed [--docs 2000]
+      documents/s per core on the same input and the same filter set (normalise -> LID -> Gopher
+      repetition -> FineWeb quality -> Gopher quality -> MinHash dedup): our Beam pipeline on the
+      DirectRunner vs datatrove's LocalPipelineExecutor, each with 1 worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("MARCO_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+from data_pipelines.languages import MARCO_LANGUAGES  # noqa: E402
+
+EVAL_LANGS = [lang for lang in MARCO_LANGUAGES if lang != "ne"]  # no Nepali in Leipzig
+WRONG = ["sv", "fi", "hr", "lt", "sk", "da", "et", "sq"]
+
+
+def run_quality(args) -> dict:
+    from data_pipelines import clean_web
+    from data_pipelines.eval_corpus import build_corpus, write_corpus
+    from data_pipelines.evaluate import evaluate, markdown
+    from data_pipelines.runs import read_jsonl_shards
+
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    recs = build_corpus(SHARED / "text", EVAL_LANGS, args.docs_per_lang, args.junk_per_kind, WRONG,
+                        seed=args.seed)
+    write_corpus(recs, out / "raw" / "corpus.jsonl.gz", seed=args.seed)
+    t0 = time.time()
+    report = clean_web.main(["--input", str(out / "raw" / "*"), "--output", str(out / "clean"),
+                             "--languages", ",".join(MARCO_LANGUAGES), "--token_counter", "qwen2",
+                             "--num_shards", "1", "--direct_num_workers", "1"])
+    wall = time.time() - t0
+    kept = read_jsonl_shards(str(out / "clean" / "*" / "part-*.jsonl"))
+    kept = [d for d in kept if "step" not in d]
+    rejected = read_jsonl_shards(str(out / "clean" / "rejected" / "part-*.jsonl"))
+    m = evaluate(recs, kept, rejected)
+    table = markdown(m)
+    print(f"corpus: {len(recs)} documents ({args.docs_per_lang} clean per language, "
+          f"{args.junk_per_kind} per junk kind) + broken lines; pipeline wall {wall:.1f}s")
+    print(f"accounting: inputs {report['inputs']} = kept {report['kept']} + rejected "
+          f"{report['rejected']} + malformed {report['malformed']}\n")
+    print(table)
+    (out / "quality.md").write_text(table)
+    (out / "quality.json").write_text(json.dumps(m, indent=1))
+    return m
+
+
+def _speed_corpus(n: int, path: Path, seed: int = 0) -> list[dict]:
+    from data_pipelines.eval_corpus import build_corpus, write_corpus
+
+    per_lang = max(1, n // (len(EVAL_LANGS) + 6))
+    recs = build_corpus(SHARED / "text", EVAL_LANGS, per_lang, max(1, n // 40), WRONG, seed=seed,
+                        sentences_per_doc=(8, 12))
+    write_corpus(recs, path, broken=False)
+    return recs
+
+
+def run_beam(raw: Path, out: Path) -> float:
+    from data_pipelines import clean_web
+
+    t0 = time.time()
+    clean_web.main(["--input", str(raw), "--output", str(out), "--languages",
+                    ",".join(MARCO_LANGUAGES), "--token_counter", "whitespace", "--no_pii",
+                    "--no_exact_dedup", "--num_shards", "1", "--rejected_sample", "0",
+                    "--direct_num_workers", "1"])
+    return time.time() - t0
+
+
+def run_datatrove(raw: Path, out: Path) -> float:
+    """The same steps with datatrove's own pipeline objects and LocalPipelineExecutor."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets
+    from datatrove.pipeline.filters import LambdaFilter, LanguageFilter
+    from datatrove.pipeline.formatters.base import BaseFormatter
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from data_pipelines.lid import bundled_lid176_path
+    from data_pipelines.normalize import normalize_text
+    from data_pipelines.quality import QualityFilters
+
+    class Normalize(BaseFormatter):
+        def format(self, text: str) -> str:
+            return normalize_text(text)
+
+    quality = QualityFilters()
+
+    def passes(doc) -> bool:
+        return quality.check(doc.text, doc.metadata["language"]) is None
+
+    lid = LanguageFilter(languages=list(MARCO_LANGUAGES), language_threshold=0.65)
+    lid.model.model_path = str(bundled_lid176_path())  # offline: the bundled lid.176.ftz
+    cfg = MinhashConfig(num_buckets=14, hashes_per_bucket=8, n_grams=5)
+    t0 = time.time()
+    kw = dict(tasks=1, workers=1, logging_dir=str(out / "logs"), skip_completed=False)
+    LocalPipelineExecutor(pipeline=[
+        JsonlReader(str(raw.parent), glob_pattern=raw.name), Normalize(), lid,
+        LambdaFilter(passes), JsonlWriter(str(out / "filtered")),
+        MinhashDedupSignature(output_folder=str(out / "sig"), config=cfg)], **kw).run()
+    LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(
+        input_folder=str(out / "sig"), output_folder=str(out / "buckets"), config=cfg)],
+        **{**kw, "tasks": cfg.num_buckets, "logging_dir": str(out / "logs2")}).run()
+    LocalPipelineExecutor(pipeline=[MinhashDedupCluster(
+        input_folder=str(out / "buckets"), output_folder=str(out / "remove"), config=cfg)],
+        **{**kw, "logging_dir": str(out / "logs3")}).run()
+    LocalPipelineExecutor(pipeline=[
+        JsonlReader(str(out / "filtered")), MinhashDedupFilter(input_folder=str(out / "remove")),
+        JsonlWriter(str(out / "final"))], **{**kw, "logging_dir": str(out / "logs4")}).run()
+    return time.time() - t0
+
+
+def run_speed(args) -> None:
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    raw = out / "raw" / "speed.jsonl"
+    recs = _speed_corpus(args.docs, raw)
+    n = len(recs)
+    print(f"input: {n} documents, {raw.stat().st_size / 1e6:.1f} MB, 1 worker each "
+          f"(this machine: {os.cpu_count()} cores, shared)")
+    results = {"beam_direct": run_beam(raw, out / "beam")}
+    try:
+        import datatrove  # noqa: F401
+    except ImportError:
+        print("datatrove not installed: skipping the side-by-side run")
+    else:
+        results["datatrove_local"] = run_datatrove(raw, out / "dt")
+    print("| engine | wall s | documents/s per core |\n|---|---:|---:|")
+    for name, wall in results.items():
+        print(f"| {name} | {wall:.1f} | {n / wall:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=("quality", "speed"))
+    ap.add_argument("--docs_per_lang", type=int, default=20)
+    ap.add_argument("--junk_per_kind", type=int, default=28)
+    ap.add_argument("--docs", type=int, default=1500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="/tmp/marco_clean_bench")
+    args = ap.parse_args()
+    run_quality(args) if args.mode == "quality" else run_speed(args)
+
+
+if __name__ == "__main__":
+    main()
