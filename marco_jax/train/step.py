@@ -100,8 +100,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, co
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batch rows over every data-parallel axis (data and fsdp) of the mesh."""
-    axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+    """Batch rows over the mesh axes of the `batch` logical-axis rule (data and fsdp)."""
+    from marco_jax.parallel.rules import LOGICAL_AXIS_RULES
+
+    axes = tuple(a for a in dict(LOGICAL_AXIS_RULES)["batch"] if a in mesh.axis_names)
     return NamedSharding(mesh, PartitionSpec(axes or None))
 
 

@@ -1,0 +1,139 @@
+"""Where training figures go: TensorBoard (tensorboardX), a JSONL file, a progress bar on a
+terminal, and a loss-curve PNG at the end. Only process 0 writes.
+
+Per-source figures are token-weighted over the logging window: loss = sum(nll) / tokens of that
+source since the last log line, perplexity = exp(loss). They are the forgetting monitor: the
+English/Chinese replay sources should stay flat while the new languages fall.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from etils import epath
+
+
+class WindowAggregator:
+    """Accumulates per-step device metrics between two log lines (host-side, numpy)."""
+
+    def __init__(self, source_names: Sequence[str]):
+        self.source_names = list(source_names)
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps = 0
+        self.loss_sum = 0.0  # token-weighted
+        self.tokens = 0.0
+        self.src_loss = np.zeros(len(self.source_names))
+        self.src_tokens = np.zeros(len(self.source_names))
+        self.started = time.perf_counter()
+
+    def add(self, m: Mapping[str, Any]) -> None:
+        self.steps += 1
+        tokens = float(m["tokens"])
+        self.loss_sum += float(m["loss"]) * tokens
+        self.tokens += tokens
+        if "source_loss_sum" in m:
+            self.src_loss += np.asarray(m["source_loss_sum"], np.float64)
+            self.src_tokens += np.asarray(m["source_tokens"], np.float64)
+
+    def per_source(self, prefix: str) -> dict[str, float]:
+        out = {}
+        for name, s, n in zip(self.source_names, self.src_loss, self.src_tokens, strict=True):
+            if n > 0:
+                out[f"{prefix}_loss/{name}"] = s / n
+                out[f"{prefix}_ppl/{name}"] = math.exp(min(s / n, 50.0))
+        return out
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, enabled: bool = True, total_steps: int = 0,
+                 start_step: int = 0, progress: bool | None = None):
+        self.enabled = enabled
+        self.dir = epath.Path(workdir)
+        self.history: list[dict[str, Any]] = []
+        self.tb = None
+        self.bar = None
+        if not enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+        self.jsonl = (self.dir / "metrics.jsonl").open("a")
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        self.history.append(record)
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        for k, v in scalars.items():
+            self.tb.add_scalar(k, float(v), int(step))
+        self.tb.flush()
+
+    def progress(self, step: int, loss: float | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def echo(self, line: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def loss_curve(self, path: str | None = None) -> str | None:
+        """Plot train (and eval) loss from metrics.jsonl — the whole run, resumes included."""
+        if not self.enabled:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        latest: dict[int, dict] = {}
+        for line in (self.dir / "metrics.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            latest.setdefault(rec["step"], {}).update(rec)  # a resumed run rewrites its steps
+        steps = sorted(latest)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        train = [(s, latest[s]["loss"]) for s in steps if "loss" in latest[s]]
+        if train:
+            ax.plot(*zip(*train, strict=True), label="train loss")
+        evals = [(s, latest[s]["eval_loss"]) for s in steps if "eval_loss" in latest[s]]
+        if evals:
+            ax.plot(*zip(*evals, strict=True), "o-", label="held-out loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        out = epath.Path(path) if path else self.dir / "loss_curve.png"
+        with out.open("wb") as f:
+            fig.savefig(f, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return str(out)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        self.tb.close()
+        self.jsonl.close()
