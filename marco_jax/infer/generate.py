@@ -1,0 +1,157 @@
+"""Batched autoregressive decoding with a KV cache, compiled once per (shape, settings).
+
+Prompts are LEFT-padded so every row's last prompt token sits in the same slot and the decode loop
+writes one shared slot per step (see `marco_jax.model.kv_cache`). Positions restart at 0 on each
+row's first real token (`cumsum(mask) - 1`, as Hugging Face's `generate` does), padding gets
+segment id 0 so no query attends to it. One prefill fills the cache; a `lax.while_loop` then
+decodes one token per step and stops as soon as every row has emitted a stop token. Rows that are
+done emit `pad_id`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from marco_jax.infer.sampling import SamplingParams, sample_tokens
+from marco_jax.model.kv_cache import KVCache
+from marco_jax.model.qwen2 import Qwen2ForCausalLM
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class GenerateOutput:
+    tokens: jax.Array  # [B, max_new_tokens] int32; pad_id after a row's stop token
+    lengths: jax.Array  # [B] int32 tokens generated per row, the stop token included
+    finished: jax.Array  # [B] bool, whether the row emitted a stop token
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, multiple: int = 1
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad token lists to one length (rounded up to `multiple`, which bounds recompiles).
+    Returns int32 (tokens [B, P], mask [B, P])."""
+    if not sequences:
+        raise ValueError("left_pad: no sequences given")
+    empty = [i for i, s in enumerate(sequences) if len(s) == 0]
+    if empty:
+        raise ValueError(f"left_pad: sequences {empty} are empty; every prompt needs >= 1 token")
+    longest = max(len(s) for s in sequences)
+    width = -(-longest // multiple) * multiple
+    tokens = np.full((len(sequences), width), pad_id, np.int32)
+    mask = np.zeros((len(sequences), width), np.int32)
+    for row, seq in enumerate(sequences):
+        tokens[row, width - len(seq):] = seq
+        mask[row, width - len(seq):] = 1
+    return tokens, mask
+
+
+def _decode(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: jax.Array,
+            stop_ids: jax.Array, pad_id: jax.Array, rng: jax.Array, *, max_new_tokens: int,
+            sampling: SamplingParams) -> GenerateOutput:
+    model = nnx.merge(graphdef, state)
+    batch, prompt_len = tokens.shape
+    mask = mask.astype(jnp.int32)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    lengths = mask.sum(axis=1)
+
+    def is_stop(t: jax.Array) -> jax.Array:
+        return jnp.any(t[:, None] == stop_ids[None, :], axis=1)
+
+    # The last generated token is never fed back, so the cache needs one slot less.
+    cache = KVCache.init(model.config, batch, prompt_len + max_new_tokens - 1)
+    hidden, cache = model.hidden(tokens, positions, mask, cache)
+    rng, step_rng = jax.random.split(rng)
+    # Only the last slot's logits: a [B, P, vocab] fp32 prefill tensor would dwarf the cache.
+    first = sample_tokens(model.logits(hidden[:, -1]), step_rng, sampling)
+    out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+    done = is_stop(first)
+    carry = (jnp.int32(1), out, cache, first, done, jnp.ones((batch,), jnp.int32), rng)
+
+    def cond(carry):
+        step, _, _, _, done, _, _ = carry
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        step, out, cache, last, done, n_out, rng = carry
+        rng, step_rng = jax.random.split(rng)
+        pos = (lengths + step - 1)[:, None]
+        logits, cache = model.decode_step(last[:, None], pos, jnp.ones_like(pos), cache)
+        nxt = jnp.where(done, pad_id, sample_tokens(logits[:, 0], step_rng, sampling))
+        out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], step, axis=1)
+        n_out = n_out + (~done).astype(jnp.int32)
+        done = done | is_stop(nxt)
+        return step + 1, out, cache, nxt, done, n_out, rng
+
+    _, out, _, _, done, n_out, _ = jax.lax.while_loop(cond, body, carry)
+    return GenerateOutput(tokens=out, lengths=n_out, finished=done)
+
+
+_decode_jit = jax.jit(_decode, static_argnums=0, static_argnames=("max_new_tokens", "sampling"))
+# Stop ids travel as a fixed-size array padded with -1 (never a token), so changing them, or
+# their number up to this many, reuses the compiled loop.
+_STOP_SLOTS = 4
+
+
+def _as_tuple(ids: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(ids, (int, np.integer)):
+        return (int(ids),)
+    return tuple(int(i) for i in ids)
+
+
+def generate(model: Qwen2ForCausalLM, prompt_tokens: jax.Array | np.ndarray, max_new_tokens: int,
+             *, prompt_mask: jax.Array | np.ndarray | None = None,
+             prompt_lengths: jax.Array | np.ndarray | None = None, temperature: float = 0.0,
+             top_p: float = 1.0, top_k: int = 0, eos_ids: int | Sequence[int] | None = None,
+             pad_id: int | None = None, rng: jax.Array | int = 0) -> GenerateOutput:
+    """Decode up to `max_new_tokens` tokens for each LEFT-padded prompt row.
+
+    prompt_tokens: int [B, P]. Give either `prompt_mask` (1 on real tokens, which must be a
+    suffix of each row) or `prompt_lengths` ([B]); neither means no padding.
+    temperature 0 is greedy; top_k 0 / top_p 1.0 switch those filters off.
+    eos_ids: stop token id(s); None means the model config's eos_token_id; () never stops early.
+    pad_id: emitted after a row stopped; default the first stop id (0 without stop ids).
+    rng: a jax PRNG key or an int seed (unused when greedy).
+    """
+    tokens = np.asarray(prompt_tokens, np.int32)
+    if tokens.ndim != 2 or tokens.shape[1] == 0:
+        raise ValueError(f"prompt_tokens shape {tokens.shape}; expected [batch, prompt_len>0]")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}; expected >= 1")
+    batch, width = tokens.shape
+    if prompt_mask is not None and prompt_lengths is not None:
+        raise ValueError("give prompt_mask or prompt_lengths, not both")
+    if prompt_lengths is not None:
+        lengths = np.asarray(prompt_lengths).reshape(-1)
+        if lengths.shape != (batch,):
+            raise ValueError(f"prompt_lengths shape {lengths.shape}; expected ({batch},)")
+        mask = (np.arange(width)[None, :] >= width - lengths[:, None]).astype(np.int32)
+    elif prompt_mask is not None:
+        mask = np.asarray(prompt_mask).astype(np.int32)
+        if mask.shape != tokens.shape:
+            raise ValueError(f"prompt_mask shape {mask.shape} != prompt_tokens {tokens.shape}")
+    else:
+        mask = np.ones_like(tokens)
+    if np.any(mask[:, 1:] < mask[:, :-1]):
+        bad = np.nonzero(np.any(mask[:, 1:] < mask[:, :-1], axis=1))[0].tolist()
+        raise ValueError(f"prompt rows {bad} are not left-padded (real tokens must be a suffix)")
+    if np.any(mask[:, -1] == 0):
+        bad = np.nonzero(mask[:, -1] == 0)[0].tolist()
+        raise ValueError(f"prompt rows {bad} are empty; every prompt needs >= 1 token")
+    stop = _as_tuple(model.config.eos_token_id if eos_ids is None else eos_ids)
+    pad = pad_id if pad_id is not None else (stop[0] if stop else 0)
+    key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
+    sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
+    graphdef, state = nnx.split(model)
+    stop_ids = np.full((max(_STOP_SLOTS, len(stop)),), -1, np.int32)
+    stop_ids[:len(stop)] = stop
+    return _decode_jit(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask),
+                       jnp.asarray(stop_ids), jnp.int32(pad), key,
+                       max_new_tokens=max_new_tokens, sampling=sampling)
+
+
+__all__ = ["GenerateOutput", "generate", "left_pad"]

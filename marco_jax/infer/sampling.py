@@ -1,0 +1,65 @@
+"""Next-token selection: greedy, temperature, top-k and top-p (nucleus), in the order Hugging Face
+applies them (temperature, then top-k, then top-p on what top-k kept)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Hashable, so it can be a static jit argument (one compile per setting).
+
+    temperature: 0 means greedy (argmax); top_k: 0 means off; top_p: 1.0 means off.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature}; expected >= 0 (0 = greedy)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p={self.top_p}; expected 0 < top_p <= 1")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k}; expected >= 0 (0 = off)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
+    """Temperature-scaled fp32 logits [..., V] with tokens outside the top-k / top-p support set
+    to -inf. Ties at a threshold are all kept (as Hugging Face's warpers do)."""
+    logits = logits.astype(jnp.float32)
+    if params.temperature > 0:
+        logits = logits / params.temperature
+    if params.top_k == 0 and params.top_p >= 1.0:
+        return logits
+    vocab = logits.shape[-1]
+    if params.top_k > 0:
+        # top_k values come sorted descending; top-p then only needs those k, not a full sort.
+        sorted_desc = jax.lax.top_k(logits, min(params.top_k, vocab))[0]
+    else:
+        sorted_desc = -jnp.sort(-logits, axis=-1)
+    threshold = sorted_desc[..., -1:]
+    if params.top_p < 1.0:
+        probs = jax.nn.softmax(sorted_desc, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # Smallest prefix whose mass reaches top_p: keep a token if the mass ranked above it is
+        # still below top_p. The first token always qualifies (mass_before = 0).
+        keep = mass_before < params.top_p
+        threshold = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def sample_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams) -> jax.Array:
+    """logits [B, V] -> int32 tokens [B]."""
+    if params.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, filter_logits(logits, params), axis=-1).astype(jnp.int32)
