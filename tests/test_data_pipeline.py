@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import gzip
 import json
+import math
 import re
 
 import ml_collections
@@ -172,9 +173,12 @@ def test_sources_tfrecord_and_array_record(tmp_path):
 
     texts = [f"{L.LANGUAGE_NAMES[x]} text {i}" for i, x in enumerate(L.LANGUAGES[:6])]
     with tf.io.TFRecordWriter(str(tmp_path / "web.tfrecord")) as w:
-        for t in texts[:3]:
+        for i, t in enumerate(texts[:3]):
             ex = tf.train.Example(features=tf.train.Features(feature={
-                "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[t.encode()]))}))
+                "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[t.encode()])),
+                "ids": tf.train.Feature(int64_list=tf.train.Int64List(value=[i, -2, 300000])),
+                "score": tf.train.Feature(float_list=tf.train.FloatList(value=[0.5, i])),
+            }))
             w.write(ex.SerializeToString())
     w = ArrayRecordWriter(str(tmp_path / "web.array_record"), "group_size:1")
     for t in texts[3:]:
@@ -182,7 +186,8 @@ def test_sources_tfrecord_and_array_record(tmp_path):
     w.close()
     tf_src = DocumentSource(str(tmp_path / "*.tfrecord"))
     ar_src = DocumentSource(str(tmp_path / "*.array_record"))
-    assert [r["text"] for r in tf_src] == texts[:3]
+    assert list(tf_src) == [{"text": t, "ids": [i, -2, 300000], "score": [0.5, float(i)]}
+                            for i, t in enumerate(texts[:3])]
     assert [ar_src[i]["text"] for i in (2, 0, 1)] == [texts[5], texts[3], texts[4]]
     # Pre-tokenized records are used as given (EOS appended once).
     tok = get_tokenizer()
@@ -207,3 +212,20 @@ def test_seqio_tasks_give_the_same_tokens(corpus):
         for i, ex in enumerate(ds.take(3).as_numpy_iterator()):
             doc = catalog[name].document(catalog[name].source[i])
             np.testing.assert_array_equal(ex["targets"], doc.tokens)
+
+
+def test_eval_iterator_reads_only_held_out_documents(corpus):
+    from marco_jax.data.pipeline import make_eval_iterator
+
+    cfg = data_config(corpus, eval_fraction=0.2)
+    train, held = make_train_iterator(cfg, 0, 1), make_eval_iterator(cfg, 0, 1)
+    assert held.source_names == train.source_names
+    for j in range(3000):
+        (t1, d1), (t2, d2) = train.example(j), held.example(j)
+        n1, n2 = len(train.plan.tasks[t1].source), len(held.plan.tasks[t2].source)
+        assert 0 <= d1 < n1 - math.ceil(0.2 * n1)
+        assert n2 - math.ceil(0.2 * n2) <= d2 < n2
+    b = next(held)
+    assert b["tokens"].shape == (4, 64) and (b["segment_ids"] > 0).any()
+    with pytest.raises(ValueError, match="eval_fraction"):
+        make_eval_iterator(data_config(corpus), 0, 1)

@@ -76,8 +76,9 @@ class MixtureSpec:
 
     pool_sizes: "paper" (the paper's pool table, `paper_pool_tokens`) or "sources" (each task's
     token count from its source's stats file, or an estimate when there is none).
-    skip_missing: tasks without a source are left out (groups keep their share) instead of
-    raising; only for the demo mixture over the small sample corpus.
+    skip_missing: tasks without a source are left out (their group keeps its share; a group
+    left with no task is dropped and the other groups are scaled up) instead of raising; only
+    for the demo mixture over the small sample corpus.
     """
 
     name: str
@@ -188,11 +189,16 @@ def task_rates(
             raise ValueError(f"mixture {spec.name!r}, group {g!r}: no pool size / source for "
                              f"tasks {missing}")
         if not present:
+            if spec.skip_missing:
+                continue  # the group is dropped; the others are renormalised below
             raise ValueError(f"mixture {spec.name!r}: group {g!r} has share {share} but none of "
                              f"its tasks {list(spec.groups[g])} has a source")
         for t, w in temperature_weights(present, temperature).items():
             rates[t] = share * w
-    return rates
+    if not rates:
+        raise ValueError(f"mixture {spec.name!r}: no task has a source")
+    total = sum(rates.values())
+    return {t: r / total for t, r in rates.items()}
 
 
 def example_probabilities(

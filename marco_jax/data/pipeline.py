@@ -25,7 +25,7 @@ import numpy as np
 
 from marco_jax.data import mixtures as M
 from marco_jax.data.packing import Lane, PackingCounters, empty_rows
-from marco_jax.data.sampler import MixtureSampler, document_index
+from marco_jax.data.sampler import MixtureSampler, derive_seed, document_index
 from marco_jax.data.tasks import Document, TaskSpec, task_catalog
 
 STATE_FORMAT = "marco_jax.input/1"
@@ -104,9 +104,16 @@ def plan_mixture(data: Any) -> MixturePlan:
     probs = M.example_probabilities(rates, mean_tokens)
     return MixturePlan(
         name=spec.name, tasks=tasks, groups={t.name: spec.group_of(t.name) for t in tasks},
-        group_shares={g: s for g, s in spec.shares.items() if s > 0}, pools=pools,
+        group_shares=_group_sums(rates, spec), pools=pools,
         pool_origin=origin, mean_tokens=mean_tokens, token_rates=rates, probabilities=probs,
         temperature=temperature, missing=missing)
+
+
+def _group_sums(rates: Mapping[str, float], spec: M.MixtureSpec) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for t, r in rates.items():
+        out[spec.group_of(t)] = out.get(spec.group_of(t), 0.0) + r
+    return out
 
 
 def _get(section: Any, key: str, default: Any) -> Any:
@@ -122,13 +129,32 @@ class TrainIterator:
 
     def __init__(self, plan: MixturePlan, *, seed: int, global_batch_size: int, seq_len: int,
                  process_index: int = 0, process_count: int = 1, lookahead: int = 8,
-                 block_size: int = 4096):
+                 block_size: int = 4096, split: str = "train", eval_fraction: float = 0.0):
         if global_batch_size % process_count:
             raise ValueError(f"global_batch_size {global_batch_size} is not divisible by "
                              f"process_count {process_count}")
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        if split not in ("train", "eval"):
+            raise ValueError(f"split={split!r}, expected 'train' or 'eval'")
+        if split == "eval" and eval_fraction <= 0:
+            raise ValueError("an eval iterator needs held-out documents: set "
+                             "config.data.eval_fraction > 0 (e.g. 0.01)")
+        if not 0 <= eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
         self.plan, self.seed = plan, int(seed)
+        self.split, self.eval_fraction = split, float(eval_fraction)
+        # Held-out documents: the last ceil(f * N) of every task (at least one document stays
+        # in training); training reads the rest. Eval draws with its own seed.
+        self._doc_ranges = []
+        for task in plan.tasks:
+            n = len(task.source)
+            held = min(n - 1, math.ceil(eval_fraction * n)) if eval_fraction > 0 else 0
+            if split == "eval" and held == 0:
+                raise ValueError(f"task {task.name!r} has {n} document(s): nothing to hold out")
+            self._doc_ranges.append((0, n - held) if split == "train" else (n - held, held))
+        if split == "eval":
+            seed = derive_seed(seed, "eval")
         self.global_batch_size, self.seq_len = global_batch_size, seq_len
         self.process_index, self.process_count = process_index, process_count
         self.lookahead = lookahead
@@ -146,8 +172,8 @@ class TrainIterator:
     def example(self, j: int) -> tuple[int, int]:
         """(task index, document index) of global example j."""
         t, k = self.sampler.lookup(j)
-        task = self.plan.tasks[t]
-        return t, document_index(self.seed, task.name, k, len(task.source))
+        first, count = self._doc_ranges[t]
+        return t, first + document_index(self.seed, self.plan.tasks[t].name, k, count)
 
     def _fetch(self, j: int) -> tuple[int, Document]:
         t, d = self.example(j)
@@ -170,7 +196,8 @@ class TrainIterator:
         return {"format": STATE_FORMAT, "mixture": self.plan.name,
                 "fingerprint": self.plan.fingerprint(), "seed": self.seed,
                 "global_batch_size": self.global_batch_size, "seq_len": self.seq_len,
-                "lookahead": self.lookahead, "step": self.step}
+                "lookahead": self.lookahead, "split": self.split,
+                "eval_fraction": self.eval_fraction, "step": self.step}
 
     def get_state(self) -> dict[str, Any]:
         """JSON-serialisable position. Global (all lanes) when jax runs this many processes."""
@@ -182,7 +209,7 @@ class TrainIterator:
     def set_state(self, state: Mapping[str, Any]) -> None:
         expect = self._header()
         for key in ("format", "mixture", "fingerprint", "seed", "global_batch_size", "seq_len",
-                    "lookahead"):
+                    "lookahead", "split", "eval_fraction"):
             if state.get(key) != expect[key]:
                 raise ValueError(f"input state does not match this pipeline: {key}="
                                  f"{state.get(key)!r} in the checkpoint, {expect[key]!r} now "
@@ -245,8 +272,12 @@ def _allgather_lanes(lanes: dict[str, Any], global_batch: int, lookahead: int) -
 
 
 def make_train_iterator(config: Any, process_index: int | None = None,
-                        process_count: int | None = None) -> TrainIterator:
-    """The training iterator for `config.data` (defaults: this jax process of all of them)."""
+                        process_count: int | None = None, split: str = "train") -> TrainIterator:
+    """The training iterator for `config.data` (defaults: this jax process of all of them).
+
+    Reads data.{mixture, shares, temperature, sources_dir, task_sources, pool_sizes, seq_len,
+    global_batch_size, seed, packing_lookahead, sampler_block_size, eval_fraction}.
+    """
     if process_index is None or process_count is None:
         import jax
 
@@ -257,7 +288,14 @@ def make_train_iterator(config: Any, process_index: int | None = None,
         plan, seed=int(data.seed), global_batch_size=int(data.global_batch_size),
         seq_len=int(data.seq_len), process_index=process_index, process_count=process_count,
         lookahead=int(_get(data, "packing_lookahead", 8)),
-        block_size=int(_get(data, "sampler_block_size", 4096)))
+        block_size=int(_get(data, "sampler_block_size", 4096)), split=split,
+        eval_fraction=float(_get(data, "eval_fraction", 0.0)))
+
+
+def make_eval_iterator(config: Any, process_index: int | None = None,
+                       process_count: int | None = None) -> TrainIterator:
+    """The same mixture over the held-out documents (data.eval_fraction of every task)."""
+    return make_train_iterator(config, process_index, process_count, split="eval")
 
 
 def realised_shares(counts: Mapping[str, float], plan: MixturePlan) -> tuple[dict, dict]:
@@ -270,9 +308,3 @@ def realised_shares(counts: Mapping[str, float], plan: MixturePlan) -> tuple[dic
     return by_group, by_task
 
 
-def group_token_shares(plan: MixturePlan) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for t, r in plan.token_rates.items():
-        out[plan.groups[t]] = out.get(plan.groups[t], 0.0) + r
-    assert math.isclose(sum(out.values()), 1.0, rel_tol=1e-9)
-    return out

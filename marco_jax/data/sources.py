@@ -177,24 +177,91 @@ def decode_payload(raw: bytes, where: str) -> dict[str, Any]:
     return _decode_example(raw, where)
 
 
-def _decode_example(raw: bytes, where: str) -> dict[str, Any]:
-    from tensorflow.core.example import example_pb2  # lazy: imports TensorFlow
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
 
-    ex = example_pb2.Example()
-    try:
-        ex.ParseFromString(raw)
-    except Exception as e:  # protobuf raises DecodeError
-        raise ValueError(f"{where}: neither a JSON object nor a tf.train.Example ({e})") from None
+
+def _fields(buf: bytes, where: str):
+    """(field number, wire type, value) of a protobuf message; value is bytes or an int."""
+    pos, n = 0, len(buf)
+    while pos < n:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > n:
+                raise ValueError(f"{where}: truncated protobuf field {number}")
+            yield number, wire, buf[pos:pos + length]
+            pos += length
+        elif wire == 0:
+            value, pos = _varint(buf, pos)
+            yield number, wire, value
+        elif wire == 5:
+            yield number, wire, buf[pos:pos + 4]
+            pos += 4
+        elif wire == 1:
+            yield number, wire, buf[pos:pos + 8]
+            pos += 8
+        else:
+            raise ValueError(f"{where}: not a tf.train.Example (protobuf wire type {wire})")
+
+
+def _decode_example(raw: bytes, where: str) -> dict[str, Any]:
+    """A serialized tf.train.Example's features, decoded by hand (no TensorFlow import).
+
+    Example{1: Features{1: map<string, Feature>}}; Feature{1: BytesList, 2: FloatList,
+    3: Int64List}, each a repeated field 1 (floats/ints packed or not). Single values are
+    unwrapped; bytes are decoded as UTF-8.
+    """
     out: dict[str, Any] = {}
-    for key, feat in ex.features.feature.items():
-        kind = feat.WhichOneof("kind")
-        if kind == "bytes_list":
-            vals = [v.decode("utf-8") for v in feat.bytes_list.value]
-            out[key] = vals[0] if len(vals) == 1 else vals
-        elif kind == "int64_list":
-            out[key] = list(feat.int64_list.value)
-        elif kind == "float_list":
-            out[key] = list(feat.float_list.value)
+    try:
+        for num, _, features in _fields(raw, where):
+            if num != 1:
+                continue
+            for num2, _, entry in _fields(features, where):
+                if num2 != 1:
+                    continue
+                key, feature = "", b""
+                for k, _, v in _fields(entry, where):
+                    if k == 1:
+                        key = v.decode("utf-8")
+                    elif k == 2:
+                        feature = v
+                values: list[Any] = []
+                kind = 0
+                for kind, _, lst in _fields(feature, where):
+                    for _, wire, v in _fields(lst, where):
+                        if kind == 1:
+                            values.append(v.decode("utf-8"))
+                        elif kind == 2:
+                            values += (list(struct.unpack(f"<{len(v) // 4}f", v)) if wire == 2
+                                       else [struct.unpack("<f", v)[0]])
+                        elif kind == 3:
+                            values += _packed_ints(v) if wire == 2 else [_signed(v)]
+                out[key] = values[0] if kind == 1 and len(values) == 1 else values
+    except (IndexError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where}: neither a JSON object nor a tf.train.Example ({e})") from None
+    if not out:
+        raise ValueError(f"{where}: neither a JSON object nor a tf.train.Example with features")
+    return out
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _packed_ints(buf: bytes) -> list[int]:
+    pos, out = 0, []
+    while pos < len(buf):
+        v, pos = _varint(buf, pos)
+        out.append(_signed(v))
     return out
 
 

@@ -35,7 +35,8 @@ from marco_jax.data.sources import DocumentSource, expand_pattern, is_remote, re
 from marco_jax.data.templates import render_translation
 from marco_jax.data.tokenizer import get_tokenizer
 
-SHARD_GLOBS = ("*.jsonl", "*.jsonl.gz", "*.tfrecord*", "*.array_record*")
+# In order of preference: data_pipelines writes a JSONL copy beside its binary shards.
+SHARD_GLOBS = ("*.array_record*", "*.tfrecord*", "*.jsonl", "*.jsonl.gz")
 SAMPLE_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "sample_data")
 
 
