@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     try:
         tpu_slice = parse_slice(topology, slices)
         report = check_fit(config, tpu_slice, headroom=_HEADROOM.value, mfu=_MFU.value)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:  # bad config/topology, or libtpu missing
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n".join(report.lines()))

@@ -74,6 +74,12 @@ class TpuSlice:
         dims = (*self.shape, 1, 1)[:3]
         return tuple(d >= full for d in dims)  # type: ignore[return-value]
 
+    @property
+    def chips_per_host_bounds(self) -> tuple[int, int, int]:
+        """Chips per host along each dimension: 2x2x1 (4-chip hosts), less on a tiny slice."""
+        dims = (*self.shape, 1, 1)[:3]
+        return tuple(min(d, b) for d, b in zip(dims, (2, 2, 1), strict=True))  # type: ignore
+
     def describe(self) -> str:
         slices = f"{self.num_slices} x " if self.num_slices > 1 else ""
         return (f"{slices}{self.name} ({self.topology_name}, {self.chips} chips of "
@@ -105,12 +111,18 @@ def parse_slice(name: str, num_slices: int = 1) -> TpuSlice:
 
 def topology_devices(tpu_slice: TpuSlice) -> list[Any]:
     """Compile-only TPU devices for the slice(s); needs libtpu (`pip install -e .[tpu]`)."""
+    import os
+
     from jax.experimental import topologies
 
+    # Compile-only use touches no chip; without this a second process (a test's subprocess, a
+    # training job on a TPU VM) would be refused by libtpu's single-process lock.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         desc = topologies.get_topology_desc(
             tpu_slice.topology_name, "tpu", chip_config_name=tpu_slice.chip.chip_config_name,
-            chips_per_host_bounds=(2, 2, 1), num_slices=tpu_slice.num_slices,
+            chips_per_host_bounds=tpu_slice.chips_per_host_bounds,
+            num_slices=tpu_slice.num_slices,
             wrap=tpu_slice.wrap)
     except Exception as e:  # libtpu missing or topology rejected
         raise RuntimeError(f"cannot describe {tpu_slice.describe()} for AOT compilation: {e}. "
