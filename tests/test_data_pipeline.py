@@ -229,3 +229,16 @@ def test_eval_iterator_reads_only_held_out_documents(corpus):
     assert b["tokens"].shape == (4, 64) and (b["segment_ids"] > 0).any()
     with pytest.raises(ValueError, match="eval_fraction"):
         make_eval_iterator(data_config(corpus), 0, 1)
+
+
+def test_demo_mixture_reads_the_package_sample_corpus():
+    """The default config (mixture "demo", no sources_dir) runs on the shipped sample corpus."""
+    c = data_config("", mixture="demo", seq_len=128)
+    plan = plan_mixture(c.data)
+    assert {"web.en", "web.ne", "bitext.en_de", "knowledge", "synthetic"} <= set(plan.names)
+    assert sum(plan.token_rates.values()) == pytest.approx(1.0)
+    assert plan.group_shares["english"] == pytest.approx(0.32)  # every stage-I group present
+    b = next(make_train_iterator(c, 0, 1))
+    assert (b["segment_ids"] > 0).mean() > 0.5
+    sft = make_train_iterator(data_config("", mixture="sft", seq_len=256), 0, 1)
+    assert sft.source_names == ["sft.chat"] and next(sft)["loss_mask"].sum() > 0

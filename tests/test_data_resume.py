@@ -72,3 +72,30 @@ def test_state_from_another_config_is_refused(uninterrupted, tmp_path):
                           capture_output=True, text=True, env={**os.environ,
                                                                "JAX_PLATFORMS": "cpu"})
     assert proc.returncode != 0 and "seed=99 in the checkpoint" in proc.stderr
+
+
+def test_real_two_process_run_gathers_the_global_state(uninterrupted):
+    """Two jax.distributed CPU processes: get_state() all-gathers every lane on both hosts, and
+    the gathered state equals the single-host run's state at the same step."""
+    import socket
+
+    tmp, corpus, _ = uninterrupted
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    out = tmp / "multihost"
+    out.mkdir()
+    worker = Path(__file__).with_name("data_multihost_worker.py")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    procs = [subprocess.Popen([sys.executable, str(worker), str(corpus), str(out), str(p),
+                               str(port), str(N)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for p in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    single = json.loads((tmp / "state_1host.json").read_text())
+    for p in (0, 1):
+        got = json.loads((out / f"host{p}.json").read_text())
+        assert got["rows"] == list(range(4 * p, 4 * p + 4))
+        assert got["state"] == single
