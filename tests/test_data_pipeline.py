@@ -242,3 +242,27 @@ def test_demo_mixture_reads_the_package_sample_corpus():
     assert (b["segment_ids"] > 0).mean() > 0.5
     sft = make_train_iterator(data_config("", mixture="sft", seq_len=256), 0, 1)
     assert sft.source_names == ["sft.chat"] and next(sft)["loss_mask"].sum() > 0
+
+
+def test_pool_sizes_from_data_pipelines_stats(tmp_path):
+    """Shards in data_pipelines' layout (<out>/<lang>/part-*, <out>/stats.json by_language): the
+    temperature formula uses the stats' token counts."""
+    web = tmp_path / "web"
+    counts = {"en": (3, 9000), "zh": (2, 1000)}
+    for lang, (docs, _) in counts.items():
+        (web / lang).mkdir(parents=True)
+        (web / lang / "part-00000-of-00001.jsonl").write_text(
+            "".join(json.dumps({"text": f"{lang} {i}", "lang": lang}) + "\n" for i in range(docs)))
+    (web / "stats.json").write_text(json.dumps({
+        "documents": 5, "tokens": 10000,
+        "by_language": {k: {"documents": d, "tokens": t} for k, (d, t) in counts.items()}}))
+    shares = {"english": 0.0, "chinese": 0.0, "high_resource": 0.0, "low_resource": 0.0,
+              "parallel": 0.0, "knowledge": 0.0, "synthetic": 0.0}
+    c = data_config(tmp_path, mixture="demo", pool_sizes="sources", temperature=2.0,
+                    shares=shares | {"english": 0.5, "chinese": 0.5})
+    plan = plan_mixture(c.data)
+    assert plan.pools == {"web.en": 9000.0, "web.zh": 1000.0}
+    assert plan.pool_origin == {"web.en": "stats", "web.zh": "stats"}
+    assert plan.mean_tokens == {"web.en": 3000.0, "web.zh": 500.0}
+    # Token shares 1/2 each -> example probabilities proportional to share / mean length.
+    assert plan.probabilities["web.zh"] == pytest.approx((0.5 / 500) / (0.5 / 500 + 0.5 / 3000))
