@@ -266,3 +266,16 @@ def test_pool_sizes_from_data_pipelines_stats(tmp_path):
     assert plan.mean_tokens == {"web.en": 3000.0, "web.zh": 500.0}
     # Token shares 1/2 each -> example probabilities proportional to share / mean length.
     assert plan.probabilities["web.zh"] == pytest.approx((0.5 / 500) / (0.5 / 500 + 0.5 / 3000))
+
+
+def test_seqio_mixture_carries_the_plan_rates(corpus):
+    import seqio
+
+    from marco_jax.data import seqio_tasks
+
+    plan = plan_mixture(data_config(corpus, mixture="marco_stage2").data)
+    mix = seqio_tasks.register_mixture(plan)
+    assert seqio.get_mixture_or_task("marco_stage2") is mix
+    assert sorted(t.name for t in mix.tasks) == sorted(plan.names)
+    for t in mix.tasks:
+        assert mix.get_rate(t) == pytest.approx(plan.probabilities[t.name])
