@@ -99,6 +99,7 @@ def run_datatrove(raw: Path, out: Path) -> float:
     from data_pipelines.lid import bundled_lid176_path
     from data_pipelines.normalize import normalize_text
     from data_pipelines.quality import QualityFilters
+    from data_pipelines.words import RuleWordTokenizer
 
     class Normalize(BaseFormatter):
         def format(self, text: str) -> str:
@@ -109,15 +110,24 @@ def run_datatrove(raw: Path, out: Path) -> float:
     def passes(doc) -> bool:
         return quality.check(doc.text, doc.metadata["language"]) is None
 
+    import datatrove.pipeline.filters.language_filter as dt_lf
+    import fasttext
+
+    # datatrove checks for the `fasttext` distribution by name; `fasttext-predict` provides the
+    # same module (predict only), which is all LanguageFilter uses.
+    dt_lf.check_required_dependencies = lambda *a, **k: None
     lid = LanguageFilter(languages=list(MARCO_LANGUAGES), language_threshold=0.65)
-    lid.model.model_path = str(bundled_lid176_path())  # offline: the bundled lid.176.ftz
+    lid.model._model = fasttext.load_model(str(bundled_lid176_path()))  # offline, same model
     cfg = MinhashConfig(num_buckets=14, hashes_per_bucket=8, n_grams=5)
     t0 = time.time()
     kw = dict(tasks=1, workers=1, logging_dir=str(out / "logs"), skip_completed=False)
     LocalPipelineExecutor(pipeline=[
         JsonlReader(str(raw.parent), glob_pattern=raw.name), Normalize(), lid,
         LambdaFilter(passes), JsonlWriter(str(out / "filtered")),
-        MinhashDedupSignature(output_folder=str(out / "sig"), config=cfg)], **kw).run()
+        # datatrove shingles with one word tokenizer per step (FineWeb-2 runs one language per
+        # job); on this mixed-language input we give it our Unicode-rule tokenizer.
+        MinhashDedupSignature(output_folder=str(out / "sig"), config=cfg,
+                              language=RuleWordTokenizer("xx"))], **kw).run()
     LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(
         input_folder=str(out / "sig"), output_folder=str(out / "buckets"), config=cfg)],
         **{**kw, "tasks": cfg.num_buckets, "logging_dir": str(out / "logs2")}).run()
