@@ -115,7 +115,7 @@ def run_datatrove(raw: Path, out: Path) -> float:
 
     # datatrove checks for the `fasttext` distribution by name; `fasttext-predict` provides the
     # same module (predict only), which is all LanguageFilter uses.
-    dt_lf.check_required_dependencies = lambda *a, **k: None
+    dt_lf.LanguageFilter._requires_dependencies = []
     lid = LanguageFilter(languages=list(MARCO_LANGUAGES), language_threshold=0.65)
     lid.model._model = fasttext.load_model(str(bundled_lid176_path()))  # offline, same model
     cfg = MinhashConfig(num_buckets=14, hashes_per_bucket=8, n_grams=5)
