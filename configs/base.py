@@ -35,6 +35,13 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.seed = 0
     c.data.temperature = 3.0
     c.data.sources_dir = ""  # root of local/gs:// shards; empty: the package's sample corpus
+    c.data.task_sources = ml_collections.ConfigDict()  # task name -> path/glob, overrides the root
+    c.data.shares = ml_collections.ConfigDict()  # group -> token share, overrides the mixture's
+    c.data.pool_sizes = ""  # "paper" | "sources" (stats.json); "": the mixture's default
+    c.data.packing_lookahead = 8  # documents held back per row for first-fit packing
+    c.data.sampler_block_size = 4096
+    c.data.eval_fraction = 0.0  # held-out tail of every task for per-language eval loss
+    c.data.estimate_docs = 64  # documents read to estimate tokens/doc when stats.json is absent
 
     c.optim = ml_collections.ConfigDict()
     c.optim.peak_lr = 1e-5
