@@ -14,8 +14,8 @@ import pytest
 import torch
 from flax import nnx
 from hf_fixtures import make_hf_model
+from parity_fixtures import load_hf_weights, sharpen
 
-from marco_jax.convert.mapping import rule_for
 from marco_jax.infer import generate, left_pad
 from marco_jax.model.config import Qwen2Config
 from marco_jax.model.kv_cache import KVCache
@@ -29,29 +29,6 @@ CONFIGS = {
     "kv1_untied_h24": (24, 3, 3, 3, False, 2),
 }
 VOCAB = 160
-
-
-def load_hf_weights(hf_model, **runtime) -> nnx.Module:
-    """Our model holding the HF model's weights, placed through the conversion table (numpy
-    assembly on an abstract model: no random init, no per-tensor device ops)."""
-    config = Qwen2Config.from_hf_dict(hf_model.config.to_dict(), **runtime)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: init_model(config)))
-    pure = nnx.to_pure_dict(state)
-    pure = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), pure)
-    for name, tensor in hf_model.state_dict().items():
-        if name == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        rule, layer = rule_for(name)
-        parent = pure
-        for key in rule.ours[:-1]:
-            parent = parent[key]
-        value = rule.to_ours(tensor.detach().numpy(), config)
-        if layer is None:
-            parent[rule.ours[-1]] = value
-        else:
-            parent[rule.ours[-1]][layer] = value
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
-    return nnx.merge(graphdef, state)
 
 
 @nnx.jit
@@ -73,18 +50,6 @@ def hf_left_pad_positions(mask: np.ndarray) -> np.ndarray:
     """What HF `generate` feeds: cumsum(mask) - 1, padding set to 1."""
     positions = np.cumsum(mask, axis=1) - 1
     return np.where(mask == 0, 1, positions)
-
-
-def sharpen(hf_model, factor: float = 6.0):
-    """Random weights at the fixture's scale give near-uniform attention, so greedy decoding just
-    repeats one token. Scaling q/k (peaked attention) and gate/up (stronger MLP) makes the
-    continuation depend on the context, so the greedy comparison tests something."""
-    with torch.no_grad():
-        for name, p in hf_model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight", "gate_proj.weight",
-                              "up_proj.weight")):
-                p.mul_(factor)
-    return hf_model
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))

@@ -52,7 +52,7 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, multiple: int = 1
 
 def _decode(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: jax.Array,
             stop_ids: jax.Array, pad_id: jax.Array, rng: jax.Array, *, max_new_tokens: int,
-            sampling: SamplingParams) -> GenerateOutput:
+            sampling: SamplingParams, vocab_limit: int | None) -> GenerateOutput:
     model = nnx.merge(graphdef, state)
     batch, prompt_len = tokens.shape
     mask = mask.astype(jnp.int32)
@@ -62,12 +62,17 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: j
     def is_stop(t: jax.Array) -> jax.Array:
         return jnp.any(t[:, None] == stop_ids[None, :], axis=1)
 
+    def next_token(logits: jax.Array, step_rng: jax.Array) -> jax.Array:
+        if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+            logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
+        return sample_tokens(logits, step_rng, sampling)
+
     # The last generated token is never fed back, so the cache needs one slot less.
     cache = KVCache.init(model.config, batch, prompt_len + max_new_tokens - 1)
     hidden, cache = model.hidden(tokens, positions, mask, cache)
     rng, step_rng = jax.random.split(rng)
     # Only the last slot's logits: a [B, P, vocab] fp32 prefill tensor would dwarf the cache.
-    first = sample_tokens(model.logits(hidden[:, -1]), step_rng, sampling)
+    first = next_token(model.logits(hidden[:, -1]), step_rng)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     done = is_stop(first)
     carry = (jnp.int32(1), out, cache, first, done, jnp.ones((batch,), jnp.int32), rng)
@@ -81,7 +86,7 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: j
         rng, step_rng = jax.random.split(rng)
         pos = (lengths + step - 1)[:, None]
         logits, cache = model.decode_step(last[:, None], pos, jnp.ones_like(pos), cache)
-        nxt = jnp.where(done, pad_id, sample_tokens(logits[:, 0], step_rng, sampling))
+        nxt = jnp.where(done, pad_id, next_token(logits[:, 0], step_rng))
         out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], step, axis=1)
         n_out = n_out + (~done).astype(jnp.int32)
         done = done | is_stop(nxt)
@@ -91,7 +96,8 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: j
     return GenerateOutput(tokens=out, lengths=n_out, finished=done)
 
 
-_decode_jit = jax.jit(_decode, static_argnums=0, static_argnames=("max_new_tokens", "sampling"))
+_decode_jit = jax.jit(_decode, static_argnums=0, static_argnames=("max_new_tokens", "sampling",
+                                                            "vocab_limit"))
 # Stop ids travel as a fixed-size array padded with -1 (never a token), so changing them, or
 # their number up to this many, reuses the compiled loop.
 _STOP_SLOTS = 4
@@ -107,7 +113,8 @@ def generate(model: Qwen2ForCausalLM, prompt_tokens: jax.Array | np.ndarray, max
              *, prompt_mask: jax.Array | np.ndarray | None = None,
              prompt_lengths: jax.Array | np.ndarray | None = None, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, eos_ids: int | Sequence[int] | None = None,
-             pad_id: int | None = None, rng: jax.Array | int = 0) -> GenerateOutput:
+             pad_id: int | None = None, rng: jax.Array | int = 0,
+             vocab_limit: int | None = None) -> GenerateOutput:
     """Decode up to `max_new_tokens` tokens for each LEFT-padded prompt row.
 
     prompt_tokens: int [B, P]. Give either `prompt_mask` (1 on real tokens, which must be a
@@ -116,6 +123,8 @@ def generate(model: Qwen2ForCausalLM, prompt_tokens: jax.Array | np.ndarray, max
     eos_ids: stop token id(s); None means the model config's eos_token_id; () never stops early.
     pad_id: emitted after a row stopped; default the first stop id (0 without stop ids).
     rng: a jax PRNG key or an int seed (unused when greedy).
+    vocab_limit: never emit ids >= this (e.g. the tokenizer's size: Qwen2's embedding table has
+    unused padding rows beyond its 151,646 tokens).
     """
     tokens = np.asarray(prompt_tokens, np.int32)
     if tokens.ndim != 2 or tokens.shape[1] == 0:
@@ -151,7 +160,7 @@ def generate(model: Qwen2ForCausalLM, prompt_tokens: jax.Array | np.ndarray, max
     stop_ids[:len(stop)] = stop
     return _decode_jit(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask),
                        jnp.asarray(stop_ids), jnp.int32(pad), key,
-                       max_new_tokens=max_new_tokens, sampling=sampling)
+                       max_new_tokens=max_new_tokens, sampling=sampling, vocab_limit=vocab_limit)
 
 
 __all__ = ["GenerateOutput", "generate", "left_pad"]

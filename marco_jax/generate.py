@@ -1,0 +1,66 @@
+"""CLI: continue prompts with a converted checkpoint.
+
+  python -m marco_jax.generate --checkpoint DIR --prompt "Once upon a time" [--prompt ...]
+      [--max-new-tokens 128] [--temperature 0 (greedy)] [--top-p 1.0] [--top-k 0] [--seed 0]
+      [--chat [--system "You are a helpful assistant."]] [--dtype bfloat16]
+
+With --chat each prompt is a user turn rendered as ChatML, and decoding stops at <|im_end|>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from marco_jax.convert.checkpoint import load_model
+from marco_jax.data.tokenizer import get_tokenizer
+from marco_jax.infer.text import generate_text
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m marco_jax.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="converted checkpoint dir (model_config.json + params/)")
+    p.add_argument("--prompt", required=True, action="append",
+                   help="prompt text; repeat for a batch")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat", action="store_true", help="render prompts as ChatML user turns")
+    p.add_argument("--system", default=None, help="system message for --chat")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="compute dtype (default: the checkpoint's config)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.system is not None and not args.chat:
+        print("error: --system needs --chat", file=sys.stderr)
+        return 2
+    if not (args.checkpoint / "model_config.json").is_file():
+        print(f"error: --checkpoint {args.checkpoint}: no model_config.json (expected a "
+              "converted checkpoint; see python -m marco_jax.convert)", file=sys.stderr)
+        return 1
+    model = load_model(args.checkpoint, **({"dtype": args.dtype} if args.dtype else {}))
+    try:
+        texts = generate_text(model, get_tokenizer(), args.prompt,
+                              max_new_tokens=args.max_new_tokens, chat=args.chat,
+                              system=args.system, temperature=args.temperature,
+                              top_p=args.top_p, top_k=args.top_k, rng=args.seed)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"=== [{i}] {args.prompt[i]!r}")
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

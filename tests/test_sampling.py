@@ -1,0 +1,113 @@
+"""Next-token sampling: hand-computed supports, transformers' logits warpers as a reference, and
+rng determinism of sampled generation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from marco_jax.infer import SamplingParams, filter_logits, generate, sample_tokens
+from marco_jax.model.config import Qwen2Config
+from marco_jax.model.qwen2 import init_model
+
+PROBS = np.array([0.5, 0.2, 0.15, 0.1, 0.05])
+LOGITS = jnp.log(jnp.asarray(PROBS, jnp.float32))[None]
+
+
+def _probs(params: SamplingParams) -> np.ndarray:
+    return np.asarray(jax.nn.softmax(filter_logits(LOGITS, params), axis=-1))[0]
+
+
+@pytest.mark.parametrize("params, expected", [
+    (SamplingParams(temperature=1.0), PROBS),
+    (SamplingParams(temperature=1.0, top_k=2), [5 / 7, 2 / 7, 0, 0, 0]),
+    # Mass ranked above each token: 0, .5, .7, .85, .95 -> the first three stay under .75.
+    (SamplingParams(temperature=1.0, top_p=0.75), [0.5 / 0.85, 0.2 / 0.85, 0.15 / 0.85, 0, 0]),
+    (SamplingParams(temperature=1.0, top_p=0.45), [1, 0, 0, 0, 0]),
+    # Top-k first (renormalised .526,.211,.158,.105), then top-p .6 keeps two.
+    (SamplingParams(temperature=1.0, top_k=4, top_p=0.6), [5 / 7, 2 / 7, 0, 0, 0]),
+    (SamplingParams(temperature=2.0), np.sqrt(PROBS) / np.sqrt(PROBS).sum()),
+], ids=["plain", "top_k2", "top_p.75", "top_p.45", "top_k4_top_p.6", "temp2"])
+def test_filtered_distribution_is_hand_computed(params, expected):
+    np.testing.assert_allclose(_probs(params), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [
+    (0.7, 0, 0.9), (1.3, 5, 1.0), (1.0, 10, 0.8), (0.5, 0, 0.3), (1.0, 3, 0.99)])
+def test_filter_matches_transformers_warpers(temperature, top_k, top_p):
+    logits = np.random.default_rng(0).normal(size=(4, 50)).astype(np.float32) * 3
+    ours = np.asarray(filter_logits(jnp.asarray(logits),
+                                    SamplingParams(temperature, top_p=top_p, top_k=top_k)))
+    ref = torch.tensor(logits)
+    warpers = [TemperatureLogitsWarper(temperature)]
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    for warper in warpers:  # HF's order: temperature, top-k, top-p
+        ref = warper(None, ref)
+    ref = ref.numpy()
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(ref))
+    kept = ~np.isinf(ref)
+    np.testing.assert_allclose(ours[kept], ref[kept], rtol=1e-6)
+
+
+def test_samples_stay_in_support_with_the_right_frequencies():
+    params = SamplingParams(temperature=1.0, top_p=0.75)
+    keys = jax.random.split(jax.random.key(0), 4000)
+    draws = np.asarray(jax.vmap(lambda k: sample_tokens(LOGITS, k, params))(keys))[:, 0]
+    counts = np.bincount(draws, minlength=5) / len(draws)
+    assert counts[3] == counts[4] == 0
+    np.testing.assert_allclose(counts[:3], np.array([0.5, 0.2, 0.15]) / 0.85, atol=0.04)
+
+
+def test_greedy_ignores_rng_and_filters():
+    rng = jax.random.key(3)
+    assert int(sample_tokens(LOGITS, rng, SamplingParams())[0]) == 0
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": -1.0}, {"top_p": 0.0}, {"top_p": 1.5},
+                                    {"top_k": -2}])
+def test_bad_sampling_params_are_rejected(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        SamplingParams(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    config = Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, rope_theta=10_000.0)
+    return init_model(config, seed=0)
+
+
+def test_sampled_generation_is_deterministic_per_rng(tiny_model):
+    prompts = np.array([[5, 6, 7, 8], [0, 9, 10, 11]])
+    mask = np.array([[1, 1, 1, 1], [0, 1, 1, 1]])
+    run = lambda seed, **kw: np.asarray(generate(  # noqa: E731
+        tiny_model, prompts, 24, prompt_mask=mask, temperature=1.5, eos_ids=(), rng=seed,
+        **kw).tokens)
+    first = run(7)
+    np.testing.assert_array_equal(first, run(7))
+    assert not np.array_equal(first, run(8))
+    # Top-k 1 leaves one candidate: sampling must reduce to greedy decoding.
+    greedy = np.asarray(generate(tiny_model, prompts, 24, prompt_mask=mask, eos_ids=()).tokens)
+    np.testing.assert_array_equal(run(7, top_k=1), greedy)
+    assert len(set(first.ravel().tolist())) > 5  # temperature 1.5 on a random model: spread
+
+
+def test_generate_rejects_bad_prompts(tiny_model):
+    tokens = np.array([[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(ValueError, match="not left-padded"):
+        generate(tiny_model, tokens, 4, prompt_mask=np.array([[1, 1, 0], [1, 1, 1]]))
+    with pytest.raises(ValueError, match="empty"):
+        generate(tiny_model, tokens, 4, prompt_lengths=np.array([0, 3]))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(tiny_model, tokens, 0)
