@@ -118,7 +118,11 @@ def run_datatrove(raw: Path, out: Path) -> float:
     dt_lf.LanguageFilter._requires_dependencies = []
     lid = LanguageFilter(languages=list(MARCO_LANGUAGES), language_threshold=0.65)
     lid.model._model = fasttext.load_model(str(bundled_lid176_path()))  # offline, same model
-    cfg = MinhashConfig(num_buckets=14, hashes_per_bucket=8, n_grams=5)
+    from datatrove.utils.hashing import HashConfig
+
+    # sha1 (xxhash is not installed; datasketch, used by our pipeline, hashes with sha1 too)
+    cfg = MinhashConfig(num_buckets=14, hashes_per_bucket=8, n_grams=5,
+                        hash_config=HashConfig(hash_fc="sha1", precision=64))
     t0 = time.time()
     kw = dict(tasks=1, workers=1, logging_dir=str(out / "logs"), skip_completed=False)
     LocalPipelineExecutor(pipeline=[
