@@ -134,3 +134,16 @@ def test_vocab_limit_is_respected(tiny_model):
     assert free.max() >= 10  # otherwise the limit below would prove nothing
     limited = generate(tiny_model, prompts, 16, eos_ids=(), temperature=2.0, vocab_limit=10)
     assert np.asarray(limited.tokens).max() < 10
+
+
+def test_changing_stop_ids_or_pad_does_not_recompile(tiny_model):
+    from marco_jax.infer.generate import _decode_jit
+
+    prompts = np.array([[5, 6, 7, 8, 9]])
+    generate(tiny_model, prompts, 5, eos_ids=(3,), pad_id=0)
+    compiled = _decode_jit._cache_size()
+    generate(tiny_model, prompts, 5, eos_ids=(4, 11), pad_id=2)
+    generate(tiny_model, prompts, 5, eos_ids=(), pad_id=1)
+    assert _decode_jit._cache_size() == compiled
+    generate(tiny_model, prompts, 6, eos_ids=(3,), pad_id=0)  # a new length is a new program
+    assert _decode_jit._cache_size() == compiled + 1
