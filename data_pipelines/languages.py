@@ -7,9 +7,8 @@ speaks ISO 639-1 only.
 
 from __future__ import annotations
 
-HIGH_RESOURCE = ("en", "zh", "ar", "de", "es", "fr", "ko", "ja", "pt", "tr")
-LOW_RESOURCE = ("bn", "he", "id", "it", "ms", "nl", "pl", "ru", "th", "uk", "ur", "vi", "cs", "el",
-                "hu", "kk", "ro", "az", "ne")
+from marco_jax.data.languages import HIGH_RESOURCE, LOW_RESOURCE  # the one home of the list
+
 MARCO_LANGUAGES = HIGH_RESOURCE + LOW_RESOURCE
 
 # ISO 639-1 -> the FineWeb-2 / GlotLID "iso639-3_Script" code (FineWeb-2 picks the macrolanguage's
