@@ -58,7 +58,10 @@ def test_logical_to_spec_by_hand_and_divisibility_fallback():
     mesh = build_mesh({"ici": {"fsdp": 4, "tensor": 2}})
     assert logical_to_spec(("layers", "embed", "heads", "head_dim"), (2, 128, 4, 32),
                            mesh) == P(None, "fsdp", "tensor", None)
-    assert logical_to_spec(("vocab", "embed"), (512, 128), mesh) == P("tensor", "fsdp")
+    # vocab is listed before embed, so the tables take fsdp on vocab (lm-head logits stay
+    # batch-split); every other weight takes it on embed.
+    assert logical_to_spec(("vocab", "embed"), (512, 128), mesh) == P(("tensor", "fsdp"), None)
+    assert logical_to_spec(("embed", "vocab"), (128, 512), mesh) == P(None, ("tensor", "fsdp"))
     assert logical_to_spec(("batch", "length"), (8, 16), mesh) == P(("data", "fsdp"), None)
     # 3 kv heads cannot split over tensor=2: replicated on that dimension, and reported.
     assert logical_to_spec(("embed", "kv_heads", "head_dim"), (128, 3, 32),

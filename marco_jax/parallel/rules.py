@@ -4,7 +4,8 @@ Every parameter carries `logical_axes` metadata (marco_jax/model/qwen2.py); acti
 `batch`/`length`. A logical axis maps to a tuple of mesh axes (its dimension is split over their
 product). When a dimension is not divisible by that product (e.g. 2 KV heads over tensor=4) the
 trailing mesh axes are dropped until it divides, down to replication; `explain_fallbacks` lists
-such cases so that a config author sees them.
+such cases so that a config author sees them. A mesh axis is used once per array: dimensions claim
+axes in the order of the table (earlier rules first).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ Rules = Sequence[tuple[str, tuple[str, ...]]]
 LOGICAL_AXIS_RULES: Rules = (
     ("batch", ("data", "fsdp")),  # data parallel over both; fsdp also shards the weights
     ("length", ()),
-    ("vocab", ("tensor",)),
-    ("embed", ("fsdp",)),  # ZeRO-3: every weight is split over fsdp on its model dimension
+    # Embedding / lm-head tables split on vocab over tensor *and* fsdp (listed before `embed`, so
+    # they win fsdp): with `embed` split instead, XLA contracts the sharded embed dimension of the
+    # lm head and materialises full-batch [B, chunk, vocab] logits on every chip.
+    ("vocab", ("tensor", "fsdp")),
+    ("embed", ("fsdp",)),  # ZeRO-3: every other weight is split over fsdp on its model dim
     ("heads", ("tensor",)),  # Megatron-style: attention heads and the MLP hidden over tensor
     ("kv_heads", ("tensor",)),
     ("head_dim", ()),
@@ -40,19 +44,21 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], me
     if len(logical_axes) != len(shape):
         raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
     table = dict(rules)
-    used: set[str] = set()
-    spec: list[Any] = []
-    for name, dim in zip(logical_axes, shape, strict=True):
-        if name is None:
-            spec.append(None)
-            continue
-        if name not in table:
+    for name in logical_axes:
+        if name is not None and name not in table:
             raise ValueError(f"logical axis {name!r} has no rule; known: {sorted(table)}")
-        axes = [a for a in table[name] if a in mesh.shape and a not in used]
-        while axes and dim % math.prod(mesh.shape[a] for a in axes):
+    priority = {name: i for i, (name, _) in enumerate(rules)}
+    # Dimensions claim mesh axes in rule-table order: earlier rules win a contested mesh axis.
+    order = sorted((i for i, n in enumerate(logical_axes) if n is not None),
+                   key=lambda i: priority[logical_axes[i]])
+    used: set[str] = set()
+    spec: list[Any] = [None] * len(shape)
+    for i in order:
+        axes = [a for a in table[logical_axes[i]] if a in mesh.shape and a not in used]
+        while axes and shape[i] % math.prod(mesh.shape[a] for a in axes):
             axes.pop()
         used.update(axes)
-        spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+        spec[i] = None if not axes else axes[0] if len(axes) == 1 else tuple(axes)
     return P(*spec)
 
 
@@ -96,19 +102,26 @@ def pure_dict_shardings(state: nnx.State, mesh: Mesh, rules: Rules = LOGICAL_AXI
 
 
 def explain_fallbacks(state: nnx.State, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> list[str]:
-    """Human-readable lines for each parameter dimension left less sharded than its rule asks."""
+    """Human-readable lines for each parameter dimension left less sharded than its rule asks
+    because of divisibility (a mesh axis its rule names that the array uses nowhere)."""
     table, lines = dict(rules), []
     for path, var in nnx.to_flat_state(state):
         axes, shape = _axes_and_shape(var)
         spec = logical_to_spec(axes, shape, mesh, rules)
-        for name, dim, got in zip(axes, shape, spec, strict=True):
+        for name, dim in zip(axes, shape, strict=True):
             want = [a for a in table.get(name, ()) if mesh.shape.get(a, 1) > 1]
-            got_axes = () if got is None else (got,) if isinstance(got, str) else tuple(got)
-            missing = [a for a in want if a not in got_axes]
+            missing = [a for a in want if a not in _axes_in(spec)]
             if missing:
                 lines.append(f"{'/'.join(map(str, path))}: {name}={dim} not split over "
                              f"{missing} (mesh {dict(mesh.shape)})")
     return lines
+
+
+def _axes_in(spec: P) -> set[str]:
+    out: set[str] = set()
+    for entry in spec:
+        out.update(() if entry is None else (entry,) if isinstance(entry, str) else entry)
+    return out
 
 
 def data_parallel_size(mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> int:
