@@ -63,6 +63,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train.log_every = 10
     c.train.eval_every = 0
     c.train.max_bad_steps = 10  # NaN/Inf steps skipped before the run stops
+    c.train.workdir = ""  # default for --workdir (local or gs://)
+    c.train.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0: published chip figure or,
+    # on CPU, a measured fp32 matmul rate
     c.train.loss_chunk = 256  # sequence chunk of the lm-head/cross-entropy (0: whole sequence)
 
     c.checkpoint = ml_collections.ConfigDict()

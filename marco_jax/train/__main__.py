@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)",
@@ -21,6 +21,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and 
 
 def main(argv: list[str]) -> int:
     del argv
+    if not flags.FLAGS["verbosity"].present:  # Orbax logs every save step at INFO
+        logging.set_verbosity(logging.WARNING)
     from marco_jax.parallel import initialize_distributed
     from marco_jax.train.trainer import TooManyBadSteps, train
 
@@ -38,6 +40,9 @@ def main(argv: list[str]) -> int:
     except TooManyBadSteps as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError) as e:  # bad config, paths or checkpoint layout
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{summary['status']}: step {summary['step']}, loss {summary['first_loss']} -> "
           f"{summary['last_loss']}; workdir {summary['workdir']}")
     return 0

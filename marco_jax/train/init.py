@@ -44,10 +44,10 @@ def initial_params(init_from: str, model_config: Qwen2Config, mesh: Mesh, param_
         return nnx.to_pure_dict(state)
     path = epath.Path(init_from)
     if (path / "model_config.json").exists():
-        from marco_jax.convert.checkpoint import load_params
+        from marco_jax.convert.checkpoint import load_params, read_model_config
 
-        stored, params = load_params(init_from, shardings=param_shardings)
-        check_same_architecture(stored, model_config, init_from)
+        check_same_architecture(read_model_config(init_from), model_config, init_from)
+        _, params = load_params(init_from, shardings=param_shardings)
     elif (path / "checkpoints").exists():
         manager = ocp.CheckpointManager(path / "checkpoints", item_names=("state", "data", "meta"))
         step = manager.latest_step()

@@ -121,11 +121,21 @@ def _evaluate(eval_fn, params, eval_it, start_state, batches, sharding, source_n
     return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), **agg.per_source("eval")}
 
 
+def _refuse_placeholders(config: Any, workdir: str) -> None:
+    paths = {"--workdir": workdir, "train.init_from": config.train.init_from,
+             "data.sources_dir": config.data.get("sources_dir", "")}
+    bad = [f"{k}={v}" for k, v in paths.items() if "YOUR_BUCKET" in str(v)]
+    if bad:
+        raise ValueError(f"placeholder paths {bad}: set BUCKET in configs/cpt_recipe.py or "
+                         "override them on the command line (--config.train.init_from=...)")
+
+
 def train(config: Any, workdir: str, iterators: Callable[..., tuple[Any, Any]] | None = None,
           progress: bool | None = None, devices: list[Any] | None = None) -> dict[str, Any]:
     """Run (or resume) the training described by `config` in `workdir`; returns a summary.
     iterators(config, process_index, process_count) -> (train, held-out or None) replaces the
     data pipeline (tests); devices: the mesh's devices (default: all)."""
+    _refuse_placeholders(config, workdir)
     total_steps = int(config.train.steps)
     is_main = jax.process_index() == 0
     model_cfg = from_experiment(config.model)

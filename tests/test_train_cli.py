@@ -1,0 +1,104 @@
+"""`python -m marco_jax.train` end to end on the demo config (real data pipeline, shrunk), the CPT
+configs' budgets, and initialising from a converted checkpoint / from a previous run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from train_fixtures import synthetic_iterators, tiny_config
+
+from marco_jax.model.config import from_experiment
+from marco_jax.model.qwen2 import init_model
+from marco_jax.train.config_files import load_config
+from marco_jax.train.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+ONE = jax.devices()[:1]
+
+
+def test_demo_cli_writes_checkpoint_metrics_tensorboard_and_curve(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    cmd = [sys.executable, "-m", "marco_jax.train", "--config", str(ROOT / "configs/demo.py"),
+           "--workdir", str(tmp_path), "--config.train.steps=6", "--config.data.seq_len=32",
+           "--config.train.log_every=2", "--config.train.eval_every=3",
+           "--config.checkpoint.every=3"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "done: step 6" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "6"]
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_recs] == [2, 4, 6]
+    assert all(np.isfinite(r["loss"]) and r["lr"] > 0 for r in train_recs)
+    assert any(k.startswith("train_loss/web.") for k in train_recs[0])
+    assert any("eval_loss" in r for r in records)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_names_placeholder_paths():
+    cmd = [sys.executable, "-m", "marco_jax.train", "--config",
+           str(ROOT / "configs/cpt_7b_stage1.py")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "YOUR_BUCKET" in out.stderr and "train.init_from" in out.stderr
+
+
+@pytest.mark.parametrize("size", ["0.5b", "1.5b", "7b", "72b"])
+def test_cpt_configs_follow_the_paper(size):
+    s1 = load_config(ROOT / f"configs/cpt_{size}_stage1.py")
+    s2 = load_config(ROOT / f"configs/cpt_{size}_stage2.py")
+    for cfg, tokens, lr, mix in ((s1, 160e9, 1e-5, "marco_stage1"),
+                                 (s2, 140e9, 6e-6, "marco_stage2")):
+        per_step = cfg.data.global_batch_size * cfg.data.seq_len
+        assert tokens <= cfg.train.steps * per_step < tokens + per_step
+        assert cfg.optim.peak_lr == lr and cfg.data.mixture == mix
+        assert from_experiment(cfg.model).num_hidden_layers > 0
+    assert s2.train.init_from == s1.train.workdir  # stage II continues stage I's final state
+
+
+def _params(model_cfg, seed):
+    return nnx.to_pure_dict(nnx.split(init_model(model_cfg, seed=seed))[1])
+
+
+def _final_params(workdir, step):
+    import orbax.checkpoint as ocp
+
+    path = Path(workdir) / "checkpoints" / str(step) / "state"
+    return ocp.StandardCheckpointer().restore(path.absolute())["params"]
+
+
+def test_init_from_converted_checkpoint_and_from_previous_run(tmp_path):
+    from marco_jax.convert.checkpoint import save_params
+
+    cfg = tiny_config(steps=1)
+    model_cfg = from_experiment(cfg.model)
+    source = _params(model_cfg, seed=7)
+    save_params(tmp_path / "converted", model_cfg, source)
+    cfg.optim.peak_lr, cfg.optim.warmup_steps = 0.0, 0  # lr 0: params must come out unchanged
+    cfg.train.init_from = str(tmp_path / "converted")
+    train(cfg, str(tmp_path / "stage1"), iterators=synthetic_iterators, progress=False,
+          devices=ONE)
+    got = _final_params(tmp_path / "stage1", 1)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(source), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    cfg.train.init_from = str(tmp_path / "stage1")  # a training workdir, as stage II uses
+    train(cfg, str(tmp_path / "stage2"), iterators=synthetic_iterators, progress=False,
+          devices=ONE)
+    for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "stage2", 1)),
+                    jax.tree.leaves(source), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    wrong = tiny_config(steps=1)
+    wrong.model.overrides.num_hidden_layers = 3
+    wrong.train.init_from = str(tmp_path / "converted")
+    with pytest.raises(ValueError, match="num_hidden_layers: checkpoint 2, config 3"):
+        train(wrong, str(tmp_path / "bad"), iterators=synthetic_iterators, progress=False,
+              devices=ONE)
