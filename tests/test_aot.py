@@ -111,3 +111,15 @@ def test_counted_flops_equal_a_loop_free_compile():
     c.model.scan_layers, c.train.loss_chunk, c.optim.grad_accum_steps = False, 0, 1
     loop_free = _cost_flops(lower_train_step(c, devices)[0].compile())
     assert counted == pytest.approx(loop_free, rel=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["7b", "72b"])
+def test_shipped_config_fits_its_topology(size):
+    """configs/cpt_<size>_stage1.py on its named slice (minutes for 7B, longer for 72B)."""
+    spec = importlib.util.spec_from_file_location("cfg", ROOT / "configs" / f"cpt_{size}_stage1.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config()
+    report = check_fit(config, parse_slice(config.topology))
+    assert report.fits, "\n".join(report.lines())
