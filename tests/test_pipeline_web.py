@@ -164,3 +164,33 @@ def test_end_to_end_clean_shards_to_seqio_task_to_packed_batch(run):
     total = sum(len(ex["targets"]) for ex in examples)
     assert 0.99 * total <= packed_tokens <= total
     assert whole >= 1
+
+
+def test_declared_language_lid_fallback(tmp_path, shared_data):
+    """lid.176 labels Malay 'id'; with --lid_accept ms=id a document declared Malay stays Malay,
+    an undeclared Malay document is still Indonesian."""
+    import random
+
+    from data_pipelines.eval_corpus import load_sentences, make_document
+    from data_pipelines.options import parse_lid_accept
+
+    assert parse_lid_accept("ms=id,ms=jv") == {"ms": ("id", "jv")}
+    with pytest.raises(ValueError, match="declared=label"):
+        parse_lid_accept("xx=id")
+    rng = random.Random(0)
+    ms = load_sentences(shared_data / "text", "ms")
+    recs = [{"id": f"ms{i}", "text": make_document(ms[i * 10:(i + 1) * 10], "ms", rng),
+             "site_lang": "ms"} for i in range(3)]
+    recs.append({"id": "ms_undeclared", "text": make_document(ms[30:40], "ms", rng)})
+    raw = tmp_path / "in.jsonl"
+    raw.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    report = clean_web.main(["--input", str(raw), "--output", str(tmp_path / "o"),
+                             "--languages", "ms,id", "--quality_filters", "",
+                             "--declared_lang_field", "site_lang", "--lid_accept", "ms=id",
+                             "--token_counter", "whitespace", "--no_near_dedup"])
+    ends = {d["id"]: d for d in read_jsonl_shards(str(tmp_path / "o" / "*" / "part-*.jsonl"))}
+    assert report["inputs"] == len(ends) == 4
+    assert [ends[f"ms{i}"]["lang"] for i in range(3)] == ["ms"] * 3
+    assert ends["ms_undeclared"]["lang"] == "id"
+    with pytest.raises(SystemExit):  # the fallback needs to know where the declaration is
+        clean_web.parse_args(["--input", "x", "--output", "y", "--lid_accept", "ms=id"])
