@@ -102,3 +102,20 @@ def test_init_from_converted_checkpoint_and_from_previous_run(tmp_path):
     with pytest.raises(ValueError, match="num_hidden_layers: checkpoint 2, config 3"):
         train(wrong, str(tmp_path / "bad"), iterators=synthetic_iterators, progress=False,
               devices=ONE)
+
+
+def test_run_stops_with_a_clear_message_after_too_many_bad_steps(tmp_path):
+    from marco_jax.convert.checkpoint import save_params
+    from marco_jax.train.trainer import TooManyBadSteps
+
+    cfg = tiny_config(steps=6)
+    cfg.train.max_bad_steps = 2
+    model_cfg = from_experiment(cfg.model)
+    params = _params(model_cfg, seed=0)
+    params["model"]["norm"]["scale"] = params["model"]["norm"]["scale"].at[3].set(np.nan)
+    save_params(tmp_path / "broken", model_cfg, params)
+    cfg.train.init_from = str(tmp_path / "broken")
+    with pytest.raises(TooManyBadSteps, match="2 steps had non-finite gradients"):
+        train(cfg, str(tmp_path / "run"), iterators=synthetic_iterators, progress=False,
+              devices=ONE)
+    assert (tmp_path / "run" / "checkpoints" / "2").exists()  # state saved where it stopped

@@ -82,10 +82,15 @@ def _fwd(hidden, kernel, targets, weights, chunk):
     def body(d_kernel, xs):
         h, t, w = xs
         logits = _chunk_logits(h, kernel)
-        nll, lse = _nll_from_logits(logits, t)
+        # One exp pass serves both the logsumexp and the softmax.
+        shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        e = jnp.exp(shifted)
+        total = jnp.sum(e, axis=-1)
+        target = jnp.take_along_axis(shifted, t[..., None], axis=-1)[..., 0]
+        nll = jnp.log(total) - target
         # d(sum w*nll)/dlogits = w * (softmax - onehot(target))
         onehot = jnp.arange(vocab, dtype=t.dtype) == t[..., None]
-        d_logits = (jnp.exp(logits - lse[..., None]) - onehot) * w[..., None]
+        d_logits = (e * (w / total)[..., None]) - onehot * w[..., None]
         d_logits = d_logits.astype(h.dtype)
         d_h = jnp.einsum("bcv,ev->bce", d_logits, kernel)
         d_kernel = d_kernel + jnp.einsum("bce,bcv->ev", h, d_logits,

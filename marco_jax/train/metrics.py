@@ -52,16 +52,36 @@ class WindowAggregator:
         return out
 
 
+def _is_remote(path: str) -> bool:
+    return "://" in str(path)
+
+
 class MetricsWriter:
+    """Remote workdirs (gs://) get a local mirror that is copied up every `sync_every` writes and
+    at close: object stores cannot append to a JSONL file or an event file."""
+
     def __init__(self, workdir: str, enabled: bool = True, total_steps: int = 0,
-                 start_step: int = 0, progress: bool | None = None):
+                 start_step: int = 0, progress: bool | None = None, sync_every: int = 20):
         self.enabled = enabled
-        self.dir = epath.Path(workdir)
+        self.remote = epath.Path(workdir) if _is_remote(workdir) else None
         self.history: list[dict[str, Any]] = []
         self.tb = None
         self.bar = None
+        self.sync_every, self._writes = sync_every, 0
         if not enabled:
             return
+        if self.remote is not None:
+            import hashlib
+            import tempfile
+
+            tag = hashlib.blake2b(str(workdir).encode(), digest_size=6).hexdigest()
+            self.dir = epath.Path(tempfile.gettempdir()) / f"marco_metrics_{tag}"
+            self.dir.mkdir(parents=True, exist_ok=True)
+            remote_log = self.remote / "metrics.jsonl"
+            if remote_log.exists():  # a resumed run keeps appending to the whole history
+                (self.dir / "metrics.jsonl").write_text(remote_log.read_text())
+        else:
+            self.dir = epath.Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         from tensorboardX import SummaryWriter
 
@@ -84,6 +104,19 @@ class MetricsWriter:
         for k, v in scalars.items():
             self.tb.add_scalar(k, float(v), int(step))
         self.tb.flush()
+        self._writes += 1
+        if self.remote is not None and self._writes % self.sync_every == 0:
+            self.sync()
+
+    def sync(self) -> None:
+        """Copy the local mirror's files up to the remote workdir."""
+        if self.remote is None or not self.enabled:
+            return
+        for f in self.dir.rglob("*"):
+            if f.is_file():
+                dest = self.remote / f.relative_to(self.dir)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                f.copy(dest, overwrite=True)
 
     def progress(self, step: int, loss: float | None = None) -> None:
         if self.bar is not None:
@@ -128,6 +161,8 @@ class MetricsWriter:
         with out.open("wb") as f:
             fig.savefig(f, dpi=120, bbox_inches="tight")
         plt.close(fig)
+        if path is None and self.remote is not None:
+            return str(self.remote / "loss_curve.png")  # copied up by the next sync/close
         return str(out)
 
     def close(self) -> None:
@@ -137,3 +172,4 @@ class MetricsWriter:
             self.bar.close()
         self.tb.close()
         self.jsonl.close()
+        self.sync()
