@@ -27,6 +27,12 @@ SIZES = {  # preset, global batch (rows), TPU slice the step is AOT-checked for
     "7b": ("qwen2-7b", 1024, "v5p-128"),
     "72b": ("qwen2-72b", 1024, "v5p-512"),
 }
+# Per size, set by the AOT fit check (`python -m marco_jax.aot`, bench/bench_aot_fit.py): gradient
+# accumulation steps (micro-batch rows per chip = batch / (data x fsdp) / accum; XLA attention
+# keeps [rows, heads, 4096, 4096] scores live, so rows per chip per micro-step stay small) and the
+# in-slice mesh (data, fsdp, tensor).
+ACCUM = {"0.5b": 32, "1.5b": 16, "7b": 8, "72b": 16}
+MESH_ICI = {"0.5b": (1, -1, 1), "1.5b": (1, -1, 1), "7b": (1, -1, 1), "72b": (1, 64, 4)}
 BUCKET = "gs://YOUR_BUCKET/marco"  # edit, or override each path on the command line
 
 
@@ -44,7 +50,7 @@ def cpt_config(base_module, size: str, stage: int):
     c.model.remat_policy = "full"
     c.model.attention_impl = "dot_product_attention"
     c.topology = topology
-    c.mesh.ici.data, c.mesh.ici.fsdp, c.mesh.ici.tensor = 1, -1, 1
+    c.mesh.ici.data, c.mesh.ici.fsdp, c.mesh.ici.tensor = MESH_ICI[size]
 
     c.data.mixture = s["mixture"]
     c.data.sources_dir = f"{BUCKET}/shards"
@@ -58,6 +64,7 @@ def cpt_config(base_module, size: str, stage: int):
     c.optim.end_lr_ratio = 0.1
     c.optim.weight_decay = 0.1
     c.optim.clip_norm = 1.0
+    c.optim.grad_accum_steps = ACCUM[size]
 
     c.train.steps = stage_steps(stage, batch)
     c.train.log_every = 10

@@ -9,7 +9,10 @@ step has three loops (the layer scan, the loss-chunk scan, the grad-accumulation
 FLOPs come from two loop-free "counting" compiles of the same step on the same mesh — layers
 unrolled, 1 and 2 of them, whole-sequence loss, no accumulation, one row per data-parallel shard —
 extrapolated linearly in layers and rows (exact for everything but the optimizer's elementwise
-update, which is counted once per row: a negligible overcount).
+update, which is counted once per row: a negligible overcount). In a loop-free program XLA merges
+a layer's rematerialised forward with the original (the model's remat uses prevent_cse=False), so
+the count is the useful work — model matmuls, the masked half of attention, elementwise ops —
+without remat's recompute: the FLOPs an MFU figure is about.
 """
 
 from __future__ import annotations
