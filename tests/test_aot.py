@@ -54,8 +54,8 @@ def test_tiny_config_fits_v5p_8_with_hand_checked_figures():
     report = check_fit(c, parse_slice("v5p-8"))
     assert report.fits and not report.error, "\n".join(report.lines())
     assert report.mesh == {"data": 1, "fsdp": 4, "tensor": 1}
-    # Arguments per chip: fp32 params + two AdamW moments, split over fsdp=4 (every tiny
-    # parameter has an `embed` dimension of 128 or is a small replicated norm), plus the batch.
+    # Arguments per chip: fp32 params + two AdamW moments, split over fsdp=4 (the embedding on
+    # vocab, every layer weight on embed=128; the norms are small and replicated), plus the batch.
     cfg = get_preset("tiny")
     expected = 3 * 4 * cfg.num_params() / 4 + 6 * 8 * 256 * 4 / 4
     assert report.argument_bytes == pytest.approx(expected, rel=0.02)

@@ -20,6 +20,7 @@ from marco_jax.parallel import (
     resolve_axis_sizes,
     sharded_init_state,
 )
+from marco_jax.parallel.constraints import constrain
 from marco_jax.parallel.init import abstract_model
 from marco_jax.train.optimizer import make_optimizer
 from marco_jax.train.state import TrainState, train_state_shardings
@@ -179,3 +180,15 @@ def test_initialize_distributed_single_process_and_bad_env():
     assert initialize_distributed(env={}) is False
     with pytest.raises(ValueError, match="without num_processes"):
         initialize_distributed(env={"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
+
+
+def test_constrain_pins_activation_layout_under_a_mesh_only():
+    x = jnp.ones((8, 16, 128))
+    assert constrain(x, ("batch", "length", "embed")) is x  # no mesh: identity
+    mesh = build_mesh({"ici": {"fsdp": 4, "tensor": 2}})
+    with jax.sharding.set_mesh(mesh):
+        y = jax.jit(lambda a: constrain(a * 2, ("batch", "length", "mlp")))(x)
+    want = jax.sharding.NamedSharding(mesh, P(("data", "fsdp"), None, "tensor"))
+    assert y.sharding.is_equivalent_to(want, 3)
+    assert y.addressable_shards[0].data.shape == (2, 16, 64)
+    np.testing.assert_array_equal(np.asarray(y), 2 * np.ones((8, 16, 128)))
