@@ -53,7 +53,8 @@ class Qwen2Config:
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+            raise ValueError(
+                f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
                 f"attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLS}"
@@ -160,7 +161,8 @@ class Qwen2Config:
         try:
             hf = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no config.json (expected a HF model directory)")
+            raise FileNotFoundError(
+                f"{path}: no config.json (expected a HF model directory)") from None
         return cls.from_hf_dict(hf, **runtime)
 
 
