@@ -8,8 +8,22 @@ import json
 from collections import defaultdict
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.pvalue import AsSingleton, TaggedOutput
+
+from data_pipelines.sinks import write_rejected_sample
 
 KEPT = "kept"
+REJECTED = "rejected"  # the tag of every step's rejected output
+
+
+def reject(record: dict, step: str, reason: str, detail: str = "") -> TaggedOutput:
+    """`record` rejected at `step` for `reason`, as a tagged output of a multi-output DoFn."""
+    rec = {k: v for k, v in record.items() if k != "raw"}
+    rec.update(step=step, reason=reason, detail=detail)
+    rec.setdefault("lang", "und")
+    rec.setdefault("tokens", 0)
+    return TaggedOutput(REJECTED, rec)
 
 
 def event(record: dict, step: str | None = None) -> tuple[str, str, str, int]:
@@ -120,3 +134,40 @@ def report_markdown(report: dict) -> str:
 
 def dumps(obj) -> str:
     return json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=False)
+
+
+def _write_text(path: str, text: str) -> None:
+    with FileSystems.create(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def _stats(report: dict) -> dict:
+    by_lang = report["kept_by_language"]
+    return {"documents": sum(v["documents"] for v in by_lang.values()),
+            "tokens": sum(v["tokens"] for v in by_lang.values()), "by_language": by_lang}
+
+
+def _write_reports(_, tally: dict, n_input: int, steps: tuple[str, ...], output: str):
+    report = build_report(tally, n_input, steps)  # raises on a mismatch
+    _write_text(f"{output}/stats.json", dumps(_stats(report)))
+    _write_text(f"{output}/report.json", dumps(report))
+    _write_text(f"{output}/report.md", report_markdown(report))
+    yield report
+
+
+def account_and_report(kept, rejected: list, n_input, steps: tuple[str, ...], output: str,
+                       rejected_sample: float):
+    """The shared tail of a cleaning pipeline: flatten every step's rejected output, write a
+    sample of it to `output/rejected/`, tally kept + rejected events, check them against the
+    input count `n_input` (a singleton PCollection) and write stats.json + report.{json,md}.
+    Returns the PCollection holding the report dict."""
+    p = kept.pipeline
+    all_rejected = rejected | "AllRejected" >> beam.Flatten()
+    write_rejected_sample(all_rejected, f"{output}/rejected/part", rejected_sample)
+    events = ((kept | "KeptEvents" >> beam.Map(event, KEPT),
+               all_rejected | "RejectedEvents" >> beam.Map(event))
+              | "Events" >> beam.Flatten())
+    tally = events | "Tally" >> beam.CombineGlobally(TallyFn())
+    return (p | "Once" >> beam.Create([None])
+            | "Report" >> beam.FlatMap(_write_reports, tally=AsSingleton(tally),
+                                       n_input=AsSingleton(n_input), steps=steps, output=output))

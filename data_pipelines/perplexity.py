@@ -5,13 +5,16 @@ Spec strings (CLI `--perplexity_model`):
                     needs the `kenlm` package. Perplexity per CCNet: 10^(-log10 p / words).
   marco_jax:/ckpt   a converted marco_jax checkpoint (Qwen2); perplexity = exp(mean token NLL)
                     over the first `max_tokens` Qwen2 tokens (EOS-prefixed, so the first token
-                    is scored too).
+                    is scored too), scored by marco_jax.infer.score.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Protocol
+
+from data_pipelines.marco_model import LazyMarcoModel
 
 
 class PerplexityScorer(Protocol):
@@ -49,52 +52,29 @@ class KenLMScorer:
 
 
 class MarcoJaxScorer:
-    """Qwen2 perplexity with a marco_jax model (any size; a small one is the practical choice)."""
+    """Qwen2 perplexity with a marco_jax model (any size; a small one is the practical choice).
 
-    def __init__(self, checkpoint: str | None = None, model=None, max_tokens: int = 512):
-        self.checkpoint, self.max_tokens = checkpoint, max_tokens
-        self._model, self._fn = model, None
+    Each token of the text's first `max_tokens` is scored given those before it and an
+    end-of-text token in front, by `marco_jax.infer.score` (the code behind the perplexity and
+    multiple-choice evals); rows are padded to a multiple of `pad_multiple` tokens so a run
+    compiles max_tokens / pad_multiple shapes at most."""
 
-    def _setup(self):
-        import jax
-        import jax.numpy as jnp
-        from flax import nnx
-
-        from marco_jax.data.tokenizer import get_tokenizer
-
-        if self._model is None:
-            from marco_jax.convert.checkpoint import load_model
-
-            self._model = load_model(self.checkpoint)
-        self._tok = get_tokenizer()
-        graphdef, state = nnx.split(self._model)
-
-        @jax.jit
-        def nll(state, tokens, mask):
-            model = nnx.merge(graphdef, state)
-            logits = model(tokens[:, :-1]).astype(jnp.float32)
-            logp = jax.nn.log_softmax(logits, axis=-1)
-            tok_lp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-            m = mask[:, 1:]
-            return -(tok_lp * m).sum() / jnp.maximum(m.sum(), 1)
-
-        self._state, self._fn = state, nll
+    def __init__(self, checkpoint: str | None = None, model=None, max_tokens: int = 512,
+                 pad_multiple: int = 64):
+        self.lazy = LazyMarcoModel(checkpoint, model)
+        self.max_tokens, self.pad_multiple = max_tokens, pad_multiple
 
     def perplexity(self, text: str, lang: str) -> float:
-        import math
+        from marco_jax.infer.score import score_requests
 
-        import numpy as np
-
-        if self._fn is None:
-            self._setup()
-        ids = [self._tok.eos_id, *self._tok.encode(text)[: self.max_tokens]]
-        # Pad to a power of two so jit compiles a handful of shapes, not one per document.
-        length = 1 << max(3, (len(ids) - 1).bit_length())
-        tokens = np.zeros((1, length), np.int32)
-        mask = np.zeros((1, length), np.float32)
-        tokens[0, : len(ids)] = ids
-        mask[0, : len(ids)] = 1.0
-        return float(math.exp(float(self._fn(self._state, tokens, mask))))
+        tok = self.lazy.tokenizer
+        ids = tok.encode(text)[: self.max_tokens]
+        if not ids:
+            raise ValueError(f"perplexity of a text with no tokens ({text!r}); only non-empty "
+                             "documents can be scored")
+        [result] = score_requests(self.lazy.model, [([tok.eos_id], ids)], batch_size=1,
+                                  pad_multiple=self.pad_multiple)
+        return math.exp(-result.logprob / len(ids))
 
 
 def make_scorer(spec: str) -> PerplexityScorer:

@@ -38,6 +38,22 @@ def read_lines(readable_file) -> Iterator[RawLine]:
             yield RawLine(path, line_no, line.rstrip(b"\r\n"))
 
 
+def read_raw(p, pattern: str):
+    """Every line of the (possibly compressed) files matching `pattern` as a `RawLine`, spread
+    over workers, and their count (a singleton PCollection: the accounting's ground truth).
+    No match is an error, not an empty run."""
+    import apache_beam as beam
+    from apache_beam.io import fileio
+    from apache_beam.io.filesystem import CompressionTypes
+
+    raw = (p | "Match" >> fileio.MatchFiles(
+               pattern, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+           | "Open" >> fileio.ReadMatches(compression=CompressionTypes.AUTO)
+           | "Lines" >> beam.FlatMap(read_lines)
+           | "Spread" >> beam.Reshuffle())
+    return raw, raw | "CountInputs" >> beam.combiners.Count.Globally()
+
+
 def malformed(raw: RawLine, reason: str, detail: str = "") -> dict:
     return {"uid": raw.uid, "id": raw.uid, "step": MALFORMED_STEP, "reason": reason,
             "detail": detail, "lang": "und", "tokens": 0,

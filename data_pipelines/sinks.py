@@ -7,6 +7,7 @@ by hand (the proto wire format is tiny) so Beam workers need no TensorFlow.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
@@ -70,3 +71,20 @@ def write_partition(pcoll, prefix: str, fmt: str, num_shards: int, to_example, t
          | f"{label}WriteJsonl" >> beam.io.WriteToText(
              prefix, file_name_suffix=".jsonl", num_shards=num_shards,
              shard_name_template=SHARD_TEMPLATE))
+
+
+def sampled(record: dict, fraction: float) -> bool:
+    """A deterministic `fraction` of records, chosen by a hash of their uid."""
+    if fraction >= 1.0:
+        return True
+    h = int.from_bytes(hashlib.blake2b(record["uid"].encode(), digest_size=8).digest(), "big")
+    return h / 2**64 < fraction
+
+
+def write_rejected_sample(rejected, prefix: str, fraction: float) -> None:
+    """Writes `fraction` of the rejected records as JSONL (all of them are counted regardless)."""
+    if fraction <= 0:
+        return
+    _ = (rejected | "SampleRejected" >> beam.Filter(sampled, fraction)
+         | "RejectedJson" >> beam.Map(jsonl_line)
+         | "WriteRejected" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))

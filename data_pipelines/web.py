@@ -12,17 +12,13 @@ import dataclasses
 import hashlib
 
 import apache_beam as beam
-from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.pvalue import AsSingleton, TaggedOutput
+from apache_beam.pvalue import TaggedOutput
 
-from data_pipelines import accounting, sinks
+from data_pipelines import sinks
+from data_pipelines.accounting import REJECTED, account_and_report, reject
 from data_pipelines.minhash import MinHashConfig, UnionFind, band_keys, bucket_edges, signature
 from data_pipelines.quality import QUALITY_STEPS
-from data_pipelines.records import read_lines
-
-REJECTED = "rejected"
+from data_pipelines.records import read_raw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +51,6 @@ class WebConfig:
     def steps(self) -> tuple[str, ...]:
         return ("parse", "normalize", "lid", *self.quality_steps, "perplexity", "exact_dedup",
                 "near_dedup")
-
-
-def reject(doc: dict, step: str, reason: str, detail: str = "") -> TaggedOutput:
-    rec = {k: v for k, v in doc.items() if k != "raw"}
-    rec.update(step=step, reason=reason, detail=detail)
-    rec.setdefault("lang", "und")
-    rec.setdefault("tokens", 0)
-    return TaggedOutput(REJECTED, rec)
 
 
 class CleanDocFn(beam.DoFn):
@@ -218,33 +206,6 @@ class NearDedup(beam.PTransform):
                 | "NearSplit" >> beam.FlatMap(_split_near).with_outputs(REJECTED, main="kept"))
 
 
-def _sampled(rec: dict, fraction: float) -> bool:
-    if fraction >= 1.0:
-        return True
-    h = int.from_bytes(hashlib.blake2b(rec["uid"].encode(), digest_size=8).digest(), "big")
-    return h / 2**64 < fraction
-
-
-def _write_text(path: str, text: str) -> None:
-    with FileSystems.create(path) as f:
-        f.write(text.encode("utf-8"))
-
-
-def _stats(kept_counts: dict) -> dict:
-    by_lang = {lang: {"documents": n, "tokens": t} for lang, (n, t) in sorted(kept_counts.items())}
-    return {"documents": sum(v["documents"] for v in by_lang.values()),
-            "tokens": sum(v["tokens"] for v in by_lang.values()), "by_language": by_lang}
-
-
-def _finish(_, tally, n_input, steps, output):
-    report = accounting.build_report(tally, n_input, steps)  # raises on a mismatch
-    kept = {lang: (v["documents"], v["tokens"]) for lang, v in report["kept_by_language"].items()}
-    _write_text(f"{output}/stats.json", accounting.dumps(_stats(kept)))
-    _write_text(f"{output}/report.json", accounting.dumps(report))
-    _write_text(f"{output}/report.md", accounting.report_markdown(report))
-    yield report
-
-
 def output_doc(doc: dict) -> dict:
     out = {"text": doc["text"], "lang": doc["lang"], "id": doc["id"]}
     if "url" in doc:
@@ -254,13 +215,7 @@ def output_doc(doc: dict) -> dict:
 
 def build_web_pipeline(p: beam.Pipeline, cfg: WebConfig):
     """Adds the whole job to `p`; returns the PCollection holding the report dict."""
-    raw = (p | "Match" >> fileio.MatchFiles(cfg.input, empty_match_treatment=
-                                            fileio.EmptyMatchTreatment.DISALLOW)
-           | "Open" >> fileio.ReadMatches(compression=CompressionTypes.AUTO)
-           | "Lines" >> beam.FlatMap(read_lines)
-           | "Spread" >> beam.Reshuffle())
-    n_input = raw | "CountInputs" >> beam.combiners.Count.Globally()
-
+    raw, n_input = read_raw(p, cfg.input)
     cleaned = raw | "Clean" >> beam.ParDo(CleanDocFn(cfg)).with_outputs(REJECTED, main="kept")
     kept, rejected = cleaned.kept, [cleaned[REJECTED]]
     if cfg.exact_dedup:
@@ -271,8 +226,6 @@ def build_web_pipeline(p: beam.Pipeline, cfg: WebConfig):
         nd = kept | "NearDedup" >> NearDedup(cfg.minhash)
         kept = nd.kept
         rejected.append(nd[REJECTED])
-    all_rejected = rejected | "AllRejected" >> beam.Flatten()
-
     langs = list(cfg.languages)
     parts = kept | "ByLanguage" >> beam.Partition(lambda d, n: langs.index(d["lang"]), len(langs))
     for lang, part in zip(langs, parts, strict=True):
@@ -281,19 +234,5 @@ def build_web_pipeline(p: beam.Pipeline, cfg: WebConfig):
             to_example=lambda d: sinks.tf_example(
                 {"text": d["text"], "lang": d["lang"], "id": d["id"]}),
             to_json=output_doc, label=f"Write_{lang}_")
-
-    if cfg.rejected_sample > 0:
-        _ = (all_rejected
-             | "SampleRejected" >> beam.Filter(_sampled, cfg.rejected_sample)
-             | "RejectedJson" >> beam.Map(sinks.jsonl_line)
-             | "WriteRejected" >> beam.io.WriteToText(f"{cfg.output}/rejected/part",
-                                                      file_name_suffix=".jsonl"))
-
-    events = ((kept | "KeptEvents" >> beam.Map(accounting.event, accounting.KEPT),
-               all_rejected | "RejectedEvents" >> beam.Map(accounting.event))
-              | "Events" >> beam.Flatten())
-    tally = events | "Tally" >> beam.CombineGlobally(accounting.TallyFn())
-    return (p | "Once" >> beam.Create([None])
-            | "Report" >> beam.FlatMap(_finish, tally=AsSingleton(tally),
-                                       n_input=AsSingleton(n_input), steps=cfg.steps,
-                                       output=cfg.output))
+    return account_and_report(kept, rejected, n_input, cfg.steps, cfg.output,
+                              cfg.rejected_sample)
