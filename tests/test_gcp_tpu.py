@@ -32,7 +32,9 @@ WHERE = ["--name", "marco-7b", "--zone", "us-east5-a", "--project", "proj"]
 
 def dry_run(capsys, *argv: str) -> list[list[str]]:
     assert tpu.main([argv[0], *WHERE, "--dry-run", *argv[1:]]) == 0
-    return [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    out = capsys.readouterr()
+    dry_run.stderr = out.err
+    return [shlex.split(line) for line in out.out.splitlines()]
 
 
 def flags_of(cmd: list[str]) -> dict[str, str]:
@@ -61,6 +63,7 @@ def test_create_takes_the_accelerator_type_from_the_config(capsys):
     assert f["node-id"] == "marco-7b" and "node-count" not in f
     assert f["zone"] == "us-east5-a" and f["project"] == "proj"
     assert "--spot" in cmd and "--reserved" not in cmd
+    assert "64 chips" in dry_run.stderr and "16 worker(s) per slice" in dry_run.stderr
 
 
 def test_multislice_from_mesh_dcn_uses_node_count():
