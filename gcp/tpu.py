@@ -262,6 +262,7 @@ def setup_script(remote: Remote, repo_url: str = "", ref: str = "HEAD") -> str:
                       f"{py}-venv; }}; }}")
     vpy = remote.venv_python
     steps = [
+        refuse_while_running(),  # the running trainer imports from the tree replaced below
         fetch,
         install_python,
         f"{{ test -x {vpy} || {py} -m venv ~/{remote.venv}; }}",
@@ -279,6 +280,14 @@ def trainer_argv(config_rel: str, workdir: str, path_overrides: Sequence[str],
             "--workdir", workdir, *path_overrides, *overrides]
 
 
+def refuse_while_running() -> str:
+    """Shell test that fails (exit 1) on a worker whose detached trainer is still alive."""
+    pid = f"~/{LOG_DIR}/train.pid"
+    return (f"if test -f {pid} && kill -0 \"$(cat {pid})\" 2>/dev/null; then "
+            f"echo \"$(hostname): a run is going (pid $(cat {pid})); python -m gcp.tpu stop "
+            f"first\" >&2; exit 1; fi")
+
+
 def train_script(remote: Remote, argv: Sequence[str], env: Sequence[str] = (),
                  foreground: bool = False) -> str:
     """Runs on every worker: the trainer from the repository root, either in the ssh session or
@@ -288,10 +297,7 @@ def train_script(remote: Remote, argv: Sequence[str], env: Sequence[str] = (),
     if foreground:
         return run
     log, pid = f"~/{LOG_DIR}/train.log", f"~/{LOG_DIR}/train.pid"
-    return (f"mkdir -p ~/{LOG_DIR} && "
-            f"if test -f {pid} && kill -0 \"$(cat {pid})\" 2>/dev/null; then "
-            f"echo \"$(hostname): a run is going (pid $(cat {pid})); python -m gcp.tpu stop "
-            f"first\" >&2; exit 1; fi && "
+    return (f"mkdir -p ~/{LOG_DIR} && {refuse_while_running()} && "
             f"echo \"== $(date -u +%FT%TZ) start\" >> {log} && "
             f"{{ nohup bash -c {shlex.quote(run)} >> {log} 2>&1 < /dev/null & }} && "
             f"echo $! > {pid} && echo \"$(hostname): started pid $!, log {log}\"")

@@ -210,6 +210,9 @@ def test_detached_train_script_runs_refuses_a_second_start_and_stops(tmp_path):
         assert (tmp_path / "argv.txt").read_text().splitlines() == ["tpu", *argv]
         second = sh(script)
         assert second.returncode == 1 and "a run is going" in second.stderr
+        setup = sh(tpu.setup_script(tpu.Remote()))  # would replace the running tree
+        assert setup.returncode == 1 and "a run is going" in setup.stderr
+        assert (tmp_path / "marco_jax").is_dir()
         assert "SIGTERM sent" in sh(tpu.stop_script()).stdout
         for _ in range(100):
             if not alive(pid):
