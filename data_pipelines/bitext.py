@@ -17,6 +17,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from data_pipelines import sinks
 from data_pipelines.accounting import REJECTED, account_and_report, reject
+from data_pipelines.dedup import ExactDedup
 from data_pipelines.records import parse_json_object, read_raw
 
 STEPS = ("parse", "normalize", "lid", "length", "copy", "dedup", "margin")
@@ -114,13 +115,6 @@ def _pair_key(p: dict) -> str:
                         ).hexdigest()
 
 
-def _split_dups(kv):
-    pairs = sorted(kv[1], key=lambda p: p["uid"])
-    yield pairs[0]
-    for p in pairs[1:]:
-        yield reject(p, "dedup", "duplicate_pair", pairs[0]["id"])
-
-
 class MarginScoreFn(beam.DoFn):
     """One block of pairs of one language pair -> margin scores -> keep / reject."""
 
@@ -160,9 +154,7 @@ def build_bitext_pipeline(p: beam.Pipeline, cfg: BitextConfig, pairs: tuple[str,
     routed = cleaned.kept | "PairWanted" >> beam.FlatMap(
         lambda q: [q] if q["lang"] in wanted else [reject(q, "lid", "pair_not_requested")]
     ).with_outputs(REJECTED, main="kept")
-    dd = (routed.kept | "PairKey" >> beam.Map(lambda q: (_pair_key(q), q))
-          | "PairGroup" >> beam.GroupByKey()
-          | "PairDedup" >> beam.FlatMap(_split_dups).with_outputs(REJECTED, main="kept"))
+    dd = routed.kept | "PairDedup" >> ExactDedup(_pair_key, "dedup", "duplicate_pair")
     kept, rejected = dd.kept, [cleaned[REJECTED], routed[REJECTED], dd[REJECTED]]
     if cfg.encoder:
         shards = cfg.margin_shards

@@ -16,7 +16,8 @@ from apache_beam.pvalue import TaggedOutput
 
 from data_pipelines import sinks
 from data_pipelines.accounting import REJECTED, account_and_report, reject
-from data_pipelines.minhash import MinHashConfig, UnionFind, band_keys, bucket_edges, signature
+from data_pipelines.dedup import ExactDedup, NearDedup
+from data_pipelines.minhash import MinHashConfig
 from data_pipelines.quality import QUALITY_STEPS
 from data_pipelines.records import read_raw
 
@@ -130,82 +131,6 @@ def exact_key(doc: dict) -> str:
     return hashlib.sha1(f"{doc['lang']}\x00{canon}".encode()).hexdigest()
 
 
-def _split_exact(kv):
-    docs = sorted(kv[1], key=lambda d: d["uid"])
-    yield docs[0]
-    for d in docs[1:]:
-        yield reject(d, "exact_dedup", "exact_duplicate", docs[0]["id"])
-
-
-class ExactDedup(beam.PTransform):
-    def expand(self, docs):
-        return (docs | "ExactKey" >> beam.Map(lambda d: (exact_key(d), d))
-                | "ExactGroup" >> beam.GroupByKey()
-                | "ExactSplit" >> beam.FlatMap(_split_exact).with_outputs(REJECTED, main="kept"))
-
-
-class UnionFindFn(beam.CombineFn):
-    """Connected components of the candidate-pair graph, merged across workers."""
-
-    def create_accumulator(self):
-        return UnionFind()
-
-    def add_input(self, uf, edge):
-        uf.union(*edge)
-        return uf
-
-    def merge_accumulators(self, ufs):
-        ufs = list(ufs)
-        for other in ufs[1:]:
-            ufs[0].merge(other)
-        return ufs[0]
-
-    def extract_output(self, uf):
-        return uf.roots()
-
-
-def _node(doc: dict) -> str:
-    """Graph node = "uid<TAB>id": sorts exactly like the uid (TAB sorts below printable
-    characters) and names the survivor's id in reports without another join."""
-    return f"{doc['uid']}\t{doc['id']}"
-
-
-def _split_near(kv):
-    _, grouped = kv
-    docs, roots = list(grouped["doc"]), list(grouped["root"])
-    for d in docs:
-        if roots and roots[0] != _node(d):
-            yield reject(d, "near_dedup", "near_duplicate", roots[0].split("\t", 1)[1])
-        else:
-            yield d
-
-
-class NearDedup(beam.PTransform):
-    """LSH bands grouped with GroupByKey -> candidate edges -> connected components (one
-    CombineGlobally over the edges only, whose count is the number of duplicates, not of
-    documents) -> everything but the smallest uid of each component is rejected."""
-
-    def __init__(self, cfg: MinHashConfig):
-        super().__init__()
-        self.cfg = cfg
-
-    def expand(self, docs):
-        cfg = self.cfg
-        edges = (docs
-                 | "Bands" >> beam.FlatMap(lambda d: [
-                     (k, _node(d)) for k in band_keys(signature(d["text"], d["lang"], cfg),
-                                                      d["lang"], cfg)])
-                 | "BandGroup" >> beam.GroupByKey()
-                 | "Edges" >> beam.FlatMap(lambda kv: bucket_edges(list(kv[1])))
-                 | "DistinctEdges" >> beam.Distinct())
-        roots = (edges | "Components" >> beam.CombineGlobally(UnionFindFn())
-                 | "RootPairs" >> beam.FlatMap(
-                     lambda m: sorted((node.split("\t", 1)[0], root) for node, root in m.items())))
-        keyed = docs | "KeyByUid" >> beam.Map(lambda d: (d["uid"], d))
-        return ({"doc": keyed, "root": roots} | "JoinRoots" >> beam.CoGroupByKey()
-                | "NearSplit" >> beam.FlatMap(_split_near).with_outputs(REJECTED, main="kept"))
-
-
 def output_doc(doc: dict) -> dict:
     out = {"text": doc["text"], "lang": doc["lang"], "id": doc["id"]}
     if "url" in doc:
@@ -219,7 +144,7 @@ def build_web_pipeline(p: beam.Pipeline, cfg: WebConfig):
     cleaned = raw | "Clean" >> beam.ParDo(CleanDocFn(cfg)).with_outputs(REJECTED, main="kept")
     kept, rejected = cleaned.kept, [cleaned[REJECTED]]
     if cfg.exact_dedup:
-        ex = kept | "ExactDedup" >> ExactDedup()
+        ex = kept | "ExactDedup" >> ExactDedup(exact_key, "exact_dedup", "exact_duplicate")
         kept = ex.kept
         rejected.append(ex[REJECTED])
     if cfg.near_dedup:

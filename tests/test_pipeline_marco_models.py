@@ -94,3 +94,43 @@ def test_encoder_matches_mean_pooled_transformers_hidden_states(checkpoint):
         hf_model, tok.encode(TEXTS[1])[:5]), atol=2e-5)
     from_spec = make_encoder(f"marco_jax:{path}")
     assert isinstance(from_spec, MarcoJaxEncoder) and from_spec.lazy.checkpoint == path
+
+
+def test_web_pipeline_perplexity_filter(checkpoint, tmp_path, shared_data):
+    """--perplexity_model marco_jax:... in a real run: each document's perplexity, recomputed
+    with transformers, decides kept (<= max) or rejected at the perplexity step (> max)."""
+    import json
+    import random
+
+    from data_pipelines import clean_web
+    from data_pipelines.eval_corpus import load_sentences, make_document
+    from data_pipelines.runs import read_jsonl_shards
+
+    path, hf_model = checkpoint
+    tok = get_tokenizer()
+    rng = random.Random(0)
+    en = load_sentences(shared_data / "text", "en")
+    recs = [{"id": f"en{i}", "text": make_document(en[i * 4:(i + 1) * 4], "en", rng)}
+            for i in range(6)]
+    ppl = {r["id"]: hf_perplexity(hf_model, [tok.eos_id, *tok.encode(r["text"])]) for r in recs}
+    limit = float(np.median(list(ppl.values())))
+    raw = tmp_path / "in.jsonl"
+    raw.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    out = tmp_path / "o"
+    report = clean_web.main(["--input", str(raw), "--output", str(out), "--languages", "en",
+                             "--quality_filters", "", "--token_counter", "whitespace",
+                             "--no_near_dedup", "--format", "jsonl",
+                             "--perplexity_model", f"marco_jax:{path}",
+                             "--max_perplexity", f"en={limit}"])
+    kept = read_jsonl_shards(str(out / "en" / "part-*.jsonl"))
+    rejected = read_jsonl_shards(str(out / "rejected" / "part-*.jsonl"))
+    assert report["inputs"] == len(kept) + len(rejected) == len(recs)
+    assert kept and rejected
+    for d in kept:
+        assert hf_perplexity(hf_model, [tok.eos_id, *tok.encode(d["text"])]) <= limit * 1.0001
+    for d in rejected:
+        assert (d["step"], d["reason"]) == ("perplexity", "above_max")
+        ref = hf_perplexity(hf_model, [tok.eos_id, *tok.encode(d["text"])])
+        assert ref > limit * 0.9999
+        assert d["perplexity"] == pytest.approx(ref, rel=2e-4)
+    assert report["reasons"]["perplexity"] == {"above_max": len(rejected)}
