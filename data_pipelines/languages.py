@@ -7,9 +7,7 @@ speaks ISO 639-1 only.
 
 from __future__ import annotations
 
-from marco_jax.data.languages import HIGH_RESOURCE, LOW_RESOURCE  # the one home of the list
-
-MARCO_LANGUAGES = HIGH_RESOURCE + LOW_RESOURCE
+from marco_jax.data.languages import LANGUAGES as MARCO_LANGUAGES  # the one home of the list
 
 # ISO 639-1 -> the FineWeb-2 / GlotLID "iso639-3_Script" code (FineWeb-2 picks the macrolanguage's
 # main member: Mandarin for zh, Standard Arabic for ar, Standard Malay for ms, North Azerbaijani
