@@ -1,5 +1,7 @@
 """Meshes, logical-axis rules, sharded init, and sharded == single-device for the real train step
-(logits, loss, params after one AdamW step) on 8 CPU devices."""
+(logits, loss, params after one AdamW step, with the activation constraints on) on 8 CPU devices."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,8 @@ from marco_jax.parallel import (
     resolve_axis_sizes,
     sharded_init_state,
 )
-from marco_jax.parallel.constraints import constrain
+from marco_jax.parallel.aot_fit import abstract_batch
+from marco_jax.parallel.constraints import constrain, trace_under_mesh
 from marco_jax.parallel.init import abstract_model
 from marco_jax.train.optimizer import make_optimizer
 from marco_jax.train.state import TrainState, train_state_shardings
@@ -138,9 +141,9 @@ def _run(mesh_axes):
         bs = batch_sharding(mesh)
         dev_batch = {k: jax.device_put(v, bs) for k, v in batch.items()}
         step = jit_train_step(make_train_step(graphdef, tx, config), state_shardings, bs, mesh)
-        logits_fn = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b["tokens"], b["positions"],
-                                                                 b["segment_ids"]),
-                            in_shardings=(shardings, bs))
+        logits_fn = jax.jit(trace_under_mesh(  # with the model's residual constraints on
+            lambda p, b: nnx.merge(graphdef, p)(b["tokens"], b["positions"], b["segment_ids"]),
+            mesh), in_shardings=(shardings, bs))
         assert train_state.params["model"]["embed_tokens"]["embedding"].sharding.spec == \
             shardings["model"]["embed_tokens"]["embedding"].spec
     logits = np.asarray(logits_fn(train_state.params, dev_batch))
@@ -192,3 +195,31 @@ def test_constrain_pins_activation_layout_under_a_mesh_only():
     assert y.sharding.is_equivalent_to(want, 3)
     assert y.addressable_shards[0].data.shape == (2, 16, 64)
     np.testing.assert_array_equal(np.asarray(y), 2 * np.ones((8, 16, 128)))
+
+
+def _lowered_step_text(mesh_axes) -> str:
+    """StableHLO of the real jitted train step for the tiny model (abstract inputs, no compile)."""
+    config = _config()
+    tx = make_optimizer(config.optim, config.train.steps)
+    graphdef, abstract = abstract_model(TINY)
+    state = jax.eval_shape(lambda p: TrainState.create(p, tx), nnx.to_pure_dict(abstract))
+    step = make_train_step(graphdef, tx, config)
+    if mesh_axes is None:
+        return jit_train_step(step, None, None, None).lower(
+            state, abstract_batch(8, 16, None)).as_text()
+    mesh = build_mesh({"ici": mesh_axes})
+    shardings = train_state_shardings(state, pure_dict_shardings(abstract, mesh), mesh, tx)
+    bs = batch_sharding(mesh)
+    lowered = jit_train_step(step, shardings, bs, mesh).lower(state, abstract_batch(8, 16, bs))
+    return lowered.as_text()
+
+
+def test_train_step_pins_the_residual_stream_under_a_mesh_only():
+    assert "sharding_constraint" not in _lowered_step_text(None)
+    text = _lowered_step_text(MESHES["data2_fsdp2_tensor2"])
+    pinned = re.findall(r"sdy\.sharding_constraint \S+ <@mesh, (\[.*?\])> : tensor<([\dx]+)x\w+>",
+                        text)
+    # Embedding output, each layer's input and output (forward and rematerialised backward), and
+    # the hidden state entering the loss: all [micro-batch 4, 16, 128], rows over data x fsdp.
+    assert len(pinned) >= 4
+    assert set(pinned) == {('[{"data", "fsdp"}, {}, {}]', "4x16x128")}

@@ -24,6 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from marco_jax.model.config import Qwen2Config
 from marco_jax.model.kv_cache import KVCache
+from marco_jax.parallel.constraints import RESIDUAL, constrain
 
 # Finite, so fully-masked rows (padding queries) give a uniform softmax instead of NaN.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -218,7 +219,7 @@ class Qwen2Model(nnx.Module):
     def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
                  cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
         cfg = self.config
-        x = self.embed_tokens(tokens).astype(cfg.jnp_dtype)
+        x = constrain(self.embed_tokens(tokens).astype(cfg.jnp_dtype), RESIDUAL)
         cos, sin = rope_cos_sin(positions, cfg.dim_per_head, cfg.rope_theta)
         graphdef, stacked = nnx.split(self.layers)
 
@@ -230,8 +231,11 @@ class Qwen2Model(nnx.Module):
                 cache.segment_ids, segment_ids.astype(jnp.int32), start, axis=1)
 
         def one_layer(h, layer_state, layer_kv):
+            # The residual stream is pinned at every layer boundary (identity without a mesh).
             layer = nnx.merge(graphdef, layer_state)
-            return layer(h, cos, sin, segment_ids, layer_kv, cache_segment_ids, start)
+            h, kv = layer(constrain(h, RESIDUAL), cos, sin, segment_ids, layer_kv,
+                          cache_segment_ids, start)
+            return constrain(h, RESIDUAL), kv
 
         one_layer = _remat(one_layer, cfg.remat_policy)
         layer_kvs = None if cache is None else (cache.k, cache.v)

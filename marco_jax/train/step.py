@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from marco_jax.parallel.constraints import RESIDUAL, constrain, trace_under_mesh
 from marco_jax.train.loss import per_source_sums, weighted_nll_sum
 from marco_jax.train.optimizer import applied_steps, make_schedule, skipped_steps
 from marco_jax.train.state import TrainState
@@ -34,6 +35,9 @@ def lm_loss_sums(graphdef: nnx.GraphDef, params: Any, batch: Batch, num_sources:
     """(sum of target-token nll [differentiable], aux sums) for one (micro-)batch."""
     model = nnx.merge(graphdef, params)
     hidden, _ = model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"])
+    # Rows stay split over data x fsdp into the loss (else XLA may gather the batch to match
+    # the fsdp-split lm-head kernel); identity without a mesh.
+    hidden = constrain(hidden, RESIDUAL)
     mask = batch["loss_mask"].astype(jnp.float32)
     loss_sum, nll = weighted_nll_sum(hidden, model.lm_head_kernel(), batch["targets"], mask,
                                      loss_chunk)
@@ -110,9 +114,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def jit_train_step(step: Callable, state_shardings: Any, batch_sharding: Any,
                    mesh: Mesh | None) -> Callable:
     """jax.jit with explicit in/out shardings and the state donated. Returns the jit object so
-    `.lower(...)`/`.compile()` work (the AOT tool). Metrics come back replicated."""
+    `.lower(...)`/`.compile()` work (the AOT tool). Metrics come back replicated. Under a mesh the
+    step is traced with its abstract mesh set, which switches on the model's activation
+    constraints (`marco_jax.parallel.constraints`)."""
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+    return jax.jit(trace_under_mesh(step, mesh), in_shardings=(state_shardings, batch_sharding),
                    out_shardings=(state_shardings, replicated), donate_argnums=0)
