@@ -2,18 +2,22 @@
 
 Each HF tensor is read on its own (vocabulary tensors in blocks of rows), transformed by its
 `mapping.RULES` entry and written into its slice of the stacked on-disk array, so peak host memory
-is about one layer tensor (or one vocab block), whatever the model size.
+is about one layer tensor (or one vocab block), whatever the model size. The output may be local or
+gs:// (written through tensorstore); the HF input must be local.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from marco_jax.convert.checkpoint import (
     CONFIG_FILE,
@@ -24,7 +28,7 @@ from marco_jax.convert.checkpoint import (
 )
 from marco_jax.convert.hf_source import HFSource
 from marco_jax.convert.mapping import RULES, expected_hf_tensors, rule_for
-from marco_jax.convert.orbax_layout import StreamingOrbaxWriter
+from marco_jax.convert.orbax_layout import StreamingOrbaxWriter, is_remote
 from marco_jax.model.config import Qwen2Config
 
 log = logging.getLogger(__name__)
@@ -79,7 +83,22 @@ def _vocab_block_rows(hidden: int, itemsize: int) -> int:
     return max(1, VOCAB_BLOCK_BYTES // (hidden * itemsize))
 
 
-def convert_hf_to_orbax(hf_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
+def converted_chunks(config: Qwen2Config, key: Sequence[str], shape: Sequence[int],
+                     dtype: np.dtype) -> list[int]:
+    """Chunk shape of a converted checkpoint's array: one layer of a stacked parameter, a block
+    of vocabulary rows, or the whole (small) array; writers fill one chunk at a time."""
+    chunks = list(shape)
+    if tuple(key[:2]) == ("model", "layers"):
+        chunks[0] = 1
+    vocab_axis = next((r.ours_vocab_axis for r in RULES.values() if r.ours == tuple(key)), None)
+    if vocab_axis is not None:
+        rows = _vocab_block_rows(config.hidden_size, np.dtype(dtype).itemsize)
+        chunks[vocab_axis] = min(rows, shape[vocab_axis])
+    return chunks
+
+
+def convert_hf_to_orbax(hf_dir: str | Path, out_dir: str | os.PathLike, *,
+                        dtype: str | None = None,
                         vocab_size: int | None = None, vocab_multiple: int | None = None,
                         overwrite: bool = False) -> Qwen2Config:
     """Convert a HF Qwen2 directory (config.json + safetensors, or .bin) into `out_dir`.
@@ -88,7 +107,10 @@ def convert_hf_to_orbax(hf_dir: str | Path, out_dir: str | Path, *, dtype: str |
     vocab_size / vocab_multiple: pad (zero rows) or trim the vocabulary to this size / up to a
     multiple; by default the rows are kept as they are (e.g. 151936 rows for 151646 tokens).
     """
-    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    if is_remote(hf_dir):
+        raise ValueError(f"{hf_dir}: the HF checkpoint must be a local directory (download it "
+                         "first, e.g. `gcloud storage cp -r` or `huggingface-cli download`)")
+    hf_dir, out_dir = Path(hf_dir), str(out_dir)
     source = HFSource(hf_dir)
     hf_config = Qwen2Config.from_hf_json(hf_dir)
     skip = check_hf_tensors(source, hf_config)
@@ -99,20 +121,16 @@ def convert_hf_to_orbax(hf_dir: str | Path, out_dir: str | Path, *, dtype: str |
         log.warning("trimming the vocabulary from %d to %d rows: rows %d.. are dropped",
                     hf_config.vocab_size, vocab, vocab)
     config = hf_config.replace(vocab_size=vocab, param_dtype=stored.name)
-    if (out_dir / PARAMS_DIR).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir / PARAMS_DIR} exists; pass overwrite=True (--overwrite)")
+    params_dir = epath.Path(out_dir) / PARAMS_DIR
+    if params_dir.exists() and not overwrite:
+        raise FileExistsError(f"{params_dir} exists; pass overwrite=True (--overwrite)")
 
-    writer = StreamingOrbaxWriter(out_dir / PARAMS_DIR)
+    writer = StreamingOrbaxWriter(str(params_dir))
     rows = _vocab_block_rows(config.hidden_size, stored.itemsize)
     try:
         for key, leaf in flat_params(abstract_params(config)).items():
-            chunks = list(leaf.shape)
-            if key[:2] == ("model", "layers"):
-                chunks[0] = 1
-            vocab_axis = next((r.ours_vocab_axis for r in RULES.values() if r.ours == key), None)
-            if vocab_axis is not None:
-                chunks[vocab_axis] = min(rows, vocab)
-            writer.create(key, leaf.shape, stored, chunks)
+            writer.create(key, leaf.shape, stored,
+                          converted_chunks(config, key, leaf.shape, stored))
         for i, name in enumerate(names):
             rule, layer = rule_for(name)
             if rule.ours_vocab_axis is not None:

@@ -11,7 +11,8 @@ does not fit. So the converter writes the layout Orbax's PyTreeCheckpointHandler
 
 Chunks hold one layer of a stacked parameter (or a block of vocabulary rows), so each HF tensor is
 written into its own chunks and Orbax's standard restore, which reads chunk shapes from `.zarray`,
-restores onto any sharding. Readers open either this layout or Orbax's default OCDBT one.
+restores onto any sharding. Readers open either this layout or Orbax's default OCDBT one (e.g. a
+training run's train state). Directories may be local or gs:// (tensorstore's `gcs` kvstore).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import tensorstore as ts
+from etils import epath
 
 _HANDLER = "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"
 _KEY_TYPE_DICT = 2  # orbax tree_metadata key_type for dict keys
@@ -39,15 +40,55 @@ def _dtype_name(dtype: np.dtype) -> str:
     return np.dtype(dtype).name  # "float32", "bfloat16", "float16": tensorstore's names
 
 
-class StreamingOrbaxWriter:
-    """Create arrays, write slices, then `finalize()` to atomically publish `directory`."""
+def is_remote(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
 
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        self._tmp = self.directory.with_name(self.directory.name + ".partial")
-        if self._tmp.exists():
-            shutil.rmtree(self._tmp)
-        self._tmp.mkdir(parents=True)
+
+def kvstore_spec(path: str | os.PathLike) -> dict:
+    """tensorstore kvstore spec for a local path or a gs://bucket/path URL."""
+    path = str(path)
+    if not is_remote(path):
+        return {"driver": "file", "path": os.path.abspath(path) + ("/" if path.endswith("/")
+                                                                   else "")}
+    if not path.startswith("gs://"):
+        raise ValueError(f"{path}: only local paths and gs:// URLs are supported")
+    bucket, _, key = path[len("gs://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"{path}: no bucket name after gs://")
+    return {"driver": "gcs", "bucket": bucket, "path": key}
+
+
+def _join(directory: str, name: str) -> str:
+    return directory.rstrip("/") + "/" + name
+
+
+def array_spec(directory: str | os.PathLike, key: Sequence[str], *, use_ocdbt: bool,
+               use_zarr3: bool) -> dict:
+    """The tensorstore spec of leaf `key` of the Orbax checkpoint in `directory`."""
+    name = param_name(key)
+    if use_ocdbt:
+        kvstore = {"driver": "ocdbt", "base": kvstore_spec(_join(str(directory), "")),
+                   "path": name}
+    else:
+        kvstore = kvstore_spec(_join(str(directory), name))
+    return {"driver": "zarr3" if use_zarr3 else "zarr", "kvstore": kvstore}
+
+
+class StreamingOrbaxWriter:
+    """Create arrays, write slices, then `finalize()` to publish `directory`.
+
+    Local: written under `<directory>.partial` and renamed into place (atomic). gs:// (no rename
+    there): written in place with `_METADATA` last, so an interrupted upload is no checkpoint.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.remote = is_remote(directory)
+        self.directory = str(directory) if self.remote else os.path.abspath(directory)
+        self._tmp = self.directory if self.remote else self.directory + ".partial"
+        tmp = epath.Path(self._tmp)
+        if tmp.exists():
+            tmp.rmtree()
+        tmp.mkdir(parents=True)
         self._arrays: dict[tuple[str, ...], ts.TensorStore] = {}
         self._started = time.time_ns()
 
@@ -55,7 +96,7 @@ class StreamingOrbaxWriter:
                chunks: Sequence[int]) -> None:
         spec = {
             "driver": "zarr",
-            "kvstore": {"driver": "file", "path": str(self._tmp / param_name(key))},
+            "kvstore": kvstore_spec(_join(self._tmp, param_name(key))),
             "dtype": _dtype_name(dtype),
             "metadata": {"shape": list(shape), "chunks": list(chunks), "compressor": _ZSTD},
         }
@@ -75,42 +116,50 @@ class StreamingOrbaxWriter:
             }
         meta = {"tree_metadata": tree, "use_ocdbt": False, "use_zarr3": False,
                 "store_array_data_equal_to_fill_value": True, "custom_metadata": None}
-        (self._tmp / "_METADATA").write_text(json.dumps(meta))
         ckpt_meta = {"item_handlers": _HANDLER, "metrics": {}, "performance_metrics": {},
                      "init_timestamp_nsecs": self._started,
                      "commit_timestamp_nsecs": time.time_ns(), "custom_metadata": {}}
-        (self._tmp / "_CHECKPOINT_METADATA").write_text(json.dumps(ckpt_meta))
+        tmp = epath.Path(self._tmp)
+        (tmp / "_CHECKPOINT_METADATA").write_text(json.dumps(ckpt_meta))
+        (tmp / "_METADATA").write_text(json.dumps(meta))
         self._arrays.clear()
-        if self.directory.exists():
-            shutil.rmtree(self.directory)
-        os.replace(self._tmp, self.directory)
+        if not self.remote:
+            if os.path.exists(self.directory):
+                shutil.rmtree(self.directory)
+            os.replace(self._tmp, self.directory)
 
     def abort(self) -> None:
         self._arrays.clear()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        tmp = epath.Path(self._tmp)
+        if tmp.exists():
+            tmp.rmtree()
 
 
 class OrbaxArrayReader:
-    """Open the leaves of an Orbax PyTree checkpoint (OCDBT or not) for sliced reads."""
+    """Open the leaves of an Orbax PyTree checkpoint (OCDBT or not, local or gs://) for sliced
+    reads."""
 
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        meta_file = self.directory / "_METADATA"
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = str(directory) if is_remote(directory) else os.path.abspath(directory)
+        meta_file = epath.Path(self.directory) / "_METADATA"
         if not meta_file.exists():
             raise FileNotFoundError(f"{self.directory}: not an Orbax PyTree checkpoint "
                                     "(no _METADATA)")
         meta = json.loads(meta_file.read_text())
         self.use_ocdbt = bool(meta.get("use_ocdbt", False))
         self.use_zarr3 = bool(meta.get("use_zarr3", False))
+        # leaves that hold arrays (optimizer states also store None/empty leaves)
         self.keys = [tuple(k["key"] for k in v["key_metadata"])
-                     for v in meta["tree_metadata"].values()]
+                     for v in meta["tree_metadata"].values()
+                     if not v["value_metadata"].get("skip_deserialize", False)]
 
     def open(self, key: Sequence[str]) -> ts.TensorStore:
-        name = param_name(key)
-        if self.use_ocdbt:
-            kvstore = {"driver": "ocdbt", "base": f"file://{self.directory.resolve()}/",
-                       "path": name}
-        else:
-            kvstore = {"driver": "file", "path": str(self.directory / name)}
-        driver = "zarr3" if self.use_zarr3 else "zarr"
-        return ts.open({"driver": driver, "kvstore": kvstore}, open=True, read=True).result()
+        spec = array_spec(self.directory, key, use_ocdbt=self.use_ocdbt,
+                          use_zarr3=self.use_zarr3)
+        return ts.open(spec, open=True, read=True).result()
+
+    def open_subtree(self, prefix: Sequence[str] = ()) -> dict[tuple[str, ...], ts.TensorStore]:
+        """Every array under `prefix` (e.g. ("params",) of a train state), keyed without it;
+        the others (e.g. optimizer moments) are never opened."""
+        n = len(prefix)
+        return {key[n:]: self.open(key) for key in self.keys if key[:n] == tuple(prefix)}

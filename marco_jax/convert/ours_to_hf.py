@@ -1,25 +1,30 @@
-"""Our converted checkpoint -> a Hugging Face Qwen2 directory (`config.json` + safetensors shards).
+"""Our parameters -> a Hugging Face Qwen2 directory (`config.json` + safetensors shards).
 
-Reads one layer slice (or one block of vocabulary rows) at a time from the Orbax arrays and appends
-it to the safetensors file being written, so peak host memory is about one HF tensor. The stored
-dtype is kept unless asked otherwise, so import followed by export is bit-exact.
+`write_hf_checkpoint` reads one layer slice (or one block of vocabulary rows) at a time from the
+Orbax arrays and appends it to the safetensors file being written, so peak host memory is about one
+HF tensor. The stored dtype is kept unless asked otherwise, so import followed by export is
+bit-exact. Sources: a converted checkpoint (`export_orbax_to_hf`, local or gs://) or a training
+run's train state (`marco_jax.convert.from_run`). The HF directory is written locally.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+import tensorstore as ts
 
 from marco_jax.convert.checkpoint import PARAMS_DIR, check_param_shapes, read_model_config
 from marco_jax.convert.hf_source import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from marco_jax.convert.mapping import TensorRule, expected_hf_tensors, rule_for
-from marco_jax.convert.orbax_layout import OrbaxArrayReader
+from marco_jax.convert.orbax_layout import OrbaxArrayReader, is_remote
 from marco_jax.convert.safetensors_io import SafetensorsWriter
+from marco_jax.model.config import Qwen2Config
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +64,27 @@ def plan_shards(tensors: list[tuple[str, int]], max_bytes: int) -> list[list[str
     return shards
 
 
-def export_orbax_to_hf(checkpoint: str | Path, out_dir: str | Path, *,
+def export_orbax_to_hf(checkpoint: str | os.PathLike, out_dir: str | Path, *,
                        max_shard_size: str | int = "5GB", dtype: str | None = None,
                        overwrite: bool = False) -> list[Path]:
-    """Write `out_dir/config.json` and the safetensors shard(s); returns the written files."""
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    """Converted checkpoint (local or gs://) -> `out_dir/config.json` and the safetensors
+    shard(s); returns the written files."""
     config = read_model_config(checkpoint)
-    reader = OrbaxArrayReader(checkpoint / PARAMS_DIR)
-    arrays = {key: reader.open(key) for key in reader.keys}
-    check_param_shapes(config, {k: tuple(a.shape) for k, a in arrays.items()},
-                       f"checkpoint {checkpoint / PARAMS_DIR}")
+    params_dir = f"{str(checkpoint).rstrip('/')}/{PARAMS_DIR}"
+    arrays = OrbaxArrayReader(params_dir).open_subtree()
+    return write_hf_checkpoint(config, arrays, out_dir, where=f"checkpoint {params_dir}",
+                               max_shard_size=max_shard_size, dtype=dtype, overwrite=overwrite)
+
+
+def write_hf_checkpoint(config: Qwen2Config, arrays: dict[tuple[str, ...], ts.TensorStore],
+                        out_dir: str | Path, *, where: str, max_shard_size: str | int = "5GB",
+                        dtype: str | None = None, overwrite: bool = False) -> list[Path]:
+    """Stream the param arrays (opened tensorstores keyed by param path) into a local HF dir."""
+    if is_remote(out_dir):
+        raise ValueError(f"{out_dir}: the HF directory is written locally; upload it afterwards "
+                         "(e.g. `gcloud storage rsync -r HF_DIR gs://...`)")
+    out_dir = Path(out_dir)
+    check_param_shapes(config, {k: tuple(a.shape) for k, a in arrays.items()}, where)
     existing = sorted(out_dir.glob("model*.safetensors*")) if out_dir.exists() else []
     if existing and not overwrite:
         raise FileExistsError(f"{out_dir} already holds {existing[0].name}; pass overwrite=True "

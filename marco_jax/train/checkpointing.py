@@ -25,6 +25,7 @@ from etils import epath
 from marco_jax.model.config import RUNTIME_FIELDS, Qwen2Config
 
 LAYOUT_VERSION = 1
+ITEM_NAMES = ("state", "data", "meta")  # one CheckpointManager item each, per step
 # Runtime fields that change nothing in the stored arrays (param_dtype does, so it stays).
 _LAYOUT_FREE = tuple(f for f in RUNTIME_FIELDS if f != "param_dtype")
 
@@ -80,7 +81,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "data", "meta"))
+                                             item_names=ITEM_NAMES)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
