@@ -15,12 +15,11 @@ slice is a queued resource (`gcloud compute tpus queued-resources`, required for
 
 `train` starts `python -m marco_jax.train` on every worker (`--worker=all`, and `--node=all` for a
 queued resource), detached with nohup (log and pid in ~/marco_logs/ on each worker) so that a
-dropped ssh connection does not kill the run; `--foreground` streams the output instead. Each
-worker runs it through `python -m gcp.tpu worker`, which first calls `jax.distributed.initialize()`:
-JAX's Cloud TPU detection reads the worker list and the multi-slice ids from the TPU VM metadata
-server, which a gcloud-created slice provides but does not export to the shell environment that
-`marco_jax.parallel.initialize_distributed()` inspects. Extra arguments after `--` go to the
-trainer (`train`) or to gcloud (`create`).
+dropped ssh connection does not kill the run; `--foreground` streams the output instead. The
+trainer's `marco_jax.parallel.initialize_distributed()` recognises a Cloud TPU VM and calls
+`jax.distributed.initialize()`, whose Cloud TPU detection reads the worker list and the
+multi-slice ids from the TPU VM metadata server (a gcloud-created slice does not export them to the
+shell environment). Extra arguments after `--` go to the trainer (`train`) or to gcloud (`create`).
 """
 
 from __future__ import annotations
@@ -29,12 +28,11 @@ import argparse
 import dataclasses
 import math
 import re
-import runpy
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -276,8 +274,8 @@ def setup_script(remote: Remote, repo_url: str = "", ref: str = "HEAD") -> str:
 def trainer_argv(config_rel: str, workdir: str, path_overrides: Sequence[str],
                  overrides: Sequence[str]) -> list[str]:
     """What each worker runs, from the repository root."""
-    return ["-m", "gcp.tpu", "worker", "marco_jax.train", "--config", config_rel,
-            "--workdir", workdir, *path_overrides, *overrides]
+    return ["-m", "marco_jax.train", "--config", config_rel, "--workdir", workdir,
+            *path_overrides, *overrides]
 
 
 def refuse_while_running() -> str:
@@ -320,26 +318,6 @@ def parse_env(pairs: Sequence[str]) -> list[str]:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", p):
             raise ValueError(f"--env {p!r}: expected NAME=VALUE")
     return list(pairs)
-
-
-# ---------------------------------------------------------------------------------------------
-# On the worker
-
-
-def run_worker(module: str, args: Sequence[str],
-               initialize: Callable[[], None] | None = None) -> None:
-    """Join the slice's jax.distributed runtime (JAX's Cloud TPU auto-detection), then run
-    `python -m module args` in this process."""
-    import jax
-
-    if not jax.distributed.is_initialized():
-        try:
-            (initialize or jax.distributed.initialize)()
-        except (ValueError, RuntimeError) as e:
-            raise SystemExit(f"error: jax.distributed.initialize() found no Cloud TPU slice ({e}); "
-                             "`python -m gcp.tpu worker` runs on TPU VM workers") from e
-    sys.argv = [module, *args]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,10 +405,6 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--lines", type=int, default=200)
             p.add_argument("--no-follow", action="store_false", dest="follow")
 
-    worker = sub.add_parser("worker", help="(runs on each TPU VM worker) join jax.distributed, "
-                            "then run a module: worker marco_jax.train --config ...")
-    worker.add_argument("module")
-    worker.add_argument("args", nargs=argparse.REMAINDER)
     return ap
 
 
@@ -477,9 +451,6 @@ def plan(args: argparse.Namespace, extra: list[str]) -> list[list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args, extra = ap.parse_known_args(argv)
-    if args.command == "worker":
-        run_worker(args.module, args.args)
-        return 0
     if extra and args.command not in ("create", "train"):
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

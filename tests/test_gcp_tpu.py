@@ -115,15 +115,16 @@ def test_train_runs_on_every_worker_with_the_config_and_workdir(capsys, monkeypa
     assert ssh[3:6] == ["queued-resources", "ssh", "marco-7b"]
     assert "--worker=all" in ssh and "--node=all" in ssh
     argv = trainer_argv(ssh)
-    assert argv[:5] == ["-m", "gcp.tpu", "worker", "marco_jax.train", "--config"]
-    assert argv[5] == STAGE1
+    # the trainer itself joins jax.distributed (initialize_distributed: Cloud TPU VM rule)
+    assert argv[:3] == ["-m", "marco_jax.train", "--config"]
+    assert argv[3] == STAGE1
     assert argv[argv.index("--workdir") + 1] == "gs://bkt/marco/runs/cpt_7b_stage1"
     words = shlex.split(remote_script(ssh))
     inner = shlex.split(words[words.index("nohup") + 3])
     assert inner[inner.index("env") + 1] == "JAX_PLATFORMS=tpu"  # no silent fallback to CPU
     # the trainer's own flag parser accepts the arguments and they reach the config
     monkeypatch.chdir(REPO)
-    cli = ["train", *argv[4:]]
+    cli = ["train", *argv[2:]]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=False,
                                     sys_argv=cli)  # overrides are read from argv at parse time
@@ -222,18 +223,6 @@ def test_detached_train_script_runs_refuses_a_second_start_and_stops(tmp_path):
             pytest.fail("the trainer did not stop on SIGTERM")
     finally:
         subprocess.run(["kill", "-9", str(pid)], capture_output=True)
-
-
-def test_worker_joins_jax_distributed_then_runs_the_module(tmp_path, monkeypatch):
-    (tmp_path / "fake_trainer.py").write_text(
-        "import sys, pathlib\npathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    calls = []
-    out = tmp_path / "out.txt"
-    tpu.run_worker("fake_trainer", [str(out), "--config", "c.py"],
-                   initialize=lambda: calls.append("init"))
-    assert calls == ["init"] and out.read_text() == "--config c.py"
 
 
 def test_missing_gcloud_is_a_clear_error(capsys, monkeypatch, tmp_path):
