@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from etils import epath
 
 from marco_jax.convert.checkpoint import load_model
 from marco_jax.data.tokenizer import get_tokenizer
@@ -21,7 +22,7 @@ from marco_jax.infer.text import generate_text
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m marco_jax.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, type=Path,
+    p.add_argument("--checkpoint", required=True,
                    help="converted checkpoint dir (model_config.json + params/)")
     p.add_argument("--prompt", required=True, action="append",
                    help="prompt text; repeat for a batch")
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.system is not None and not args.chat:
         print("error: --system needs --chat", file=sys.stderr)
         return 2
-    if not (args.checkpoint / "model_config.json").is_file():
+    if not (epath.Path(args.checkpoint) / "model_config.json").exists():  # gs:// too
         print(f"error: --checkpoint {args.checkpoint}: no model_config.json (expected a "
               "converted checkpoint; see python -m marco_jax.convert)", file=sys.stderr)
         return 1
