@@ -23,14 +23,17 @@ ONE = jax.devices()[:1]
 
 
 def test_demo_cli_writes_checkpoint_metrics_tensorboard_and_curve(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    # A relative --workdir, as in the README's command (Orbax itself refuses relative paths).
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "marco_jax.train", "--config", str(ROOT / "configs/demo.py"),
-           "--workdir", str(tmp_path), "--config.train.steps=6", "--config.data.seq_len=32",
+           "--workdir", "run", "--config.train.steps=6", "--config.data.seq_len=32",
            "--config.train.log_every=2", "--config.train.eval_every=3",
            "--config.checkpoint.every=3"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "done: step 6" in out.stdout
+    tmp_path = tmp_path / "run"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "6"]
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_recs = [r for r in records if "loss" in r]

@@ -16,29 +16,24 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from flax import nnx
 
 from marco_jax.model.config import RUNTIME_FIELDS, Qwen2Config
 from marco_jax.model.qwen2 import Qwen2ForCausalLM, init_model
+from marco_jax.paths import orbax_path
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 
 
-def _path(path: str | os.PathLike) -> epath.Path:
-    """Local paths made absolute (Orbax wants them so); gs:// and other URLs as they are."""
-    return epath.Path(path if "://" in str(path) else os.path.abspath(path))
-
-
 def write_model_config(path: str | os.PathLike, config: Qwen2Config) -> None:
-    _path(path).mkdir(parents=True, exist_ok=True)
-    (_path(path) / CONFIG_FILE).write_text(
+    orbax_path(path).mkdir(parents=True, exist_ok=True)
+    (orbax_path(path) / CONFIG_FILE).write_text(
         json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
 
 def read_model_config(path: str | os.PathLike) -> Qwen2Config:
-    file = _path(path) / CONFIG_FILE
+    file = orbax_path(path) / CONFIG_FILE
     if not file.exists():
         raise FileNotFoundError(f"{path}: not a converted checkpoint (no {CONFIG_FILE})")
     fields = json.loads(file.read_text())
@@ -78,7 +73,7 @@ def save_params(path: str | os.PathLike, config: Qwen2Config, params: dict) -> N
     """Save a pure-dict param tree (jax or numpy arrays) with Orbax; overwrites `path/params`."""
     check_param_shapes(config, {k: tuple(np.shape(v)) for k, v in flat_params(params).items()},
                        "params")
-    path = _path(path)
+    path = orbax_path(path)
     write_model_config(path, config)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(path / PARAMS_DIR, params, force=True)
@@ -88,7 +83,7 @@ def save_params(path: str | os.PathLike, config: Qwen2Config, params: dict) -> N
 def load_params(path: str | os.PathLike, shardings: Any = None) -> tuple[Qwen2Config, dict]:
     """(config, pure-dict params). `shardings`: a pytree of jax.sharding.Sharding matching the
     param tree (e.g. from `marco_jax.parallel.logical_to_sharding`); default: first device."""
-    path = _path(path)
+    path = orbax_path(path)
     config = read_model_config(path)
     params_dir = path / PARAMS_DIR
     if not (params_dir / "_METADATA").exists():

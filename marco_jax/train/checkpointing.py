@@ -20,9 +20,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 
 from marco_jax.model.config import RUNTIME_FIELDS, Qwen2Config
+from marco_jax.paths import orbax_path
 
 LAYOUT_VERSION = 1
 ITEM_NAMES = ("state", "data", "meta")  # one CheckpointManager item each, per step
@@ -77,7 +77,7 @@ class Checkpointer:
     """Thin owner of an Orbax CheckpointManager for (state, data position, metadata)."""
 
     def __init__(self, directory: str, keep: int, async_save: bool = True):
-        self.directory = epath.Path(directory)
+        self.directory = orbax_path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options,

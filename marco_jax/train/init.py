@@ -8,11 +8,12 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from marco_jax.model.config import RUNTIME_FIELDS, Qwen2Config
+from marco_jax.paths import orbax_path
+from marco_jax.train.checkpointing import ITEM_NAMES
 
 
 def _arch(config: Qwen2Config) -> dict[str, Any]:
@@ -42,14 +43,14 @@ def initial_params(init_from: str, model_config: Qwen2Config, mesh: Mesh, param_
 
         _, state = sharded_init_state(model_config, mesh, seed)
         return nnx.to_pure_dict(state)
-    path = epath.Path(init_from)
+    path = orbax_path(init_from)
     if (path / "model_config.json").exists():
         from marco_jax.convert.checkpoint import load_params, read_model_config
 
         check_same_architecture(read_model_config(init_from), model_config, init_from)
         _, params = load_params(init_from, shardings=param_shardings)
     elif (path / "checkpoints").exists():
-        manager = ocp.CheckpointManager(path / "checkpoints", item_names=("state", "data", "meta"))
+        manager = ocp.CheckpointManager(path / "checkpoints", item_names=ITEM_NAMES)
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"train.init_from={init_from}: checkpoints/ holds no step")

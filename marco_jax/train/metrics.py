@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from marco_jax.paths import is_remote
+
 
 class WindowAggregator:
     """Accumulates per-step device metrics between two log lines (host-side, numpy)."""
@@ -52,10 +54,6 @@ class WindowAggregator:
         return out
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
 class MetricsWriter:
     """Remote workdirs (gs://) get a local mirror that is copied up every `sync_every` writes and
     at close: object stores cannot append to a JSONL file or an event file."""
@@ -63,7 +61,7 @@ class MetricsWriter:
     def __init__(self, workdir: str, enabled: bool = True, total_steps: int = 0,
                  start_step: int = 0, progress: bool | None = None, sync_every: int = 20):
         self.enabled = enabled
-        self.remote = epath.Path(workdir) if _is_remote(workdir) else None
+        self.remote = epath.Path(workdir) if is_remote(workdir) else None
         self.history: list[dict[str, Any]] = []
         self.tb = None
         self.bar = None
