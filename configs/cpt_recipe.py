@@ -31,7 +31,7 @@ SIZES = {  # preset, global batch (rows), TPU slice the step is AOT-checked for
 # accumulation steps (micro-batch rows per chip = batch / (data x fsdp) / accum; XLA attention
 # keeps [rows, heads, 4096, 4096] scores live, so rows per chip per micro-step stay small) and the
 # in-slice mesh (data, fsdp, tensor).
-ACCUM = {"0.5b": 32, "1.5b": 16, "7b": 8, "72b": 16}
+ACCUM = {"0.5b": 4, "1.5b": 2, "7b": 2, "72b": 4}
 MESH_ICI = {"0.5b": (1, -1, 1), "1.5b": (1, -1, 1), "7b": (1, -1, 1), "72b": (1, 64, 4)}
 BUCKET = "gs://YOUR_BUCKET/marco"  # edit, or override each path on the command line
 
