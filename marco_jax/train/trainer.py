@@ -24,6 +24,7 @@ from flax import nnx
 
 from marco_jax.model.config import from_experiment
 from marco_jax.parallel import abstract_model, build_mesh, pure_dict_shardings
+from marco_jax.parallel.constraints import trace_under_mesh
 from marco_jax.train.checkpointing import Checkpointer, layout_metadata
 from marco_jax.train.flops import model_flops_per_token, peak_flops_per_device
 from marco_jax.train.init import initial_params
@@ -169,7 +170,8 @@ def train(config: Any, workdir: str, iterators: Callable[..., tuple[Any, Any]] |
 
     step_fn = jit_train_step(make_train_step(graphdef, tx, config, num_sources=len(source_names)),
                              state_shardings, data_sharding, mesh)
-    eval_fn = jax.jit(make_eval_step(graphdef, len(source_names), int(config.train.loss_chunk)))
+    eval_fn = jax.jit(trace_under_mesh(
+        make_eval_step(graphdef, len(source_names), int(config.train.loss_chunk)), mesh))
 
     writer = MetricsWriter(workdir, enabled=is_main, total_steps=total_steps, start_step=start,
                            progress=progress)
