@@ -30,12 +30,11 @@ from marco_jax.parallel.constraints import RESIDUAL, constrain
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def _param(rngs: nnx.Rngs | None, init: Callable, shape: tuple[int, ...], axes: tuple[str, ...],
+def _param(rngs: nnx.Rngs, init: Callable, shape: tuple[int, ...], axes: tuple[str, ...],
            config: Qwen2Config, num_layers: int | None) -> nnx.Param:
     if num_layers is not None:
         shape, axes = (num_layers, *shape), ("layers", *axes)
-    key = rngs.params() if rngs is not None else jax.random.key(0)
-    return nnx.Param(init(key, shape, config.jnp_param_dtype), logical_axes=axes)
+    return nnx.Param(init(rngs.params(), shape, config.jnp_param_dtype), logical_axes=axes)
 
 
 def _normal(stddev: float) -> Callable:
