@@ -1,6 +1,6 @@
 """Marco-LLM continual pretraining, Qwen2-7B, stage 2: the recipe in configs/cpt_recipe.py."""
 
-from marco_jax.train.config_files import load_sibling
+from marco_jax.config import load_sibling
 
 
 def get_config():

@@ -9,7 +9,7 @@ starts from random weights (there is no tiny pretrained Qwen2 to continue from);
 train.init_from to a converted checkpoint (see configs/cpt_*_stage1.py).
 """
 
-from marco_jax.train.config_files import load_sibling
+from marco_jax.config import load_sibling
 
 
 def get_config():
