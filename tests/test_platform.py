@@ -1,0 +1,96 @@
+"""No libtpu / TPU-probe output on a machine without TPU chips (issue 13 item 2), and the user's
+explicit JAX_PLATFORMS always wins. The subprocesses run without the JAX_PLATFORMS=cpu that
+conftest.py sets, as a fresh shell would."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from marco_jax import platform
+
+REPO = Path(__file__).resolve().parents[1]
+# lines libtpu prints when it initialises without chips ("Failed to find host bounds ...",
+# "unexpected worker hostname ...", "WARNING: Logging before InitGoogle() ...")
+PROBE_LINE = re.compile(r"tpu|host bounds|worker hostname|InitGoogle", re.IGNORECASE)
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="libtpu not installed (the `tpu` extra): nothing to probe")
+needs_no_tpu = pytest.mark.skipif(platform.tpu_device_present(),
+                                  reason="this machine has TPU chips: the probe is wanted here")
+
+
+def _fresh_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL", "XLA_FLAGS")}
+    return env
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=_fresh_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_explicit_jax_platforms_always_wins():
+    for value in ("tpu", "", "cuda,cpu"):
+        env = {"JAX_PLATFORMS": value}
+        assert platform.choose_platforms(env) is None
+        assert env == {"JAX_PLATFORMS": value}
+    env = {"JAX_FORCE_TPU_INIT": "1"}
+    assert platform.choose_platforms(env) is None and "JAX_PLATFORMS" not in env
+
+
+def test_tensorflow_log_level_default_and_override():
+    env: dict[str, str] = {}
+    platform.quiet_tensorflow(env)
+    assert env == {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {"TF_CPP_MIN_LOG_LEVEL": "0"}
+    platform.quiet_tensorflow(env)
+    assert env == {"TF_CPP_MIN_LOG_LEVEL": "0"}
+
+
+@needs_libtpu
+@needs_no_tpu
+def test_plain_jax_probes_tpu_here():
+    """The reference: without marco_jax, JAX with libtpu prints the probe lines on this machine
+    (so the next test's silence is the fix, not a quiet machine)."""
+    proc = _run("import jax; print(jax.devices()[0].platform)")
+    assert proc.returncode == 0, proc.stderr
+    assert PROBE_LINE.search(proc.stderr), proc.stderr
+
+
+@needs_no_tpu
+def test_import_marco_jax_picks_cpu_without_probe():
+    proc = _run("import marco_jax, jax, os; print(jax.devices()[0].platform); "
+                "print(os.environ.get('JAX_PLATFORMS'))")
+    assert proc.returncode == 0, proc.stderr
+    platform_name, chosen = proc.stdout.split()
+    assert platform_name == "cpu"
+    assert [line for line in proc.stderr.splitlines() if PROBE_LINE.search(line)] == []
+    if importlib.util.find_spec("libtpu") is not None:
+        assert chosen == "cpu"  # no GPU plugin is installed here
+
+
+@needs_no_tpu
+def test_jax_imported_first_still_quiet():
+    """A notebook that imports jax before marco_jax: the config is updated before first use."""
+    proc = _run("import jax, marco_jax; print(jax.devices()[0].platform)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["cpu"]
+    assert [line for line in proc.stderr.splitlines() if PROBE_LINE.search(line)] == []
+
+
+@needs_no_tpu
+def test_readme_train_command_prints_only_its_own_lines(tmp_path):
+    """README command 1's training part (2 steps): stderr holds no probe or TensorFlow line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "marco_jax.train", "--config", "configs/demo.py",
+         "--workdir", str(tmp_path / "demo"), "--config.train.steps=2",
+         "--config.train.eval_every=2", "--config.checkpoint.every=2"],
+        env=_fresh_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [line for line in proc.stderr.splitlines() if PROBE_LINE.search(line)] == []
+    assert "step 2/2" in proc.stdout
