@@ -241,7 +241,9 @@ def test_demo_mixture_reads_the_package_sample_corpus():
     b = next(make_train_iterator(c, 0, 1))
     assert (b["segment_ids"] > 0).mean() > 0.5
     sft = make_train_iterator(data_config("", mixture="sft", seq_len=256), 0, 1)
-    assert sft.source_names == ["sft.chat"] and next(sft)["loss_mask"].sum() > 0
+    # the three SFT layouts the package ships (messages, prompt/response, ShareGPT)
+    assert sft.source_names == ["sft.chat", "sft.prompt_response", "sft.sharegpt"]
+    assert next(sft)["loss_mask"].sum() > 0
 
 
 def test_pool_sizes_from_data_pipelines_stats(tmp_path):

@@ -19,6 +19,23 @@ QWEN2_DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 Message = Mapping[str, str]
 
+# The same rendering as a Hugging Face `chat_template` (Jinja), with `{% generation %}` around each
+# assistant turn's content and <|im_end|>, so `apply_chat_template(...,
+# return_assistant_tokens_mask=True)` reproduces `encode_chat`'s mask. Pass
+# `default_system_prompt=...` to apply_chat_template to insert a system turn when none is given
+# (Qwen2-Instruct's behaviour); without it, like `encode_chat(messages)`, none is added.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' and default_system_prompt is defined %}"
+    "{{ '<|im_start|>system\\n' + default_system_prompt + '<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}{{ '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
 
 def validate_messages(messages: Sequence[Message], default_system_prompt: str | None = None
                       ) -> list[tuple[str, str]]:

@@ -12,7 +12,8 @@ source can be overridden by a path/glob (`config.data.task_sources`):
 
 <shards> are *.jsonl[.gz], *.tfrecord*, or *.array_record* files. Record fields:
 text tasks `text` (or pre-tokenized `tokens`/`input_ids`); bitext `src`/`tgt`, or the two
-language codes as keys, or `translation: {<lang>: ...}`; SFT `messages: [{role, content}]`.
+language codes as keys, or `translation: {<lang>: ...}`; SFT `messages: [{role, content}]`,
+ShareGPT `conversations: [{from, value}]` or `prompt`/`response` (`chat_records.py`).
 
 Rendering here is the one definition of a task's documents; the seqio Tasks (`seqio_tasks.py`)
 and the training pipeline both call it.
@@ -30,7 +31,8 @@ import numpy as np
 
 from marco_jax.data import languages as L
 from marco_jax.data import mixtures as M
-from marco_jax.data.chat import encode_chat, render_chatml, validate_messages
+from marco_jax.data.chat import encode_chat, render_chatml
+from marco_jax.data.chat_records import record_turns
 from marco_jax.data.sources import DocumentSource, expand_pattern, is_remote, read_stats
 from marco_jax.data.templates import render_translation
 from marco_jax.data.tokenizer import get_tokenizer
@@ -109,12 +111,10 @@ def chat_document(messages: list[Mapping[str, str]]) -> Document:
 
 
 def _messages(record: Mapping[str, Any], where: str) -> list[Mapping[str, str]]:
-    msgs = record.get("messages")
-    try:
-        validate_messages(msgs)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: field 'messages': {e}") from None
-    return msgs
+    """The conversation of an SFT record in any layout `chat_records` reads (messages,
+    ShareGPT conversations, prompt/response); a bad record raises `chat_records.BadRecord`."""
+    turns, _ = record_turns(record, where)
+    return [{"role": role, "content": content} for role, content in turns]
 
 
 def _bitext_sides(record: Mapping[str, Any], a: str, b: str, where: str) -> tuple[str, str]:
