@@ -1,0 +1,1 @@
+"""Evaluation: batched scoring/generation engine, benchmark tasks, reports, lm-eval adapter."""
