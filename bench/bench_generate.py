@@ -32,7 +32,7 @@ def main() -> None:
 
     from marco_jax.infer import generate
     if args.checkpoint:
-        from marco_jax.convert.checkpoint import load_model
+        from marco_jax.checkpoint import load_model
         model = load_model(args.checkpoint, dtype=args.dtype)
     else:
         from marco_jax.model.config import get_preset

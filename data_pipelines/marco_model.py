@@ -20,7 +20,7 @@ class LazyMarcoModel:
     @property
     def model(self):
         if self._model is None:
-            from marco_jax.convert.checkpoint import load_model
+            from marco_jax.checkpoint import load_model
 
             self._model = load_model(self.checkpoint)
         return self._model

@@ -14,57 +14,54 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile-only TPU devices; never grab a local TPU
 
+import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from marco_jax.parallel.aot_fit import DEFAULT_HEADROOM, DEFAULT_MFU, check_fit  # noqa: E402
+from marco_jax.config.cli import experiment_parser, fail, parse  # noqa: E402
+from marco_jax.parallel import slice_count  # noqa: E402
 from marco_jax.parallel.topologies import parse_slice  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file",
-                                          lock_config=False)
-_TOPOLOGY = flags.DEFINE_string("topology", None, "gcloud TPU type, e.g. v5p-128, v6e-256")
-_NUM_SLICES = flags.DEFINE_integer("num_slices", None, "slices (multi-slice); default: "
-                                   "product of mesh.dcn")
-_MFU = flags.DEFINE_float("mfu", DEFAULT_MFU, "utilisation assumed for step time and tokens/s")
-_HEADROOM = flags.DEFINE_float("headroom", DEFAULT_HEADROOM, "fraction of HBM kept free")
-_JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this path")
+from marco_jax.train.aot_fit import DEFAULT_HEADROOM, DEFAULT_MFU, check_fit  # noqa: E402
 
 
-def main(argv: list[str]) -> int:
-    del argv
-    config = _CONFIG.value
-    if config is None:
-        print("error: --config is required", file=sys.stderr)
-        return 2
-    topology = _TOPOLOGY.value or config.get("topology", "")
+def _parser() -> argparse.ArgumentParser:
+    p = experiment_parser("python -m marco_jax.aot", __doc__)
+    p.add_argument("--topology", default=None, help="gcloud TPU type, e.g. v5p-128, v6e-256")
+    p.add_argument("--num_slices", type=int, default=None,
+                   help="slices (multi-slice); default: product of mesh.dcn")
+    p.add_argument("--mfu", type=float, default=DEFAULT_MFU,
+                   help="utilisation assumed for step time and tokens/s")
+    p.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM,
+                   help="fraction of HBM kept free")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this path")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, args = parse(argv, _parser())
+    topology = args.topology or config.topology
     if not topology:
-        print("error: no --topology and the config names none (config.topology)",
-              file=sys.stderr)
-        return 2
-    slices = _NUM_SLICES.value or math.prod(int(v) for v in config.mesh.get("dcn", {}).values())
+        fail("no --topology and the config names none (config.topology)")
+    slices = args.num_slices or slice_count(config.mesh.dcn)
     try:
         tpu_slice = parse_slice(topology, slices)
-        report = check_fit(config, tpu_slice, headroom=_HEADROOM.value, mfu=_MFU.value)
+        report = check_fit(config, tpu_slice, headroom=args.headroom, mfu=args.mfu)
     except (ValueError, RuntimeError) as e:  # bad config/topology, or libtpu missing
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        fail(str(e))
     print("\n".join(report.lines()))
-    if _JSON.value:
+    if args.json:
         payload = dataclasses.asdict(report) | {
             "total_bytes": report.total_bytes, "tokens_per_step": report.tokens_per_step,
             "step_seconds": report.step_seconds if report.compiled_flops_per_chip else None,
             "tokens_per_second_per_chip": (report.tokens_per_second_per_chip
                                            if report.compiled_flops_per_chip else None),
             "topology": topology}
-        with open(_JSON.value, "w") as f:
+        with open(args.json, "w") as f:
             json.dump(payload, f, indent=2)
     return 0 if report.fits else 1
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    sys.exit(main())

@@ -14,7 +14,7 @@ import sys
 
 from etils import epath
 
-from marco_jax.convert.checkpoint import load_model
+from marco_jax.checkpoint import load_model
 from marco_jax.data.tokenizer import get_tokenizer
 from marco_jax.infer.text import generate_text
 

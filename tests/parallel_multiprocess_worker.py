@@ -19,7 +19,7 @@ from marco_jax.model.config import get_preset  # noqa: E402
 from marco_jax.parallel import build_mesh, initialize_distributed, sharded_init_state  # noqa: E402
 
 joined = initialize_distributed()
-mesh = build_mesh({"ici": {"fsdp": -1, "tensor": 2}})
+mesh = build_mesh({"fsdp": -1, "tensor": 2})
 _, state = sharded_init_state(get_preset("tiny", vocab_size=256), mesh, seed=0)
 emb = state["model"]["embed_tokens"]["embedding"].get_value()
 total = float(jax.jit(lambda x: (x * x).sum())(emb))

@@ -51,7 +51,7 @@ def test_resolve_axis_sizes_fills_the_rest_and_rejects_bad_sizes():
 
 
 def test_build_mesh_ici_and_dcn():
-    mesh = build_mesh({"ici": {"fsdp": -1, "tensor": 2}, "dcn": {"data": 2}})
+    mesh = build_mesh({"fsdp": -1, "tensor": 2}, {"data": 2})
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     ids = np.vectorize(lambda d: d.id)(mesh.devices)
     # DCN outermost: each data index is one "slice" of 4 consecutive devices.
@@ -59,7 +59,7 @@ def test_build_mesh_ici_and_dcn():
 
 
 def test_logical_to_spec_by_hand_and_divisibility_fallback():
-    mesh = build_mesh({"ici": {"fsdp": 4, "tensor": 2}})
+    mesh = build_mesh({"fsdp": 4, "tensor": 2})
     assert logical_to_spec(("layers", "embed", "heads", "head_dim"), (2, 128, 4, 32),
                            mesh) == P(None, "fsdp", "tensor", None)
     # vocab is listed before embed, so the tables take fsdp on vocab (lm-head logits stay
@@ -71,17 +71,17 @@ def test_logical_to_spec_by_hand_and_divisibility_fallback():
     assert logical_to_spec(("embed", "kv_heads", "head_dim"), (128, 3, 32),
                            mesh) == P("fsdp", None, None)
     # batch 2 over data(1) x fsdp(4): keeps only the prefix that divides.
-    assert logical_to_spec(("batch",), (2,), build_mesh({"ici": {"data": 2, "fsdp": 4}})) \
+    assert logical_to_spec(("batch",), (2,), build_mesh({"data": 2, "fsdp": 4})) \
         == P("data")
     with pytest.raises(ValueError, match="'sequence' has no rule"):
         logical_to_spec(("sequence",), (8,), mesh)
-    tensor8 = build_mesh({"ici": {"fsdp": 1, "tensor": 8}})
+    tensor8 = build_mesh({"fsdp": 1, "tensor": 8})
     notes = explain_fallbacks(abstract_model(TINY)[1], tensor8)
     assert any("k_proj/kernel: kv_heads=2 not split over ['tensor']" in n for n in notes)
 
 
 def test_sharded_init_matches_single_device_init():
-    mesh = build_mesh({"ici": {"fsdp": 4, "tensor": 2}})
+    mesh = build_mesh({"fsdp": 4, "tensor": 2})
     _, state = sharded_init_state(TINY, mesh, seed=3)
     got = nnx.to_pure_dict(state)
     ref = nnx.to_pure_dict(jax.jit(lambda: nnx.state(init_model(TINY, 3)))())
@@ -130,7 +130,7 @@ def _run(mesh_axes):
         logits_fn = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b["tokens"], b["positions"],
                                                                  b["segment_ids"]))
     else:
-        mesh = build_mesh({"ici": mesh_axes})
+        mesh = build_mesh(mesh_axes)
         graphdef, state = sharded_init_state(TINY, mesh, 0)
         params = nnx.to_pure_dict(state)
         shardings = pure_dict_shardings(abstract_model(TINY)[1], mesh)
@@ -188,7 +188,7 @@ def test_initialize_distributed_single_process_and_bad_env():
 def test_constrain_pins_activation_layout_under_a_mesh_only():
     x = jnp.ones((8, 16, 128))
     assert constrain(x, ("batch", "length", "embed")) is x  # no mesh: identity
-    mesh = build_mesh({"ici": {"fsdp": 4, "tensor": 2}})
+    mesh = build_mesh({"fsdp": 4, "tensor": 2})
     with jax.sharding.set_mesh(mesh):
         y = jax.jit(lambda a: constrain(a * 2, ("batch", "length", "mlp")))(x)
     want = jax.sharding.NamedSharding(mesh, P(("data", "fsdp"), None, "tensor"))
@@ -207,7 +207,7 @@ def _lowered_step_text(mesh_axes) -> str:
     if mesh_axes is None:
         return jit_train_step(step, None, None, None).lower(
             state, abstract_batch(8, 16, None)).as_text()
-    mesh = build_mesh({"ici": mesh_axes})
+    mesh = build_mesh(mesh_axes)
     shardings = train_state_shardings(state, pure_dict_shardings(abstract, mesh), mesh, tx)
     bs = batch_sharding(mesh)
     lowered = jit_train_step(step, shardings, bs, mesh).lower(state, abstract_batch(8, 16, bs))

@@ -20,8 +20,8 @@ TINY = get_preset("tiny", vocab_size=256, num_hidden_layers=2)
 
 
 def test_saved_on_mesh_a_restores_on_mesh_b(tmp_path):
-    mesh_a = build_mesh({"ici": {"fsdp": 8}})
-    mesh_b = build_mesh({"ici": {"data": 2, "fsdp": 2, "tensor": 2}})
+    mesh_a = build_mesh({"fsdp": 8})
+    mesh_b = build_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     _, state = sharded_init_state(TINY, mesh_a, seed=1)
     params = nnx.to_pure_dict(state)
     saved = jax.tree.map(np.asarray, params)

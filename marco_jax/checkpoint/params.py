@@ -1,9 +1,11 @@
-"""Our converted checkpoint: `model_config.json` (Qwen2Config) + an Orbax PyTree checkpoint of the
-`nnx.to_pure_dict` parameter tree under `params/`.
+"""Model parameters on disk: our converted checkpoint, and params-only reads of training runs.
 
-Restoring goes through Orbax's standard `StandardCheckpointer.restore` with a target of
-`jax.ShapeDtypeStruct`s carrying the wanted shardings, so each device reads only its own slice and
-the same checkpoint restores onto any mesh.
+A converted checkpoint is `model_config.json` (Qwen2Config) + an Orbax PyTree checkpoint of the
+`nnx.to_pure_dict` parameter tree under `params/`. A training run keeps the same tree as the
+`params` item of every step (`marco_jax.checkpoint.run`), so `load_params` reads either, and
+never touches a run's optimizer state. Restores go through Orbax's `StandardCheckpointer` with a
+target of `jax.ShapeDtypeStruct`s carrying the wanted shardings: each device reads only its own
+slice and the same checkpoint restores onto any mesh. Paths may be local or gs://.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from marco_jax.model.config import RUNTIME_FIELDS, Qwen2Config
-from marco_jax.model.qwen2 import Qwen2ForCausalLM, init_model
+from marco_jax.model.config import Qwen2Config
+from marco_jax.model.init import abstract_model
+from marco_jax.parallel.rules import with_shardings
 from marco_jax.paths import orbax_path
 
 CONFIG_FILE = "model_config.json"
@@ -32,22 +35,28 @@ def write_model_config(path: str | os.PathLike, config: Qwen2Config) -> None:
         json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
 
+def model_config_from_dict(fields: dict[str, Any], where: str) -> Qwen2Config:
+    known = {f.name for f in dataclasses.fields(Qwen2Config)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown Qwen2Config fields {unknown}")
+    return Qwen2Config(**fields)
+
+
 def read_model_config(path: str | os.PathLike) -> Qwen2Config:
     file = orbax_path(path) / CONFIG_FILE
     if not file.exists():
         raise FileNotFoundError(f"{path}: not a converted checkpoint (no {CONFIG_FILE})")
-    fields = json.loads(file.read_text())
-    known = {f.name for f in dataclasses.fields(Qwen2Config)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"{file}: unknown Qwen2Config fields {unknown}")
-    return Qwen2Config(**fields)
+    try:
+        fields = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    return model_config_from_dict(fields, str(file))
 
 
 def abstract_params(config: Qwen2Config) -> dict:
     """Pure-dict tree of ShapeDtypeStructs: exactly what `init_model(config)` would hold."""
-    model = nnx.eval_shape(lambda: init_model(config))
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return nnx.to_pure_dict(abstract_model(config)[1])
 
 
 def flat_params(tree: Any) -> dict[tuple[str, ...], Any]:
@@ -69,51 +78,45 @@ def check_param_shapes(config: Qwen2Config, found: dict[tuple[str, ...], tuple[i
         raise ValueError(f"{where} does not match the model config:\n  " + "\n  ".join(problems))
 
 
-def save_params(path: str | os.PathLike, config: Qwen2Config, params: dict) -> None:
-    """Save a pure-dict param tree (jax or numpy arrays) with Orbax; overwrites `path/params`."""
-    check_param_shapes(config, {k: tuple(np.shape(v)) for k, v in flat_params(params).items()},
-                       "params")
-    path = orbax_path(path)
-    write_model_config(path, config)
+def save_tree(path: str | os.PathLike, tree: Any) -> None:
+    """Save a pytree of (possibly sharded) arrays at `path` (overwrites); every process calls it."""
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path / PARAMS_DIR, params, force=True)
+    checkpointer.save(orbax_path(path), tree, force=True)
     checkpointer.wait_until_finished()
 
 
-def load_params(path: str | os.PathLike, shardings: Any = None) -> tuple[Qwen2Config, dict]:
-    """(config, pure-dict params). `shardings`: a pytree of jax.sharding.Sharding matching the
-    param tree (e.g. from `marco_jax.parallel.logical_to_sharding`); default: first device."""
+def stored_tree(path: str | os.PathLike) -> Any:
+    """An Orbax PyTree checkpoint's tree of array metadata (shape, dtype); reads no values."""
     path = orbax_path(path)
-    config = read_model_config(path)
-    params_dir = path / PARAMS_DIR
-    if not (params_dir / "_METADATA").exists():
-        raise FileNotFoundError(f"{path}: no Orbax checkpoint under {PARAMS_DIR}/")
-    checkpointer = ocp.StandardCheckpointer()
-    stored = checkpointer.metadata(params_dir).item_metadata.tree
-    check_param_shapes(config, {k: tuple(v.shape) for k, v in flat_params(stored).items()},
-                       f"checkpoint {params_dir}")
+    if not (path / "_METADATA").exists():
+        raise FileNotFoundError(f"{path}: not an Orbax PyTree checkpoint (no _METADATA)")
+    return ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+
+
+def restore_tree(path: str | os.PathLike, shardings: Any = None, dtypes: Any = None) -> Any:
+    """Restore the PyTree checkpoint at `path`, every array laid out by `shardings` (a matching
+    tree of `jax.sharding.Sharding`; default: the first device) and cast to `dtypes` (a matching
+    tree or one dtype, e.g. bf16 serving weights from fp32 training; default: as stored)."""
+    stored = stored_tree(path)
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: device, stored)
     try:
-        target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
-                              stored, shardings)
+        target = with_shardings(stored, shardings)
+        if dtypes is not None:
+            if not isinstance(dtypes, dict | list | tuple):
+                dtypes = jax.tree.map(lambda _: dtypes, stored)
+            target = jax.tree.map(
+                lambda t, d: jax.ShapeDtypeStruct(t.shape, d, sharding=t.sharding), target, dtypes)
     except ValueError as e:
-        raise ValueError(f"shardings tree does not match the checkpoint's param tree: "
-                         f"{e}") from None
-    return config, checkpointer.restore(params_dir, target)
+        raise ValueError(f"{path}: the shardings tree does not match the checkpoint's tree "
+                         f"{jax.tree.structure(stored)}: {e}") from None
+    return ocp.StandardCheckpointer().restore(orbax_path(path), target)
 
 
-def load_model(path: str | os.PathLike, shardings: Any = None,
-               **runtime_overrides: Any) -> Qwen2ForCausalLM:
-    """A ready model from a converted checkpoint; runtime fields (dtype, param_dtype, remat_policy,
-    scan_layers, attention_impl) may be overridden. Params are cast to `param_dtype`."""
-    bad = sorted(set(runtime_overrides) - set(RUNTIME_FIELDS))
-    if bad:
-        raise ValueError(f"load_model: {bad} are not runtime fields; allowed: {RUNTIME_FIELDS}")
-    config, params = load_params(path, shardings)
-    config = config.replace(**runtime_overrides)
-    params = jax.tree.map(lambda a: a.astype(config.jnp_param_dtype), params)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: init_model(config)))
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(graphdef, state)
+def save_params(path: str | os.PathLike, config: Qwen2Config, params: dict) -> None:
+    """Save a pure-dict param tree (jax or numpy arrays) as a converted checkpoint."""
+    check_param_shapes(config, {k: tuple(np.shape(v)) for k, v in flat_params(params).items()},
+                       "params")
+    write_model_config(path, config)
+    save_tree(orbax_path(path) / PARAMS_DIR, params)

@@ -1,115 +1,161 @@
-"""Train checkpoints: Orbax CheckpointManager with three items per step.
+"""A training run's checkpoints: an Orbax CheckpointManager with four items per step.
 
-    <workdir>/checkpoints/<step>/state   the TrainState (params + optimizer + step), sharded
-                                 /data    the input iterator's position (JSON)
-                                 /meta    layout metadata + the experiment config (JSON)
+    <workdir>/checkpoints/<step>/params     the parameters (pure-dict tree), sharded
+                                /opt_state  the optimizer state, sharded like the params
+                                /data       the input iterator's position (JSON)
+                                /meta       layout metadata, the step and the config (JSON)
 
-Saves are asynchronous (the device->host copy happens before `save` returns, so the next step may
-donate the state), the manager keeps the last `checkpoint.keep`. Restore first reads `meta` and
-compares the stored layout with the run's (architecture, vocabulary, stacked-layer layout,
-parameter shapes and dtypes), naming every mismatch, before it touches any array. Paths may be
-local or gs:// (Orbax goes through etils.epath).
+Params and optimizer state are separate items so that starting a new stage from a run, exporting
+it or evaluating it reads the params only (at 72B: ~290 GB instead of ~860 GB). Saves are
+asynchronous (the device->host copy happens before `save` returns, so the next step may donate
+the state); errors of a background save are raised by `check_for_errors()`, which the loop calls
+at every step boundary. Restore reads `meta` first and compares the stored layout with the run's,
+naming every mismatch, before it touches any array; a step that cannot be read (missing or
+truncated files) is skipped with a logged reason and the newest readable step is used instead --
+it is never deleted. Paths may be local or gs://.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
-from marco_jax.model.config import RUNTIME_FIELDS, Qwen2Config
+from marco_jax.checkpoint.layout import LAYOUT_VERSION, layout_mismatches
+from marco_jax.checkpoint.params import PARAMS_DIR, model_config_from_dict
+from marco_jax.model.config import Qwen2Config
 from marco_jax.paths import orbax_path
 
-LAYOUT_VERSION = 1
-ITEM_NAMES = ("state", "data", "meta")  # one CheckpointManager item each, per step
-# Runtime fields that change nothing in the stored arrays (param_dtype does, so it stays).
-_LAYOUT_FREE = tuple(f for f in RUNTIME_FIELDS if f != "param_dtype")
+log = logging.getLogger(__name__)
+
+ITEM_NAMES = (PARAMS_DIR, "opt_state", "data", "meta")
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): leaf
-            for path, leaf in flat}
+class CheckpointLayoutError(ValueError):
+    """A readable checkpoint that does not fit the run (a config problem, not corruption)."""
 
 
-def layout_metadata(model_config: Qwen2Config, params: Any,
-                    source_names: list[str]) -> dict[str, Any]:
-    """What a checkpoint must agree on with the run that restores it."""
-    arch = {k: v for k, v in dataclasses.asdict(model_config).items() if k not in _LAYOUT_FREE}
-    return {
-        "layout_version": LAYOUT_VERSION,
-        "layers": "stacked",  # leading `layers` axis on every layer parameter (scan layout)
-        "model": arch,
-        "params": {k: [list(np.shape(v)), str(np.dtype(v.dtype))]
-                   for k, v in _flat(params).items()},
-        "source_names": list(source_names),
-    }
+def _manager(directory: Any, keep: int | None = None, async_save: bool = True,
+             read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=async_save, save_interval_steps=1 if not read_only else 0)
+    return ocp.CheckpointManager(directory, options=options, item_names=ITEM_NAMES)
 
 
-def layout_mismatches(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    problems = []
-    for key in ("layout_version", "layers"):
-        if stored.get(key) != expected[key]:
-            problems.append(f"{key}: checkpoint {stored.get(key)!r}, run {expected[key]!r}")
-    s_model, e_model = stored.get("model", {}), expected["model"]
-    for k in sorted(set(s_model) | set(e_model)):
-        if s_model.get(k) != e_model.get(k):
-            problems.append(f"model.{k}: checkpoint {s_model.get(k)!r}, run {e_model.get(k)!r}")
-    s_par, e_par = stored.get("params", {}), expected["params"]
-    for k in sorted(set(s_par) | set(e_par)):
-        if k not in e_par:
-            problems.append(f"param {k}: in the checkpoint, not in the run's model")
-        elif k not in s_par:
-            problems.append(f"param {k}: missing from the checkpoint")
-        elif s_par[k] != e_par[k]:
-            problems.append(f"param {k}: checkpoint shape/dtype {s_par[k]}, run {e_par[k]}")
-    if stored.get("source_names") != expected["source_names"]:
-        problems.append(f"data sources: checkpoint {stored.get('source_names')}, run "
-                        f"{expected['source_names']} (per-source metrics would be mislabelled)")
-    return problems
+class RunCheckpointer:
+    """Owner of a run's CheckpointManager: save, validated restore with fallback, close."""
 
+    def __init__(self, workdir: str, keep: int, async_save: bool = True):
+        self.directory = orbax_path(workdir) / "checkpoints"
+        self.manager = _manager(self.directory, keep, async_save)
+        self.skipped: list[dict[str, Any]] = []  # steps passed over at restore, with reasons
 
-class Checkpointer:
-    """Thin owner of an Orbax CheckpointManager for (state, data position, metadata)."""
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
-    def __init__(self, directory: str, keep: int, async_save: bool = True):
-        self.directory = orbax_path(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=ITEM_NAMES)
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    def save(self, step: int, state: Any, data_state: dict, meta: dict, config_json: str,
-             force: bool = False) -> bool:
-        meta = dict(meta, step=step, config=json.loads(config_json))
+    def save(self, step: int, params: Any, opt_state: Any, data_state: dict, meta: dict,
+             config: dict, force: bool = False) -> bool:
+        meta = dict(meta, step=step, config=config)
         return self.manager.save(step, force=force, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-            meta=ocp.args.JsonSave(meta)))
+            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+            data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)))
 
-    def restore(self, step: int, abstract_state: Any,
-                expected_meta: dict) -> tuple[Any, dict, dict]:
-        """(state, data iterator state, stored meta) after validating the layout."""
-        where = self.directory / str(step)
-        stored = self.manager.restore(step, args=ocp.args.Composite(
+    def check_for_errors(self) -> None:
+        """Raise the error of a finished background save, if any."""
+        self.manager.check_for_errors()
+
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"]
-        problems = layout_mismatches(stored, expected_meta)
-        if problems:
-            raise ValueError(f"checkpoint {where} does not fit this run:\n  "
-                             + "\n  ".join(problems))
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        return out["state"], out["data"], stored
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def restore_latest(self, abstract_params: Any, abstract_opt_state: Any,
+                       expected_meta: dict) -> tuple[int, Any, Any, dict] | None:
+        """(step, params, opt_state, data state) of the newest step that reads back whole and
+        fits the run, or None when no step exists. A step whose files are missing or corrupt is
+        logged and skipped (`self.skipped`); a readable step that does not fit the run raises
+        CheckpointLayoutError (a config mistake must not silently fall back)."""
+        for step in reversed(self.all_steps()):
+            try:
+                stored = self.read_meta(step)
+            except Exception as e:  # noqa: BLE001 - any read failure means "unreadable step"
+                self._skip(step, f"meta unreadable: {_short(e)}")
+                continue
+            problems = layout_mismatches(stored, expected_meta)
+            if problems:
+                raise CheckpointLayoutError(
+                    f"checkpoint {self.directory / str(step)} does not fit this run:\n  "
+                    + "\n  ".join(problems))
+            try:
+                out = self.manager.restore(step, args=ocp.args.Composite(
+                    params=ocp.args.StandardRestore(abstract_params),
+                    opt_state=ocp.args.StandardRestore(abstract_opt_state),
+                    data=ocp.args.JsonRestore()))
+            except Exception as e:  # noqa: BLE001
+                self._skip(step, f"arrays unreadable: {_short(e)}")
+                continue
+            return step, out[PARAMS_DIR], out["opt_state"], out["data"]
+        return None
+
+    def _skip(self, step: int, reason: str) -> None:
+        log.warning("checkpoint step %d skipped (%s); trying an older step", step, reason)
+        self.skipped.append({"step": step, "reason": reason})
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStep:
+    """One step of a training run: its model config and where its params item lives."""
+
+    workdir: str
+    step: int
+    config: Qwen2Config
+    params_dir: str
+
+
+def open_run(workdir: Any, step: int | None = None) -> RunStep:
+    """Step `step` (default: the latest) of the run in `workdir`, with its model config."""
+    directory = orbax_path(workdir) / "checkpoints"
+    if not directory.exists():
+        raise FileNotFoundError(f"{workdir}: no checkpoints/ (not a training workdir)")
+    manager = _manager(directory, read_only=True)
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"{directory}: holds no finished checkpoint")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise ValueError(f"{directory}: no step {step}; have {steps}")
+        meta = manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+    finally:
+        manager.close()
+    where = directory / str(step)
+    return RunStep(str(workdir), int(step), run_model_config(meta, str(where)),
+                   str(where / PARAMS_DIR))
+
+
+def run_model_config(meta: dict, where: str) -> Qwen2Config:
+    """The Qwen2Config a run checkpoint's `meta` item describes (runtime fields default)."""
+    if meta.get("layout_version") != LAYOUT_VERSION or meta.get("layers") != "stacked":
+        raise ValueError(f"{where}/meta: layout_version {meta.get('layout_version')!r}, layers "
+                         f"{meta.get('layers')!r}; this code reads version {LAYOUT_VERSION}, "
+                         "stacked")
+    return model_config_from_dict(dict(meta.get("model", {})), f"{where}/meta")
+
+
+def config_json(config: Any) -> dict:
+    """The experiment config as JSON-safe data for the `meta` item."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))

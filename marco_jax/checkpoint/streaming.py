@@ -11,8 +11,11 @@ does not fit. So the converter writes the layout Orbax's PyTreeCheckpointHandler
 
 Chunks hold one layer of a stacked parameter (or a block of vocabulary rows), so each HF tensor is
 written into its own chunks and Orbax's standard restore, which reads chunk shapes from `.zarray`,
-restores onto any sharding. Readers open either this layout or Orbax's default OCDBT one (e.g. a
-training run's train state). Directories may be local or gs:// (tensorstore's `gcs` kvstore).
+restores onto any sharding. Orbax's public API has no way to save an array that is never whole in
+memory, hence this writer; `tests/test_checkpoint.py` pins its metadata to what Orbax itself writes
+for the same tree, so an Orbax upgrade that changes the format fails a test instead of a restore.
+Readers open either this layout or Orbax's default OCDBT one (e.g. a training run's params).
+Directories may be local or gs:// (tensorstore's `gcs` kvstore).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import numpy as np
 import tensorstore as ts
 from etils import epath
 
+from marco_jax.paths import is_remote
+
 _HANDLER = "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"
 _KEY_TYPE_DICT = 2  # orbax tree_metadata key_type for dict keys
 _ZSTD = {"id": "zstd", "level": 1}
@@ -38,10 +43,6 @@ def param_name(key: Sequence[str]) -> str:
 
 def _dtype_name(dtype: np.dtype) -> str:
     return np.dtype(dtype).name  # "float32", "bfloat16", "float16": tensorstore's names
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-    return "://" in str(path)
 
 
 def kvstore_spec(path: str | os.PathLike) -> dict:

@@ -21,8 +21,8 @@ from etils import epath
 
 from marco_jax.convert.from_run import export_run_to_hf, export_run_to_orbax
 from marco_jax.convert.hf_to_ours import convert_hf_to_orbax
-from marco_jax.convert.orbax_layout import is_remote
 from marco_jax.convert.ours_to_hf import export_orbax_to_hf
+from marco_jax.paths import is_remote
 
 DTYPES = ("float32", "bfloat16", "float16")
 

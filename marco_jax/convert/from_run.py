@@ -1,15 +1,13 @@
 """A training run's checkpoint -> a Hugging Face directory or a converted checkpoint.
 
-A run's workdir holds `checkpoints/<step>/{state,data,meta}` (`marco_jax.train.checkpointing`):
-`state` is the whole TrainState (params + optimizer moments) in Orbax's OCDBT layout, `meta` the
-model architecture and param layout. Only the `params/...` arrays of `state` are opened, and they
-are streamed one layer (or one vocabulary block) at a time, so neither the optimizer state nor a
-whole parameter is ever in memory, whatever the model size. Workdirs may be local or gs://.
+A run's workdir holds `checkpoints/<step>/{params,opt_state,data,meta}`
+(`marco_jax.checkpoint.run`). Only the `params` item is opened, its arrays streamed one layer (or
+one vocabulary block) at a time, so neither the optimizer state nor a whole parameter is ever in
+memory, whatever the model size. Workdirs may be local or gs://.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from itertools import product
@@ -17,101 +15,48 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import tensorstore as ts
 from etils import epath
 
-from marco_jax.convert.checkpoint import (
-    PARAMS_DIR,
-    check_param_shapes,
-    write_model_config,
-)
+from marco_jax.checkpoint.params import PARAMS_DIR, check_param_shapes, write_model_config
+from marco_jax.checkpoint.run import RunStep, open_run
+from marco_jax.checkpoint.streaming import OrbaxArrayReader, StreamingOrbaxWriter
 from marco_jax.convert.hf_to_ours import converted_chunks
-from marco_jax.convert.orbax_layout import OrbaxArrayReader, StreamingOrbaxWriter
 from marco_jax.convert.ours_to_hf import write_hf_checkpoint
 from marco_jax.model.config import Qwen2Config
-from marco_jax.train.checkpointing import ITEM_NAMES, LAYOUT_VERSION
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class RunCheckpoint:
-    """One step of a training run: its model config and its (unopened) param arrays."""
-
-    workdir: str
-    step: int
-    config: Qwen2Config
-    state_dir: str
-
-    def open_params(self) -> dict[tuple[str, ...], ts.TensorStore]:
-        arrays = OrbaxArrayReader(self.state_dir).open_subtree(("params",))
-        check_param_shapes(self.config, {k: tuple(a.shape) for k, a in arrays.items()},
-                           f"{self.state_dir} (params)")
-        return arrays
-
-
-def open_run(workdir: str | os.PathLike, step: int | None = None) -> RunCheckpoint:
-    """Find step `step` (default: the latest) of the run in `workdir` and read its model config."""
-    workdir = str(workdir)
-    directory = epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
-    if not (directory / "checkpoints").exists():
-        raise FileNotFoundError(f"--workdir {workdir}: no checkpoints/ (not a training workdir)")
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-    manager = ocp.CheckpointManager(directory / "checkpoints", options=options,
-                                    item_names=ITEM_NAMES)
-    try:
-        steps = manager.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"{directory / 'checkpoints'}: holds no finished checkpoint")
-        if step is None:
-            step = manager.latest_step()
-        elif step not in steps:
-            raise ValueError(f"{directory / 'checkpoints'}: no step {step}; have "
-                             f"{sorted(steps)}")
-        meta = manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
-    finally:
-        manager.close()
-    where = directory / "checkpoints" / str(step)
-    return RunCheckpoint(str(workdir), int(step), run_model_config(meta, str(where)),
-                         str(where / "state"))
-
-
-def run_model_config(meta: dict, where: str) -> Qwen2Config:
-    """The Qwen2Config a train checkpoint's `meta` item describes (runtime fields default)."""
-    if meta.get("layout_version") != LAYOUT_VERSION or meta.get("layers") != "stacked":
-        raise ValueError(f"{where}/meta: layout_version {meta.get('layout_version')!r}, layers "
-                         f"{meta.get('layers')!r}; this code reads version {LAYOUT_VERSION}, "
-                         "stacked")
-    fields = {f.name for f in dataclasses.fields(Qwen2Config)}
-    unknown = sorted(set(meta.get("model", {})) - fields)
-    if unknown:
-        raise ValueError(f"{where}/meta: unknown model fields {unknown}")
-    return Qwen2Config(**meta["model"])
+def open_params(run: RunStep) -> dict[tuple[str, ...], ts.TensorStore]:
+    """The run step's param arrays, unopened for reading (no optimizer array is touched)."""
+    arrays = OrbaxArrayReader(run.params_dir).open_subtree(())
+    check_param_shapes(run.config, {k: tuple(a.shape) for k, a in arrays.items()},
+                       run.params_dir)
+    return arrays
 
 
 def export_run_to_hf(workdir: str | os.PathLike, out_dir: str | Path, *, step: int | None = None,
                      max_shard_size: str | int = "5GB", dtype: str | None = None,
-                     overwrite: bool = False) -> tuple[RunCheckpoint, list[Path]]:
+                     overwrite: bool = False) -> tuple[RunStep, list[Path]]:
     """Write the run's params at `step` (default latest) as a HF Qwen2 directory."""
     run = open_run(workdir, step)
-    files = write_hf_checkpoint(run.config, run.open_params(), out_dir,
-                                where=f"{run.state_dir} (params)", max_shard_size=max_shard_size,
+    files = write_hf_checkpoint(run.config, open_params(run), out_dir,
+                                where=run.params_dir, max_shard_size=max_shard_size,
                                 dtype=dtype, overwrite=overwrite)
     return run, files
 
 
 def export_run_to_orbax(workdir: str | os.PathLike, out_dir: str | os.PathLike, *,
                         step: int | None = None, dtype: str | None = None,
-                        overwrite: bool = False) -> tuple[RunCheckpoint, Qwen2Config]:
+                        overwrite: bool = False) -> tuple[RunStep, Qwen2Config]:
     """Write the run's params at `step` as a converted checkpoint (model_config.json + params/),
     the input of `load_model`, `generate --checkpoint`, `train.init_from` and `orbax-to-hf`."""
     run = open_run(workdir, step)
-    arrays = run.open_params()
+    arrays = open_params(run)
     stored = {np.dtype(a.dtype.numpy_dtype) for a in arrays.values()}
     if dtype is None and len(stored) != 1:
-        raise ValueError(f"{run.state_dir}: params mix dtypes {sorted(map(str, stored))}; pass "
+        raise ValueError(f"{run.params_dir}: params mix dtypes {sorted(map(str, stored))}; pass "
                          "dtype= (--dtype)")
     out_dtype = np.dtype(jnp.dtype(dtype)) if dtype else stored.pop()
     config = run.config.replace(param_dtype=out_dtype.name)

@@ -19,21 +19,21 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from marco_jax.convert.checkpoint import (
+from marco_jax.checkpoint.params import (
     CONFIG_FILE,
     PARAMS_DIR,
     abstract_params,
     flat_params,
     write_model_config,
 )
+from marco_jax.checkpoint.streaming import StreamingOrbaxWriter
 from marco_jax.convert.hf_source import HFSource
-from marco_jax.convert.mapping import RULES, expected_hf_tensors, rule_for
-from marco_jax.convert.orbax_layout import StreamingOrbaxWriter, is_remote
+from marco_jax.convert.mapping import RULES, VOCAB_BLOCK_BYTES, expected_hf_tensors, rule_for
 from marco_jax.model.config import Qwen2Config
+from marco_jax.paths import is_remote
 
 log = logging.getLogger(__name__)
 
-VOCAB_BLOCK_BYTES = 64 * 2**20  # chunk size of vocabulary arrays, and the read block size
 # Non-parameter buffers some older transformers versions saved; they carry no weights.
 _IGNORED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 

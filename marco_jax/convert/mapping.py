@@ -17,6 +17,8 @@ import numpy as np
 from marco_jax.model.config import Qwen2Config
 
 LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# Vocabulary tensors are streamed (and stored chunked) in blocks of rows of about this size.
+VOCAB_BLOCK_BYTES = 64 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)

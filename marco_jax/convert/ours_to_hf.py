@@ -19,16 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 import tensorstore as ts
 
-from marco_jax.convert.checkpoint import PARAMS_DIR, check_param_shapes, read_model_config
+from marco_jax.checkpoint.params import PARAMS_DIR, check_param_shapes, read_model_config
+from marco_jax.checkpoint.streaming import OrbaxArrayReader
 from marco_jax.convert.hf_source import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
-from marco_jax.convert.mapping import TensorRule, expected_hf_tensors, rule_for
-from marco_jax.convert.orbax_layout import OrbaxArrayReader, is_remote
+from marco_jax.convert.mapping import VOCAB_BLOCK_BYTES, TensorRule, expected_hf_tensors, rule_for
 from marco_jax.convert.safetensors_io import SafetensorsWriter
 from marco_jax.model.config import Qwen2Config
+from marco_jax.paths import is_remote
 
 log = logging.getLogger(__name__)
 
-VOCAB_BLOCK_BYTES = 64 * 2**20
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from marco_jax.model.logprobs import target_logprobs
 from marco_jax.model.qwen2 import Qwen2ForCausalLM
 
 
@@ -34,21 +35,7 @@ def _token_logprobs(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array,
                     chunk: int) -> tuple[jax.Array, jax.Array]:
     model = nnx.merge(graphdef, state)
     hidden, _ = model.hidden(tokens, positions, segment_ids)
-    b, t, e = hidden.shape
-    n = t // chunk
-
-    def one_chunk(xs):
-        h, tgt = xs  # [B, chunk, E], [B, chunk]
-        logits = model.logits(h)
-        picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
-        logprob = picked - jax.nn.logsumexp(logits, axis=-1)
-        is_argmax = picked >= jnp.max(logits, axis=-1)
-        return logprob, is_argmax
-
-    h = hidden.reshape(b, n, chunk, e).swapaxes(0, 1)
-    tg = targets.reshape(b, n, chunk).swapaxes(0, 1)
-    logprob, is_argmax = jax.lax.map(one_chunk, (h, tg))
-    return logprob.swapaxes(0, 1).reshape(b, t), is_argmax.swapaxes(0, 1).reshape(b, t)
+    return target_logprobs(hidden, model.lm_head_kernel(), targets, chunk)
 
 
 _token_logprobs_jit = jax.jit(_token_logprobs, static_argnums=(0,), static_argnames=("chunk",))

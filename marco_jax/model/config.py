@@ -87,6 +87,18 @@ class Qwen2Config:
         emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return total + (emb if include_embedding else 0)
 
+    def train_flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward) of the matmuls: the
+        standard 6N count plus causal attention. N counts parameters that take part in matmuls
+        (a tied embedding once, as the lm_head matmul; an untied input embedding is a lookup);
+        attention is 2 matmuls (QK^T, AV) x 2 (multiply-add) x 3 / 2 (the causal half) per layer,
+        head and position. Rematerialisation is hardware work, not model work: not counted."""
+        n = self.num_params()
+        if not self.tie_word_embeddings:
+            n -= self.vocab_size * self.hidden_size
+        attn = self.num_hidden_layers * seq_len * self.num_attention_heads * self.dim_per_head
+        return 6.0 * n + 6.0 * attn
+
     # ---- Hugging Face bridge -------------------------------------------------------------
     def to_hf_dict(self) -> dict[str, Any]:
         """A `config.json` dict that `transformers.Qwen2Config` loads."""
@@ -163,6 +175,8 @@ class Qwen2Config:
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{path}: no config.json (expected a HF model directory)") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
         return cls.from_hf_dict(hf, **runtime)
 
 
@@ -200,9 +214,14 @@ RUNTIME_FIELDS = ("param_dtype", "dtype", "remat_policy", "scan_layers", "attent
 
 
 def from_experiment(model_section: Any) -> Qwen2Config:
-    """Resolve an experiment config's `model` section (configs/base.py) to a Qwen2Config."""
-    runtime = {k: model_section[k] for k in RUNTIME_FIELDS if k in model_section}
-    overrides = dict(model_section.get("overrides") or {})
-    if model_section.get("hf_config"):
-        return Qwen2Config.from_hf_json(model_section["hf_config"], **runtime).replace(**overrides)
-    return get_preset(model_section["preset"], **runtime, **overrides)
+    """Resolve an experiment's typed `model` section (marco_jax.config.schema.ModelSection)."""
+    runtime = {k: getattr(model_section, k) for k in RUNTIME_FIELDS}
+    overrides = dict(model_section.overrides)
+    known = {f.name for f in dataclasses.fields(Qwen2Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"model.overrides: unknown Qwen2Config fields {unknown}; known: "
+                         f"{', '.join(sorted(known))}")
+    if model_section.hf_config:
+        return Qwen2Config.from_hf_json(model_section.hf_config, **runtime).replace(**overrides)
+    return get_preset(model_section.preset, **runtime, **overrides)

@@ -12,14 +12,14 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from marco_jax.model import qwen2  # a module, not its names: qwen2 imports parallel.constraints
 from marco_jax.model.config import Qwen2Config
+from marco_jax.model.qwen2 import init_model
 from marco_jax.parallel.rules import LOGICAL_AXIS_RULES, Rules, logical_to_sharding
 
 
 def abstract_model(config: Qwen2Config, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
     """(graphdef, state of ShapeDtypeStruct Variables with logical-axis metadata); no memory."""
-    return nnx.split(nnx.eval_shape(lambda: qwen2.init_model(config, seed)))
+    return nnx.split(nnx.eval_shape(lambda: init_model(config, seed)))
 
 
 def sharded_init_state(config: Qwen2Config, mesh: Mesh, seed: int = 0,
@@ -29,13 +29,7 @@ def sharded_init_state(config: Qwen2Config, mesh: Mesh, seed: int = 0,
     shardings = logical_to_sharding(abstract, mesh, rules)
 
     def init() -> nnx.State:
-        return nnx.state(qwen2.init_model(config, seed))
+        return nnx.state(init_model(config, seed))
 
     return graphdef, jax.jit(init, out_shardings=shardings)()
 
-
-def sharded_init(config: Qwen2Config, mesh: Mesh, seed: int = 0,
-                 rules: Rules = LOGICAL_AXIS_RULES) -> qwen2.Qwen2ForCausalLM:
-    """`init_model(config, seed)`, sharded over `mesh` by the logical-axis rules."""
-    graphdef, state = sharded_init_state(config, mesh, seed, rules)
-    return nnx.merge(graphdef, state)

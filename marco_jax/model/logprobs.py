@@ -1,7 +1,12 @@
-"""Cross-entropy over a large vocabulary without materialising [tokens, vocab] logits.
+"""Log-probabilities and cross-entropy over a large vocabulary without materialising
+[tokens, vocab] logits: the one home of the chunked lm-head computation (training losses, DPO
+sequence log-probs, scoring for evals).
 
 The lm-head matmul and the softmax run over chunks of the sequence axis (the batch axis stays
-whole, so data/FSDP sharding of the batch is untouched). Two entry points:
+whole, so data/FSDP sharding of the batch is untouched). Entry points:
+
+- `target_logprobs`: per-token log-prob of the target and whether it is the argmax (scoring; no
+  gradient needed).
 
 - `token_nll`: per-token negative log-likelihood, differentiable with respect to hidden and kernel
   through a rematerialised scan (each chunk's logits are recomputed in the backward pass). General:
@@ -49,6 +54,23 @@ def _nll_from_logits(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, 
     lse = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return lse - target_logit, lse
+
+
+def target_logprobs(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
+                    chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+    """hidden [B,T,E], kernel [E,V], targets [B,T] -> (log p(target) [B,T] fp32, target is the
+    argmax [B,T] bool)."""
+    c = _chunk_len(hidden.shape[1], chunk)
+
+    def one(xs):
+        h, t = xs
+        logits = _chunk_logits(h, kernel)
+        nll, _ = _nll_from_logits(logits, t)
+        picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
+        return -nll, picked >= jnp.max(logits, axis=-1)
+
+    logprob, is_argmax = jax.lax.map(one, (_chunks(hidden, c), _chunks(targets, c)))
+    return _unchunk(logprob), _unchunk(is_argmax)
 
 
 def token_nll(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,

@@ -195,7 +195,7 @@ class DecoderLayer(nnx.Module):
         return x, new_cache
 
 
-def _remat(fn: Callable, policy: str) -> Callable:
+def _remat(fn: Callable, policy: str, scanned: bool) -> Callable:
     if policy == "none":
         return fn
     policies = {
@@ -205,7 +205,9 @@ def _remat(fn: Callable, policy: str) -> Callable:
         "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(
             "query_proj", "key_proj", "value_proj"),
     }
-    return jax.checkpoint(fn, policy=policies[policy], prevent_cse=False)
+    # Under scan, XLA cannot CSE the recompute away, so prevent_cse's barriers only cost speed;
+    # unrolled layers need them or the rematerialisation is optimised out.
+    return jax.checkpoint(fn, policy=policies[policy], prevent_cse=not scanned)
 
 
 class Qwen2Model(nnx.Module):
@@ -236,7 +238,7 @@ class Qwen2Model(nnx.Module):
                           cache_segment_ids, start)
             return constrain(h, RESIDUAL), kv
 
-        one_layer = _remat(one_layer, cfg.remat_policy)
+        one_layer = _remat(one_layer, cfg.remat_policy, cfg.scan_layers)
         layer_kvs = None if cache is None else (cache.k, cache.v)
 
         if cfg.scan_layers:

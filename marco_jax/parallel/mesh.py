@@ -44,25 +44,32 @@ def resolve_axis_sizes(sizes: Mapping[str, int], total: int,
     return tuple(values)
 
 
+def slice_count(dcn: Mapping[str, int]) -> int:
+    """Slices a mesh spans: the product of its DCN sizes (a -1 counts as unknown: 1 here)."""
+    return math.prod(max(int(v), 1) for v in dcn.values()) if dcn else 1
+
+
 def num_slices_of(devices: Sequence[Any]) -> int:
     return len({getattr(d, "slice_index", 0) for d in devices})
 
 
-def build_mesh(mesh_cfg: Mapping[str, Any], devices: Sequence[Any] | None = None) -> Mesh:
-    """A `Mesh` with axes MESH_AXES from a config section holding `ici` and `dcn` sizes.
+def build_mesh(ici: Mapping[str, int], dcn: Mapping[str, int] | None = None,
+               devices: Sequence[Any] | None = None) -> Mesh:
+    """A `Mesh` with axes MESH_AXES from in-slice (`ici`) and across-slice (`dcn`) axis sizes
+    (the config's `mesh.ici` / `mesh.dcn`).
 
     `devices` defaults to all global devices; pass compile-only TPU devices
     (`marco_jax.parallel.topologies.topology_devices`) to build a mesh for AOT compilation.
     """
     devices = list(jax.devices() if devices is None else devices)
-    dcn_cfg = dict(mesh_cfg.get("dcn") or {})
+    dcn_cfg = dict(dcn or {})
     dcn = resolve_axis_sizes({a: v for a, v in dcn_cfg.items()}, _dcn_total(dcn_cfg, devices),
                              "mesh.dcn")
     slices = math.prod(dcn)
     if len(devices) % slices:
         raise ValueError(f"mesh.dcn={dcn_cfg} asks for {slices} slices but there are "
                          f"{len(devices)} devices")
-    ici = resolve_axis_sizes(dict(mesh_cfg.get("ici") or {}), len(devices) // slices, "mesh.ici")
+    ici = resolve_axis_sizes(dict(ici), len(devices) // slices, "mesh.ici")
     if slices == 1:
         grid = _slice_grid(ici, devices)
     elif hasattr(devices[0], "slice_index"):
@@ -84,7 +91,7 @@ def _dcn_total(dcn_cfg: Mapping[str, int], devices: Sequence[Any]) -> int:
     """The slice count: the product of the DCN sizes, or the devices' slices when one is -1."""
     if -1 in dcn_cfg.values():
         return num_slices_of(devices)
-    return math.prod(int(v) for v in dcn_cfg.values()) if dcn_cfg else 1
+    return slice_count(dcn_cfg)
 
 
 def _slice_grid(shape: tuple[int, ...], devices: list[Any]) -> np.ndarray:
@@ -93,6 +100,3 @@ def _slice_grid(shape: tuple[int, ...], devices: list[Any]) -> np.ndarray:
         return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
     return np.array(devices, dtype=object).reshape(shape)
 
-
-def mesh_shape(mesh: Mesh) -> dict[str, int]:
-    return dict(mesh.shape)

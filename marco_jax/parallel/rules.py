@@ -84,17 +84,6 @@ def logical_to_sharding(abstract_tree: Any, mesh: Mesh, rules: Rules = LOGICAL_A
     return jax.tree.map(one, abstract_tree, is_leaf=_is_variable)
 
 
-def logical_axes_dict(state: nnx.State) -> dict:
-    """Nested pure dict (the `nnx.to_pure_dict` layout) of each parameter's logical axes."""
-    out: dict = {}
-    for path, var in nnx.to_flat_state(state):
-        node = out
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = _axes_and_shape(var)[0]
-    return out
-
-
 def pure_dict_shardings(state: nnx.State, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> dict:
     """Like `logical_to_sharding` but laid out as `nnx.to_pure_dict(state)` (the checkpoint and
     train-state layout)."""
@@ -127,3 +116,16 @@ def _axes_in(spec: P) -> set[str]:
 def data_parallel_size(mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> int:
     """How many ways the batch rows are split (the product of the `batch` rule's mesh axes)."""
     return math.prod(mesh.shape[a] for a in dict(rules)["batch"] if a in mesh.shape)
+
+
+def batch_sharding(mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES) -> NamedSharding:
+    """Batch rows over the mesh axes of the `batch` rule (data and fsdp), the rest whole."""
+    axes = tuple(a for a in dict(rules)["batch"] if a in mesh.axis_names)
+    return NamedSharding(mesh, P(axes or None))
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `abstract` (arrays or structs) carrying `shardings` (a matching
+    tree): the target of a sharded restore or an ahead-of-time lowering."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)

@@ -7,17 +7,15 @@ TPU compiler's: per-chip argument/output/temporary bytes, and the FLOPs of the c
 FLOPs: XLA's cost analysis counts a while-loop body once, whatever its trip count, and the real
 step has three loops (the layer scan, the loss-chunk scan, the grad-accumulation scan). So the
 FLOPs come from two loop-free "counting" compiles of the same step on the same mesh — layers
-unrolled, 1 and 2 of them, whole-sequence loss, no accumulation, one row per data-parallel shard —
-extrapolated linearly in layers and rows (exact for everything but the optimizer's elementwise
-update, which is counted once per row: a negligible overcount). In a loop-free program XLA merges
-a layer's rematerialised forward with the original (the model's remat uses prevent_cse=False), so
-the count is the useful work — model matmuls, the masked half of attention, elementwise ops —
-without remat's recompute: the FLOPs an MFU figure is about.
+unrolled, 1 and 2 of them, whole-sequence loss, no accumulation, no rematerialisation, one row per
+data-parallel shard — extrapolated linearly in layers and rows (exact for everything but the
+optimizer's elementwise update, which is counted once per row: a negligible overcount). The count
+is the useful work — model matmuls, the masked half of attention, elementwise ops — without
+remat's recompute: the FLOPs an MFU figure is about.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 import time
@@ -25,12 +23,24 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
+from marco_jax.config import Experiment
 from marco_jax.model.config import Qwen2Config, from_experiment
-from marco_jax.parallel.init import abstract_model
-from marco_jax.parallel.mesh import build_mesh
-from marco_jax.parallel.rules import data_parallel_size, explain_fallbacks, pure_dict_shardings
+from marco_jax.model.init import abstract_model
+from marco_jax.parallel import (
+    batch_sharding,
+    build_mesh,
+    data_parallel_size,
+    explain_fallbacks,
+    pure_dict_shardings,
+    with_shardings,
+)
 from marco_jax.parallel.topologies import GIB, TpuSlice, topology_devices
+from marco_jax.train.lm import LM_BATCH_KEYS, LanguageModeling
+from marco_jax.train.optimizer import make_optimizer, make_schedule
+from marco_jax.train.state import abstract_train_state, train_state_shardings
+from marco_jax.train.step import jit_train_step, make_train_step
 
 DEFAULT_HEADROOM = 0.05  # of HBM kept free for the runtime, fragmentation and input buffers
 DEFAULT_MFU = 0.40
@@ -124,49 +134,36 @@ class FitReport:
         return out
 
 
-def model_flops_per_token(config: Qwen2Config, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward = 3x forward) of the matmuls, the standard
-    6N count plus causal attention; the embedding lookup is no matmul, a tied lm_head is."""
-    n = config.num_params()
-    if not config.tie_word_embeddings:
-        n -= config.vocab_size * config.hidden_size
-    attn = config.num_hidden_layers * seq_len * config.num_attention_heads * config.dim_per_head
-    return 6.0 * n + 6.0 * attn
-
-
-def abstract_batch(global_batch: int, seq_len: int, sharding: Any) -> dict[str, Any]:
-    from marco_jax.train.step import BATCH_KEYS
-
+def abstract_batch(global_batch: int, seq_len: int, sharding: Any,
+                   keys: tuple[str, ...] = LM_BATCH_KEYS) -> dict[str, Any]:
     return {k: jax.ShapeDtypeStruct((global_batch, seq_len), jnp.int32, sharding=sharding)
-            for k in BATCH_KEYS}
+            for k in keys}
 
 
-def lower_train_step(config: Any, devices: list[Any]) -> tuple[Any, Any, Qwen2Config]:
+def lower_train_step(config: Experiment, devices: list[Any], objective: Any = None
+                     ) -> tuple[Any, Any, Qwen2Config]:
     """Lower the trainer's jitted step for `devices` (real or compile-only) with abstract
-    inputs. Returns (lowered, mesh, model config)."""
-    from marco_jax.train.optimizer import make_optimizer
-    from marco_jax.train.state import abstract_train_state, train_state_shardings
-    from marco_jax.train.step import batch_sharding, jit_train_step, make_train_step
-
+    inputs. Returns (lowered, mesh, model config). `objective` defaults to CPT's LM loss over
+    one source."""
     model_cfg = from_experiment(config.model)
-    mesh = build_mesh(config.mesh, devices)
-    b, t = int(config.data.global_batch_size), int(config.data.seq_len)
+    mesh = build_mesh(config.mesh.ici, config.mesh.dcn, devices)
+    b, t = config.data.global_batch_size, config.data.seq_len
     dp = data_parallel_size(mesh)
     if b % dp:
         raise ValueError(f"data.global_batch_size={b} is not divisible by the data-parallel size "
                          f"{dp} of mesh {dict(mesh.shape)}")
+    objective = objective or LanguageModeling(["all"], config.train.loss_chunk)
     graphdef, abstract = abstract_model(model_cfg)
     param_shardings = pure_dict_shardings(abstract, mesh)
-    tx = make_optimizer(config.optim, int(config.train.steps))
-    from flax import nnx
-
+    tx = make_optimizer(config.optim, config.train.steps)
     state = abstract_train_state(nnx.to_pure_dict(abstract), tx)
     state_shardings = train_state_shardings(state, param_shardings, mesh, tx)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         state, state_shardings)
-    step = make_train_step(graphdef, tx, config)
+    step = make_train_step(graphdef, tx, objective, make_schedule(config.optim,
+                                                                  config.train.steps),
+                           config.optim.grad_accum_steps)
     jitted = jit_train_step(step, state_shardings, batch_sharding(mesh), mesh)
-    lowered = jitted.lower(state, abstract_batch(b, t, batch_sharding(mesh)))
+    lowered = jitted.lower(with_shardings(state, state_shardings),
+                           abstract_batch(b, t, batch_sharding(mesh), objective.batch_keys))
     return lowered, mesh, model_cfg
 
 
@@ -177,36 +174,36 @@ def _cost_flops(compiled: Any) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def counted_flops_per_chip(config: Any, devices: list[Any]) -> float:
+def counted_flops_per_chip(config: Experiment, devices: list[Any]) -> float:
     """Per-chip FLOPs of one train step from loop-free compiles (module doc)."""
-    model_cfg = from_experiment(config.model)
-    layers = model_cfg.num_hidden_layers
-    rows = data_parallel_size(build_mesh(config.mesh, devices))
+    layers = from_experiment(config.model).num_hidden_layers
+    rows = data_parallel_size(build_mesh(config.mesh.ici, config.mesh.dcn, devices))
     per_layers = []
     for n in (1, 2):
-        c = copy.deepcopy(config)
-        c.model.scan_layers = False
-        c.model.overrides.num_hidden_layers = n
-        c.train.loss_chunk = 0
-        c.optim.grad_accum_steps = 1
-        c.data.global_batch_size = rows
+        c = config.replace(
+            model=dataclasses.replace(config.model, scan_layers=False, remat_policy="none",
+                                      overrides={**config.model.overrides,
+                                                 "num_hidden_layers": n}),
+            train=dataclasses.replace(config.train, loss_chunk=0),
+            optim=dataclasses.replace(config.optim, grad_accum_steps=1),
+            data=dataclasses.replace(config.data, global_batch_size=rows))
         per_layers.append(_cost_flops(lower_train_step(c, devices)[0].compile()))
     one_row = per_layers[0] + (layers - 1) * (per_layers[1] - per_layers[0])
-    return one_row * int(config.data.global_batch_size) / rows
+    return one_row * config.data.global_batch_size / rows
 
 
-def check_fit(config: Any, tpu_slice: TpuSlice, headroom: float = DEFAULT_HEADROOM,
+def check_fit(config: Experiment, tpu_slice: TpuSlice, headroom: float = DEFAULT_HEADROOM,
               mfu: float = DEFAULT_MFU) -> FitReport:
     """Compile the config's train step for `tpu_slice` and report whether it fits per chip."""
     devices = topology_devices(tpu_slice)
     t0 = time.perf_counter()
     lowered, mesh, model_cfg = lower_train_step(config, devices)
-    b, t = int(config.data.global_batch_size), int(config.data.seq_len)
+    b, t = config.data.global_batch_size, config.data.seq_len
     report = FitReport(
         slice_desc=tpu_slice.describe(), mesh=dict(mesh.shape), global_batch=b, seq_len=t,
         capacity_bytes=tpu_slice.chip.hbm_bytes, headroom=headroom, fits=False,
         chips=tpu_slice.chips, peak_flops_per_chip=tpu_slice.chip.peak_bf16_flops, mfu=mfu,
-        model_flops_per_step=model_flops_per_token(model_cfg, t) * b * t,
+        model_flops_per_step=model_cfg.train_flops_per_token(t) * b * t,
         fallbacks=explain_fallbacks(abstract_model(model_cfg)[1], mesh))
     try:
         compiled = lowered.compile()

@@ -1,16 +1,9 @@
-"""Model FLOPs and device peaks for MFU.
+"""Device peaks for MFU.
 
 MFU = (model FLOPs per token x tokens per second) / (peak FLOP/s per device x devices), with the
-model FLOPs per token of `marco_jax.parallel.aot_fit.model_flops_per_token`:
-
-    6 * N  +  6 * L * T * H * D
-
-N: parameters that take part in matmuls (the tied embedding counts once, as the lm_head matmul;
-an untied input embedding is a lookup and does not count); 6 = 2 (multiply-add) x 3 (forward +
-backward); the second term is causal attention (QK^T and AV: 2 matmuls x 2 x 3 / 2 for the causal
-half) with L layers, T the sequence length, H heads of size D. Rematerialisation is not counted
-(it is hardware, not model, FLOPs). Peak: the chip's published dense bf16 figure on TPU/GPU; on
-CPU the measured fp32 matmul rate (`measure_matmul_flops`), since no published figure applies.
+model FLOPs per token of `Qwen2Config.train_flops_per_token` (6N + causal attention; the formula
+is documented there). Peak: the chip's published dense bf16 figure on TPU/GPU; on CPU the
+measured fp32 matmul rate (`measure_matmul_flops`), since no published figure applies.
 """
 
 from __future__ import annotations
@@ -20,19 +13,11 @@ import time
 import jax
 import jax.numpy as jnp
 
-from marco_jax.model.config import Qwen2Config
-
 # Published dense bf16 peak FLOP/s per device (jax device_kind substring -> FLOP/s).
 PEAK_FLOPS = (
     ("TPU v6 lite", 918e12), ("TPU v5 lite", 197e12), ("TPU v5", 459e12), ("TPU v4", 275e12),
     ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
 )
-
-
-def model_flops_per_token(config: Qwen2Config, seq_len: int) -> float:
-    from marco_jax.parallel.aot_fit import model_flops_per_token as flops
-
-    return flops(config, seq_len)
 
 
 def measure_matmul_flops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:

@@ -1,18 +1,12 @@
 """Where training figures go: TensorBoard (tensorboardX), a JSONL file, a progress bar on a
-terminal, and a loss-curve PNG at the end. Only process 0 writes.
-
-Per-source figures are token-weighted over the logging window: loss = sum(nll) / tokens of that
-source since the last log line, perplexity = exp(loss). They are the forgetting monitor: the
-English/Chinese replay sources should stay flat while the new languages fall.
-"""
+terminal, and a loss-curve PNG at the end. Only process 0 writes. What the figures are is the
+objective's business (`marco_jax.train.objective`); this module only moves them."""
 
 from __future__ import annotations
 
 import json
-import math
 import sys
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -21,37 +15,21 @@ from etils import epath
 from marco_jax.paths import is_remote
 
 
-class WindowAggregator:
-    """Accumulates per-step device metrics between two log lines (host-side, numpy)."""
+class SumWindow:
+    """Adds up per-step sums between two log lines (host side, numpy, float64)."""
 
-    def __init__(self, source_names: Sequence[str]):
-        self.source_names = list(source_names)
-        self.reset()
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.steps = 0
+
+    def add(self, sums: Mapping[str, Any]) -> None:
+        self.steps += 1
+        for k, v in sums.items():
+            v = np.asarray(v, np.float64)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
 
     def reset(self) -> None:
-        self.steps = 0
-        self.loss_sum = 0.0  # token-weighted
-        self.tokens = 0.0
-        self.src_loss = np.zeros(len(self.source_names))
-        self.src_tokens = np.zeros(len(self.source_names))
-        self.started = time.perf_counter()
-
-    def add(self, m: Mapping[str, Any]) -> None:
-        self.steps += 1
-        tokens = float(m["tokens"])
-        self.loss_sum += float(m["loss"]) * tokens
-        self.tokens += tokens
-        if "source_loss_sum" in m:
-            self.src_loss += np.asarray(m["source_loss_sum"], np.float64)
-            self.src_tokens += np.asarray(m["source_tokens"], np.float64)
-
-    def per_source(self, prefix: str) -> dict[str, float]:
-        out = {}
-        for name, s, n in zip(self.source_names, self.src_loss, self.src_tokens, strict=True):
-            if n > 0:
-                out[f"{prefix}_loss/{name}"] = s / n
-                out[f"{prefix}_ppl/{name}"] = math.exp(min(s / n, 50.0))
-        return out
+        self.sums, self.steps = {}, 0
 
 
 class MetricsWriter:

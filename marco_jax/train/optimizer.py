@@ -11,23 +11,24 @@ they were and `total_notfinite` counts the skipped steps; the trainer stops afte
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from marco_jax.config.schema import OptimSection
+
 _NEVER_APPLY_BAD = 2**31 - 1  # apply_if_finite would otherwise apply after N consecutive bad steps
 SCHEDULES = ("cosine", "linear", "constant")
 
 
-def make_schedule(optim: Mapping[str, Any], total_steps: int) -> optax.Schedule:
+def make_schedule(optim: OptimSection, total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to peak_lr, then cosine / linear decay to end_lr_ratio * peak_lr at
     `total_steps` (or constant)."""
-    peak, warmup = float(optim["peak_lr"]), int(optim["warmup_steps"])
-    end = peak * float(optim["end_lr_ratio"])
-    kind = optim["schedule"]
+    peak, warmup = optim.peak_lr, optim.warmup_steps
+    end = peak * optim.end_lr_ratio
+    kind = optim.schedule
     if kind not in SCHEDULES:
         raise ValueError(f"optim.schedule={kind!r}; expected one of {SCHEDULES}")
     if warmup < 0 or total_steps < 1:
@@ -58,15 +59,13 @@ def decay_mask(params: Any, decay_embeddings: bool = True) -> Any:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(optim: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(optim: OptimSection, total_steps: int) -> optax.GradientTransformation:
     schedule = make_schedule(optim, total_steps)
-    decay_embeddings = bool(optim.get("decay_embeddings", True))
     tx = optax.chain(
-        optax.clip_by_global_norm(float(optim["clip_norm"])) if optim["clip_norm"] > 0
-        else optax.identity(),
-        optax.adamw(schedule, b1=float(optim["b1"]), b2=float(optim["b2"]),
-                    eps=float(optim["eps"]), weight_decay=float(optim["weight_decay"]),
-                    mask=lambda p: decay_mask(p, decay_embeddings)),
+        optax.clip_by_global_norm(optim.clip_norm) if optim.clip_norm > 0 else optax.identity(),
+        optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                    weight_decay=optim.weight_decay,
+                    mask=lambda p: decay_mask(p, optim.decay_embeddings)),
     )
     return optax.apply_if_finite(tx, max_consecutive_errors=_NEVER_APPLY_BAD)
 
