@@ -44,7 +44,7 @@ def _segments(batch, r):
 
 
 def test_rows_hold_each_document_exactly_once(corpus):
-    it = make_train_iterator(data_config(corpus), 0, 1)
+    it = make_train_iterator(data_config(corpus), 0, 1, prefetch=0)  # inspects the lanes
     tok = get_tokenizer()
     placed = collections.defaultdict(list)  # lane -> list of token sequences (chunk + last target)
     for _ in range(25):
@@ -161,7 +161,7 @@ def test_sources_jsonl_gz_crlf_blank_and_stats(tmp_path):
     assert read_stats(str(tmp_path / "*.jsonl*"), "de")["documents"] == 2
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.jsonl").write_text('{"text": "ok"}\n{"text": oops}\n')
-    with pytest.raises(ValueError, match=r"x.jsonl: record 1: invalid JSON"):
+    with pytest.raises(ValueError, match=r"x.jsonl: record 1 \(line 2\): invalid JSON"):
         DocumentSource(str(tmp_path / "bad" / "*.jsonl"))[1]
     with pytest.raises(FileNotFoundError, match="no files match"):
         DocumentSource(str(tmp_path / "none" / "*.jsonl"))

@@ -149,7 +149,7 @@ def test_seqio_vocabulary(tok):
     seqio = pytest.importorskip("seqio")
     import tensorflow as tf
 
-    from marco_jax.data.tokenizer import Qwen2Vocabulary
+    from marco_jax.data.seqio_vocab import Qwen2Vocabulary
 
     vocab = Qwen2Vocabulary()
     texts = ["Hello world", "Marco spricht Deutsch. 日本語も話せます。", "<|im_end|> stays text"]

@@ -171,12 +171,16 @@ def temperature_weights(pools: Mapping[str, float], temperature: float) -> dict[
 
 
 def task_rates(
-    spec: MixtureSpec, temperature: float, pools: Mapping[str, float]
+    spec: MixtureSpec, temperature: float, pools: Mapping[str, float],
+    empty: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """Token share of every task: group share x temperature weight inside the group.
 
-    `pools` must cover the tasks to use; tasks absent from it are left out of their group (only
-    allowed when `spec.skip_missing`), and a group with a share but no task is an error.
+    `pools` must cover the tasks to use. Tasks absent from it are left out of their group: tasks
+    without a source only when `spec.skip_missing`; tasks in `empty` (a source with zero
+    records) whenever their group keeps another task (or `spec.skip_missing`). A group with a
+    share but no task left is an error unless `spec.skip_missing` (then it is dropped and the
+    other groups are scaled up).
     """
     rates: dict[str, float] = {}
     for g in spec.groups:
@@ -184,15 +188,17 @@ def task_rates(
         if share <= 0:
             continue
         present = {t: pools[t] for t in spec.groups[g] if t in pools}
-        missing = [t for t in spec.groups[g] if t not in pools]
+        missing = [t for t in spec.groups[g] if t not in pools and t not in empty]
         if missing and not spec.skip_missing:
             raise ValueError(f"mixture {spec.name!r}, group {g!r}: no pool size / source for "
                              f"tasks {missing}")
         if not present:
             if spec.skip_missing:
                 continue  # the group is dropped; the others are renormalised below
+            zero = [t for t in spec.groups[g] if t in empty]
             raise ValueError(f"mixture {spec.name!r}: group {g!r} has share {share} but none of "
-                             f"its tasks {list(spec.groups[g])} has a source")
+                             f"its tasks {list(spec.groups[g])} has a source with records"
+                             + (f" ({', '.join(zero)}: zero records)" if zero else ""))
         for t, w in temperature_weights(present, temperature).items():
             rates[t] = share * w
     if not rates:

@@ -53,10 +53,11 @@ def empty_rows(n: int, seq_len: int) -> dict[str, np.ndarray]:
 
 
 class Lane:
-    """The packed stream of one global batch row. `fetch(j) -> (task index, Document)`."""
+    """The packed stream of one global batch row. `fetch(j, fresh) -> (task index, Document)`;
+    `fresh` is False when a document in flight is re-read after a restore (not a new example)."""
 
     def __init__(self, lane: int, num_lanes: int, seq_len: int,
-                 fetch: Callable[[int], tuple[int, Document]], lookahead: int,
+                 fetch: Callable[[int, bool], tuple[int, Document]], lookahead: int,
                  counters: PackingCounters):
         if lookahead < 1:
             raise ValueError(f"lookahead must be >= 1, got {lookahead}")
@@ -71,24 +72,32 @@ class Lane:
         return {"next": self.next_example, "pending": [list(p) for p in self.pending]}
 
     def set_state(self, state: dict) -> None:
+        """Documents in flight are re-read (not stored), on first use or by `load_pending`."""
         self.next_example = int(state["next"])
         self.pending = [[int(i), int(c)] for i, c in state["pending"]]
         self._docs = {}
-        for i, _ in self.pending:  # documents in flight are re-read, not stored
-            self._docs[i] = self._fetch(self.lane + self.num_lanes * i)
+
+    def global_index(self, i: int) -> int:
+        """Global example index of this lane's i-th example."""
+        return self.lane + self.num_lanes * i
+
+    def load_pending(self, i: int) -> None:
+        if i not in self._docs:
+            self._docs[i] = self._fetch(self.global_index(i), False)
 
     # -- packing ------------------------------------------------------------------------------
     def _num_chunks(self, doc: Document) -> int:
         return -(-(len(doc.tokens) - 1) // self.seq_len)
 
     def _chunk_len(self, i: int, c: int) -> int:
+        self.load_pending(i)
         n = len(self._docs[i][1].tokens) - 1
         return min(self.seq_len, n - c * self.seq_len)
 
     def _read_next(self) -> None:
         i = self.next_example
         self.next_example += 1
-        task, doc = self._fetch(self.lane + self.num_lanes * i)
+        task, doc = self._fetch(self.global_index(i), True)
         self.counters.examples += 1
         self.counters.examples_by_task[task] += 1
         chunks = self._num_chunks(doc)

@@ -160,3 +160,20 @@ class MixtureSampler:
                                minlength=self.num_tasks)
             j = end
         return out
+
+    def global_index(self, t: int, k: int) -> int:
+        """The global example index j with lookup(j) == (t, k): the inverse of `lookup`."""
+        if k < 0 or not self.probabilities[t] > 0:
+            raise ValueError(f"task {t} (probability {self.probabilities[t]}) has no example {k}")
+        lo, hi = 0, 1
+        while self.cumulative_counts(hi)[t] <= k:  # C_t(hi) > k ends the doubling
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:  # invariant: C_t(lo) <= k < C_t(hi)
+            mid = (lo + hi) // 2
+            if self.cumulative_counts(mid)[t] <= k:
+                lo = mid
+            else:
+                hi = mid
+        labels, _, start = self._block(lo)
+        offset = k - int(self.cumulative_counts(lo)[t])
+        return start + int(np.flatnonzero(labels == t)[offset])

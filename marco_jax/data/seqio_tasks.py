@@ -6,8 +6,10 @@ appended -- the same tokens as `TaskSpec.document`. SFT tasks yield pre-tokenize
 the assistant-only `loss_mask`) because seqio's string tokenization cannot keep specials out of
 message text. `register_mixture(plan)` adds a `seqio.Mixture` with the plan's example rates.
 
-The training iterator does not run through tf.data (it needs index-addressable, exactly
-resumable streams); this module is for seqio users: inspection, caching, t5x-style evaluation.
+These registrations happen whenever a plan is built with seqio loaded (`seqio_feed`), so
+`seqio.get_mixture_or_task("marco_stage1")` works for users, and a user's own seqio Mixture can
+name our tasks. The training iterator reads our tasks by index (exact O(1) resume), not through
+tf.data: `is_ours` tells `seqio_feed` which registered Tasks those are.
 """
 
 from __future__ import annotations
@@ -60,8 +62,17 @@ def _dataset_fn(task: TaskSpec):
     return dataset_fn
 
 
+_OURS_ATTR = "_marco_jax_task"
+
+
+def is_ours(task: seqio.Task) -> bool:
+    """Whether `task` was registered by `register_tasks` (a TaskSpec read by index)."""
+    return getattr(task, _OURS_ATTR, False)
+
+
 def register_tasks(catalog: dict[str, TaskSpec]) -> list[str]:
-    """Registers (or replaces) a seqio Task per catalog entry; returns the names."""
+    """Registers (or replaces) a seqio Task per catalog entry; returns the names. Sources are
+    not opened here (num_input_examples is left unknown)."""
     for task in catalog.values():
         if task.name in seqio.TaskRegistry.names():
             seqio.TaskRegistry.remove(task.name)
@@ -70,14 +81,14 @@ def register_tasks(catalog: dict[str, TaskSpec]) -> list[str]:
             seqio.preprocessors.tokenize,
             seqio.preprocessors.append_eos,
         ]
-        seqio.TaskRegistry.add(
+        registered = seqio.TaskRegistry.add(
             task.name,
-            source=seqio.FunctionDataSource(_dataset_fn(task), splits=["train"],
-                                            num_input_examples={"train": len(task.source)}),
+            source=seqio.FunctionDataSource(_dataset_fn(task), splits=["train"]),
             output_features=output_features(task.kind),
             preprocessors=preprocessors,
             shuffle_buffer_size=None,
         )
+        setattr(registered, _OURS_ATTR, True)
     return list(catalog)
 
 

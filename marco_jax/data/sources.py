@@ -87,18 +87,29 @@ class _Shard:
     def read(self, i: int) -> bytes:
         raise NotImplementedError
 
+    def describe(self, i: int) -> str:
+        return f"{self.path}: record {i}"
+
 
 class _BufferShard(_Shard):
     """Records at [starts[i], ends[i]) of an in-memory or memory-mapped buffer."""
 
-    def __init__(self, path: str, buf, starts: np.ndarray, ends: np.ndarray):
+    def __init__(self, path: str, buf, starts: np.ndarray, ends: np.ndarray,
+                 lines: bool = False):
         self.path, self._buf, self._starts, self._ends = path, buf, starts, ends
+        self._lines = lines  # JSONL: also name the line (blank lines are not records)
 
     def __len__(self) -> int:
         return len(self._starts)
 
     def read(self, i: int) -> bytes:
         return bytes(self._buf[int(self._starts[i]):int(self._ends[i])])
+
+    def describe(self, i: int) -> str:
+        if not self._lines:
+            return super().describe(i)
+        line = bytes(self._buf[:int(self._starts[i])]).count(b"\n") + 1  # error path only
+        return f"{self.path}: record {i} (line {line})"
 
 
 def _load_buffer(path: str):
@@ -127,7 +138,7 @@ def _jsonl_shard(path: str) -> tuple[_Shard, int]:
     ends = ends - cr
     keep = ends > starts
     blank = int((~keep[:-1]).sum()) + int(not keep[-1] and starts[-1] < size)
-    return _BufferShard(path, buf, starts[keep], ends[keep]), blank
+    return _BufferShard(path, buf, starts[keep], ends[keep], lines=True), blank
 
 
 def _tfrecord_shard(path: str) -> _Shard:
@@ -162,17 +173,36 @@ class _ArrayRecordShard(_Shard):
         return self._reader.read([i])[0]
 
 
+# Why a record is bad (the keys of the bad-record counts).
+REASONS = ("invalid_utf8", "invalid_json", "not_an_object", "not_a_record", "bad_fields")
+
+
+class BadRecord(ValueError):
+    """A record that cannot become a document: names the file, the record number in that file
+    (0-based; for JSONL the line among non-blank lines) and the problem (`reason` in REASONS)."""
+
+    def __init__(self, where: str, reason: str, detail: str):
+        super().__init__(f"{where}: {detail}")
+        self.where, self.reason, self.detail = where, reason, detail
+
+
 def decode_payload(raw: bytes, where: str) -> dict[str, Any]:
     """A record's payload as a dict: a JSON object, or a tf.train.Example's features."""
     stripped = raw.lstrip()
     if stripped.startswith(b"{"):
         try:
-            obj = json.loads(raw)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BadRecord(where, "invalid_utf8", f"invalid UTF-8 at byte {e.start} "
+                            f"({raw[max(0, e.start - 20):e.start + 20]!r})") from None
+        try:
+            obj = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno}): "
-                             f"{raw[:120]!r}") from None
+            raise BadRecord(where, "invalid_json", f"invalid JSON ({e.msg} at column "
+                            f"{e.colno}): {raw[:120]!r}") from None
         if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            raise BadRecord(where, "not_an_object",
+                            f"expected a JSON object, got {type(obj).__name__}")
         return obj
     return _decode_example(raw, where)
 
@@ -197,7 +227,7 @@ def _fields(buf: bytes, where: str):
         if wire == 2:
             length, pos = _varint(buf, pos)
             if pos + length > n:
-                raise ValueError(f"{where}: truncated protobuf field {number}")
+                raise ValueError(f"truncated protobuf field {number}")
             yield number, wire, buf[pos:pos + length]
             pos += length
         elif wire == 0:
@@ -210,7 +240,7 @@ def _fields(buf: bytes, where: str):
             yield number, wire, buf[pos:pos + 8]
             pos += 8
         else:
-            raise ValueError(f"{where}: not a tf.train.Example (protobuf wire type {wire})")
+            raise ValueError(f"protobuf wire type {wire}")
 
 
 def _decode_example(raw: bytes, where: str) -> dict[str, Any]:
@@ -246,10 +276,15 @@ def _decode_example(raw: bytes, where: str) -> dict[str, Any]:
                         elif kind == 3:
                             values += _packed_ints(v) if wire == 2 else [_signed(v)]
                 out[key] = values[0] if kind == 1 and len(values) == 1 else values
-    except (IndexError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where}: neither a JSON object nor a tf.train.Example ({e})") from None
+    except UnicodeDecodeError as e:
+        raise BadRecord(where, "invalid_utf8", f"tf.train.Example with invalid UTF-8 in a string "
+                        f"feature ({e})") from None
+    except (IndexError, ValueError) as e:
+        raise BadRecord(where, "not_a_record",
+                        f"neither a JSON object nor a tf.train.Example ({e})") from None
     if not out:
-        raise ValueError(f"{where}: neither a JSON object nor a tf.train.Example with features")
+        raise BadRecord(where, "not_a_record",
+                        "neither a JSON object nor a tf.train.Example with features")
     return out
 
 
@@ -285,25 +320,24 @@ class DocumentSource:
             else:
                 shard = _ArrayRecordShard(path)
             self._shards.append(shard)
+        # Zero records is allowed here (a language that kept no documents): the mixture plan
+        # decides whether the task can be left out.
         self._offsets = np.cumsum([0] + [len(s) for s in self._shards]).tolist()
-        if self._offsets[-1] == 0:
-            raise ValueError(f"source {pattern!r}: {len(self.files)} file(s) but no records")
 
     def __len__(self) -> int:
         return self._offsets[-1]
 
-    def locate(self, i: int) -> tuple[str, int]:
-        """(file, record number in file) of record i, for error messages."""
+    def locate(self, i: int) -> str:
+        """"<file>: record <n>" of record i (n counts records in that file from 0)."""
         s = bisect.bisect_right(self._offsets, i) - 1
-        return self._shards[s].path, i - self._offsets[s]
+        return self._shards[s].describe(i - self._offsets[s])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        """Record i decoded; a bad one raises `BadRecord` naming file and record."""
         if not 0 <= i < len(self):
             raise IndexError(f"record {i} out of range for {self.pattern!r} ({len(self)} records)")
         s = bisect.bisect_right(self._offsets, i) - 1
-        shard = self._shards[s]
-        return decode_payload(shard.read(i - self._offsets[s]),
-                              f"{shard.path}: record {i - self._offsets[s]}")
+        return decode_payload(self._shards[s].read(i - self._offsets[s]), self.locate(i))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for i in range(len(self)):

@@ -7,8 +7,7 @@ pre-tokenizer regex after NFC normalisation, exactly like Hugging Face's `Qwen2T
 Special tokens are only produced from text when explicitly allowed, so user data that happens to
 contain "<|im_end|>" can never forge a turn boundary.
 
-`Qwen2Vocabulary` (the seqio adapter) lives in `seqio_vocab.py` and is re-exported lazily here, so
-importing this module does not import TensorFlow.
+`Qwen2Vocabulary` (the seqio adapter, which imports TensorFlow) lives in `seqio_vocab.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import importlib.resources
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import tiktoken
 
@@ -167,13 +165,3 @@ class Qwen2Tokenizer:
 def get_tokenizer() -> Qwen2Tokenizer:
     """The process-wide Qwen2 tokenizer (building it parses 151k ranks, ~1 s)."""
     return Qwen2Tokenizer()
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy re-export: the seqio adapter imports TensorFlow, which most users of this module
-    # (inference, chat rendering, tests) do not need.
-    if name == "Qwen2Vocabulary":
-        from marco_jax.data.seqio_vocab import Qwen2Vocabulary
-
-        return Qwen2Vocabulary
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
