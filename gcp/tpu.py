@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import re
 import shlex
 import shutil
@@ -100,24 +99,24 @@ class Remote:
 
 
 def load_config(path: str) -> Any:
-    from marco_jax.train.config_files import load_config as load
+    from marco_jax.config import load_config_file
 
-    return load(path)
+    return load_config_file(path)
 
 
 def tpu_slice(config: Any | None, accelerator_type: str | None = None,
               num_slices: int | None = None, config_path: str = "config") -> Any:
     """The TpuSlice to create: --accelerator-type or the config's `topology`; --num-slices or the
     product of the config's mesh.dcn sizes (1 without a config)."""
+    from marco_jax.parallel import slice_count
     from marco_jax.parallel.topologies import parse_slice
 
-    name = accelerator_type or (config.get("topology", "") if config is not None else "")
+    name = accelerator_type or (config.topology if config is not None else "")
     if not name:
         raise ValueError(f"{config_path}: config.topology is empty and no --accelerator-type "
                          "was given; expected a gcloud TPU type like v5p-128")
     if num_slices is None:
-        dcn = dict(config.mesh.get("dcn") or {}) if config is not None else {}
-        num_slices = math.prod(int(v) for v in dcn.values()) if dcn else 1
+        num_slices = slice_count(config.mesh.dcn) if config is not None else 1
     where = f"--accelerator-type={name}" if accelerator_type else f"{config_path}: topology"
     try:
         return parse_slice(name, num_slices)
@@ -154,7 +153,7 @@ def run_paths(config: Any, bucket: str | None, workdir: str | None,
             return bucket.rstrip("/") + value[len(PLACEHOLDER):]
         return value
 
-    workdir = workdir or resolve(str(config.train.get("workdir", "")))
+    workdir = workdir or resolve(config.train.workdir)
     if not workdir:
         raise ValueError(f"{config_path}: no train.workdir; pass --workdir gs://...")
     if not workdir.startswith("gs://"):
@@ -166,7 +165,7 @@ def run_paths(config: Any, bucket: str | None, workdir: str | None,
         if key in given:
             continue
         section, field = key.split(".")
-        value = str(config[section].get(field, ""))
+        value = str(getattr(getattr(config, section), field))
         new = resolve(value)
         if new != value:
             extra.append(f"--config.{key}={new}")

@@ -15,8 +15,8 @@ import jax  # noqa: E402
 
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
-from marco_jax.model.config import get_preset  # noqa: E402
-from marco_jax.parallel import build_mesh, initialize_distributed, sharded_init_state  # noqa: E402
+from marco_jax.model import get_preset, sharded_init_state  # noqa: E402
+from marco_jax.parallel import build_mesh, initialize_distributed  # noqa: E402
 
 joined = initialize_distributed()
 mesh = build_mesh({"fsdp": -1, "tensor": 2})

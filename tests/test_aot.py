@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from marco_jax.config import load_config_file, to_experiment
 from marco_jax.model.config import get_preset
-from marco_jax.parallel.aot_fit import (
+from marco_jax.parallel.topologies import GIB, parse_slice, topology_devices
+from marco_jax.train.aot_fit import (
     _cost_flops,
     check_fit,
     counted_flops_per_chip,
     lower_train_step,
-    model_flops_per_token,
 )
-from marco_jax.parallel.topologies import GIB, parse_slice, topology_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "base.py"
@@ -51,7 +51,7 @@ def test_tiny_config_fits_v5p_8_with_hand_checked_figures():
     c.model.preset, c.model.dtype = "tiny", "bfloat16"
     c.data.seq_len, c.data.global_batch_size = 256, 8
     c.train.loss_chunk = 64
-    report = check_fit(c, parse_slice("v5p-8"))
+    report = check_fit(to_experiment(c), parse_slice("v5p-8"))
     assert report.fits and not report.error, "\n".join(report.lines())
     assert report.mesh == {"data": 1, "fsdp": 4, "tensor": 1}
     # Arguments per chip: fp32 params + two AdamW moments, split over fsdp=4 (the embedding on
@@ -63,7 +63,7 @@ def test_tiny_config_fits_v5p_8_with_hand_checked_figures():
     # Compiled FLOPs over all chips vs the 6N + causal-attention count: the compiled program also
     # does the masked half of attention and the elementwise work, so a little more. XLA's own
     # count of the scanned program sees each loop body once, hence far less.
-    model = model_flops_per_token(cfg, 256) * 8 * 256
+    model = cfg.train_flops_per_token(256) * 8 * 256
     assert report.model_flops_per_step == pytest.approx(model)
     assert 1.0 <= report.compiled_flops_per_chip * 4 / model < 1.3
     assert report.loop_body_flops_per_chip < 0.5 * report.compiled_flops_per_chip
@@ -107,9 +107,9 @@ def test_counted_flops_equal_a_loop_free_compile():
     c.data.seq_len, c.data.global_batch_size = 256, 16
     c.mesh.ici.fsdp, c.mesh.ici.tensor = 2, 2
     devices = topology_devices(parse_slice("v5p-8"))
-    counted = counted_flops_per_chip(c, devices)
+    counted = counted_flops_per_chip(to_experiment(c), devices)
     c.model.scan_layers, c.train.loss_chunk, c.optim.grad_accum_steps = False, 0, 1
-    loop_free = _cost_flops(lower_train_step(c, devices)[0].compile())
+    loop_free = _cost_flops(lower_train_step(to_experiment(c), devices)[0].compile())
     assert counted == pytest.approx(loop_free, rel=0.01)
 
 
@@ -117,9 +117,6 @@ def test_counted_flops_equal_a_loop_free_compile():
 @pytest.mark.parametrize("size", ["7b", "72b"])
 def test_shipped_config_fits_its_topology(size):
     """configs/cpt_<size>_stage1.py on its named slice (minutes for 7B, longer for 72B)."""
-    spec = importlib.util.spec_from_file_location("cfg", ROOT / "configs" / f"cpt_{size}_stage1.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config()
+    config = load_config_file(ROOT / "configs" / f"cpt_{size}_stage1.py")
     report = check_fit(config, parse_slice(config.topology))
     assert report.fits, "\n".join(report.lines())

@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from marco_jax.model.config import get_preset
-from marco_jax.parallel import (
-    build_mesh,
-    pure_dict_shardings,
-    restore_onto_mesh,
-    save_tree,
-    sharded_init_state,
-)
-from marco_jax.parallel.init import abstract_model
+from marco_jax.checkpoint import restore_tree, save_tree
+from marco_jax.model import abstract_model, get_preset, sharded_init_state
+from marco_jax.parallel import build_mesh, pure_dict_shardings
 
 TINY = get_preset("tiny", vocab_size=256, num_hidden_layers=2)
 
@@ -28,7 +22,7 @@ def test_saved_on_mesh_a_restores_on_mesh_b(tmp_path):
     save_tree(tmp_path / "ckpt", params)
 
     shardings_b = pure_dict_shardings(abstract_model(TINY)[1], mesh_b)
-    restored = restore_onto_mesh(tmp_path / "ckpt", shardings_b)
+    restored = restore_tree(tmp_path / "ckpt", shardings_b)
     flat = jax.tree_util.tree_flatten_with_path(saved)[0]
     for (path, want), got, sharding in zip(flat, jax.tree.leaves(restored),
                                            jax.tree.leaves(shardings_b), strict=True):
@@ -39,7 +33,7 @@ def test_saved_on_mesh_a_restores_on_mesh_b(tmp_path):
 
     # Onto one device, cast to bf16 on read (a serving copy).
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    single = restore_onto_mesh(tmp_path / "ckpt", jax.tree.map(lambda _: one, saved),
+    single = restore_tree(tmp_path / "ckpt", jax.tree.map(lambda _: one, saved),
                                dtypes=jax.numpy.bfloat16)
     emb = single["model"]["embed_tokens"]["embedding"]
     assert emb.dtype == jax.numpy.bfloat16
@@ -51,6 +45,6 @@ def test_restore_with_mismatched_shardings_names_the_checkpoint(tmp_path):
     save_tree(tmp_path / "ckpt", {"a": np.zeros((4,), np.float32)})
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with pytest.raises(ValueError, match="does not match the checkpoint's tree"):
-        restore_onto_mesh(tmp_path / "ckpt", {"b": one})
+        restore_tree(tmp_path / "ckpt", {"b": one})
     with pytest.raises(FileNotFoundError, match="not an Orbax PyTree checkpoint"):
-        restore_onto_mesh(tmp_path / "missing", {"a": one})
+        restore_tree(tmp_path / "missing", {"a": one})

@@ -16,8 +16,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from safetensors.torch import load_file, save_file
 
+from marco_jax.checkpoint import load_model, load_params, save_params
 from marco_jax.convert.__main__ import main as cli
-from marco_jax.convert.checkpoint import load_model, load_params, save_params
 from marco_jax.convert.hf_to_ours import convert_hf_to_orbax
 from marco_jax.convert.ours_to_hf import export_orbax_to_hf
 from marco_jax.model import get_preset, init_model

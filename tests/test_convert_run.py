@@ -17,15 +17,15 @@ import transformers
 from flax import nnx
 from train_fixtures import synthetic_iterators, tiny_config
 
+from marco_jax.checkpoint import load_params, open_run, read_model_config
+from marco_jax.checkpoint.streaming import array_spec, kvstore_spec
 from marco_jax.convert.__main__ import _parser
 from marco_jax.convert.__main__ import main as cli
-from marco_jax.convert.checkpoint import load_params, read_model_config
-from marco_jax.convert.from_run import export_run_to_orbax, open_run
-from marco_jax.convert.orbax_layout import array_spec, kvstore_spec
+from marco_jax.convert.from_run import export_run_to_orbax
 from marco_jax.data.tokenizer import get_tokenizer
 from marco_jax.model.config import from_experiment
 from marco_jax.model.qwen2 import init_model
-from marco_jax.train.trainer import train
+from marco_jax.train.loop import train
 
 VOCAB_ROWS = 151936  # the real Qwen2 table, so `generate` can feed real token ids
 
@@ -46,9 +46,9 @@ def run(tmp_path_factory):
 
 
 def state_params(workdir: Path, step: int) -> dict:
-    """The step's params read back by Orbax itself (the whole train state, test-side only)."""
-    path = (workdir / "checkpoints" / str(step) / "state").absolute()
-    return ocp.StandardCheckpointer().restore(path)["params"]
+    """The step's params item read back by Orbax itself (test-side reference)."""
+    path = (workdir / "checkpoints" / str(step) / "params").absolute()
+    return ocp.StandardCheckpointer().restore(path)
 
 
 def our_logits(config, params, tokens) -> np.ndarray:
@@ -138,14 +138,14 @@ def test_remote_paths_are_kept_and_become_gcs_kvstores(tmp_path, capsys):
     assert kvstore_spec(tmp_path / "a") == {"driver": "file", "path": str(tmp_path / "a")}
     with pytest.raises(ValueError, match="only local paths and gs://"):
         kvstore_spec("s3://bkt/x")
-    # Orbax's OCDBT layout (train states) and the per-array one (converted checkpoints)
-    key = ("params", "model", "norm", "scale")
-    ocdbt = array_spec("gs://bkt/run/checkpoints/2/state", key, use_ocdbt=True, use_zarr3=False)
+    # Orbax's OCDBT layout (a run's params item) and the per-array one (converted checkpoints)
+    key = ("model", "norm", "scale")
+    ocdbt = array_spec("gs://bkt/run/checkpoints/2/params", key, use_ocdbt=True, use_zarr3=False)
     assert ocdbt == {"driver": "zarr", "kvstore": {
         "driver": "ocdbt", "base": {"driver": "gcs", "bucket": "bkt",
-                                    "path": "run/checkpoints/2/state/"},
-        "path": "params.model.norm.scale"}}
-    flat = array_spec("gs://bkt/ckpt/params", key[1:], use_ocdbt=False, use_zarr3=False)
+                                    "path": "run/checkpoints/2/params/"},
+        "path": "model.norm.scale"}}
+    flat = array_spec("gs://bkt/ckpt/params", key, use_ocdbt=False, use_zarr3=False)
     assert flat["kvstore"] == {"driver": "gcs", "bucket": "bkt",
                                "path": "ckpt/params/model.norm.scale"}
     for spec in (ocdbt, flat):  # tensorstore accepts them (its gcs driver is built in)

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from absl import flags
-from ml_collections import config_flags
+
+from marco_jax.config import apply_overrides
+from marco_jax.config.cli import experiment_parser, parse
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,8 +68,8 @@ def test_create_takes_the_accelerator_type_from_the_config(capsys):
 
 
 def test_multislice_from_mesh_dcn_uses_node_count():
-    config = tpu.load_config(REPO / STAGE1)
-    config.mesh.dcn.data = 2  # two v5p-128 slices, data parallel across them
+    config = apply_overrides(tpu.load_config(REPO / STAGE1), [("mesh.dcn.data", "2")])
+    # two v5p-128 slices, data parallel across them
     s = tpu.tpu_slice(config)
     assert (s.name, s.num_slices, s.chips) == ("v5p-128", 2, 128)
     cmd = tpu.create_command(tpu.Target("m", "z"), s, tpu.runtime_version(s), "best-effort")
@@ -103,8 +104,7 @@ def test_invalid_topology_is_a_clear_error(capsys, argv, message):
 
 
 def test_config_without_topology_is_a_clear_error():
-    config = tpu.load_config(REPO / "configs" / "demo.py")
-    config.topology = ""
+    config = tpu.load_config(REPO / "configs" / "demo.py").replace(topology="")
     with pytest.raises(ValueError, match=r"demo.py: config.topology is empty.*--accelerator-type"):
         tpu.tpu_slice(config, config_path="configs/demo.py")
 
@@ -124,15 +124,12 @@ def test_train_runs_on_every_worker_with_the_config_and_workdir(capsys, monkeypa
     assert inner[inner.index("env") + 1] == "JAX_PLATFORMS=tpu"  # no silent fallback to CPU
     # the trainer's own flag parser accepts the arguments and they reach the config
     monkeypatch.chdir(REPO)
-    cli = ["train", *argv[2:]]
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=False,
-                                    sys_argv=cli)  # overrides are read from argv at parse time
-    flags.DEFINE_string("workdir", None, "", flag_values=fv)
-    fv(cli)
-    assert fv.config.train.init_from == "gs://bkt/marco/qwen2-7b"
-    assert fv.config.data.sources_dir == "gs://bkt/marco/shards"
-    assert fv.config.train.steps == 20 and fv.workdir == "gs://bkt/marco/runs/cpt_7b_stage1"
+    parser = experiment_parser("train", None)
+    parser.add_argument("--workdir")
+    config, args = parse(argv[2:], parser)
+    assert config.train.init_from == "gs://bkt/marco/qwen2-7b"
+    assert config.data.sources_dir == "gs://bkt/marco/shards"
+    assert config.train.steps == 20 and args.workdir == "gs://bkt/marco/runs/cpt_7b_stage1"
 
 
 def test_stage2_starts_from_stage1_workdir(capsys):

@@ -5,29 +5,28 @@ import re
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from marco_jax.model.config import get_preset
-from marco_jax.model.qwen2 import init_model
+from marco_jax.config.schema import OptimSection
+from marco_jax.model import abstract_model, get_preset, init_model, sharded_init_state
 from marco_jax.parallel import (
+    batch_sharding,
     build_mesh,
     explain_fallbacks,
     initialize_distributed,
     logical_to_spec,
     pure_dict_shardings,
     resolve_axis_sizes,
-    sharded_init_state,
 )
-from marco_jax.parallel.aot_fit import abstract_batch
 from marco_jax.parallel.constraints import constrain, trace_under_mesh
-from marco_jax.parallel.init import abstract_model
-from marco_jax.train.optimizer import make_optimizer
+from marco_jax.train.aot_fit import abstract_batch
+from marco_jax.train.lm import LanguageModeling
+from marco_jax.train.optimizer import make_optimizer, make_schedule
 from marco_jax.train.state import TrainState, train_state_shardings
-from marco_jax.train.step import batch_sharding, jit_train_step, make_train_step
+from marco_jax.train.step import jit_train_step, make_train_step
 
 TINY = get_preset("tiny", vocab_size=512, num_hidden_layers=2)  # 4 heads, 2 kv heads, 128 embed
 MESHES = {
@@ -92,17 +91,22 @@ def test_sharded_init_matches_single_device_init():
     assert q.addressable_shards[0].data.shape == (2, 128 // 4, 4 // 2, 32)
 
 
-def _config() -> ml_collections.ConfigDict:
-    """eps=1e-4: Adam's g / (|g| + eps) turns the float rounding of a near-zero gradient (whose
-    summation order differs per mesh) into an O(lr) difference when eps is tiny (the first step
-    is ~lr * sign(g)); with eps=1e-4 a rounding error d in g moves a parameter by ~lr * d / eps."""
-    c = ml_collections.ConfigDict()
-    c.optim = ml_collections.ConfigDict(dict(
-        peak_lr=1e-3, end_lr_ratio=0.1, warmup_steps=0, schedule="constant", b1=0.9, b2=0.95,
-        eps=1e-4, weight_decay=0.1, clip_norm=1.0, grad_accum_steps=2))
-    c.train = ml_collections.ConfigDict(dict(steps=10, loss_chunk=8))
-    c.data = ml_collections.ConfigDict(dict(num_sources=3))
-    return c
+# eps=1e-4: Adam's g / (|g| + eps) turns the float rounding of a near-zero gradient (whose
+# summation order differs per mesh) into an O(lr) difference when eps is tiny (the first step is
+# ~lr * sign(g)); with eps=1e-4 a rounding error d in g moves a parameter by ~lr * d / eps.
+OPTIM = OptimSection(peak_lr=1e-3, end_lr_ratio=0.1, warmup_steps=0, schedule="constant", b1=0.9,
+                     b2=0.95, eps=1e-4, weight_decay=0.1, clip_norm=1.0, grad_accum_steps=2)
+STEPS = 10
+
+
+def _make_step(graphdef, tx):
+    step = make_train_step(graphdef, tx, LanguageModeling(["a", "b", "c"], 8),
+                           make_schedule(OPTIM, STEPS), OPTIM.grad_accum_steps)
+
+    def with_loss(state, batch, reference=None):
+        state, sums = step(state, batch, reference)
+        return state, {**sums, "loss": sums["loss_sum"] / sums["weight"]}
+    return with_loss
 
 
 def _batch(b=8, t=16):
@@ -119,14 +123,14 @@ def _batch(b=8, t=16):
 
 def _run(mesh_axes):
     """(logits, loss, params after one step) as numpy, on one device or on a mesh."""
-    config, batch = _config(), _batch()
-    tx = make_optimizer(config.optim, config.train.steps)
+    batch = _batch()
+    tx = make_optimizer(OPTIM, STEPS)
     if mesh_axes is None:
         graphdef, state = nnx.split(init_model(TINY, 0))
         params = nnx.to_pure_dict(jax.jit(lambda: nnx.state(init_model(TINY, 0)))())
         train_state = TrainState.create(params, tx)
         dev_batch = {k: jnp.asarray(v) for k, v in batch.items()}
-        step = jit_train_step(make_train_step(graphdef, tx, config), None, None, None)
+        step = jit_train_step(_make_step(graphdef, tx), None, None, None)
         logits_fn = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b["tokens"], b["positions"],
                                                                  b["segment_ids"]))
     else:
@@ -140,7 +144,7 @@ def _run(mesh_axes):
                               out_shardings=state_shardings)(params)
         bs = batch_sharding(mesh)
         dev_batch = {k: jax.device_put(v, bs) for k, v in batch.items()}
-        step = jit_train_step(make_train_step(graphdef, tx, config), state_shardings, bs, mesh)
+        step = jit_train_step(_make_step(graphdef, tx), state_shardings, bs, mesh)
         logits_fn = jax.jit(trace_under_mesh(  # with the model's residual constraints on
             lambda p, b: nnx.merge(graphdef, p)(b["tokens"], b["positions"], b["segment_ids"]),
             mesh), in_shardings=(shardings, bs))
@@ -199,11 +203,10 @@ def test_constrain_pins_activation_layout_under_a_mesh_only():
 
 def _lowered_step_text(mesh_axes) -> str:
     """StableHLO of the real jitted train step for the tiny model (abstract inputs, no compile)."""
-    config = _config()
-    tx = make_optimizer(config.optim, config.train.steps)
+    tx = make_optimizer(OPTIM, STEPS)
     graphdef, abstract = abstract_model(TINY)
     state = jax.eval_shape(lambda p: TrainState.create(p, tx), nnx.to_pure_dict(abstract))
-    step = make_train_step(graphdef, tx, config)
+    step = _make_step(graphdef, tx)
     if mesh_axes is None:
         return jit_train_step(step, None, None, None).lower(
             state, abstract_batch(8, 16, None)).as_text()

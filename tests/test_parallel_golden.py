@@ -2,17 +2,16 @@
 against a reviewed golden file. Regenerate after an intended rules change with
 MARCO_UPDATE_GOLDEN=1 pytest tests/test_parallel_golden.py (and review the diff)."""
 
-import importlib.util
 import json
-import math
 import os
 from pathlib import Path
 
 import jax
 from flax import nnx
 
-from marco_jax.model.config import from_experiment
-from marco_jax.parallel import abstract_model, logical_to_spec, resolve_axis_sizes
+from marco_jax.config import load_config_file
+from marco_jax.model import abstract_model, from_experiment
+from marco_jax.parallel import logical_to_spec, resolve_axis_sizes, slice_count
 from marco_jax.parallel.mesh import MESH_AXES
 from marco_jax.parallel.topologies import parse_slice
 
@@ -21,15 +20,12 @@ GOLDEN = Path(__file__).resolve().parent / "golden" / "cpt_7b_stage1_partition_s
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return load_config_file(ROOT / "configs" / f"{name}.py")
 
 
 def _specs(config) -> dict:
     chips = parse_slice(config.topology).chips
-    slices = math.prod(config.mesh.dcn.values())
+    slices = slice_count(config.mesh.dcn)
     ici = resolve_axis_sizes(dict(config.mesh.ici), chips // slices)
     dcn = resolve_axis_sizes(dict(config.mesh.dcn), slices, "mesh.dcn")
     mesh = jax.sharding.AbstractMesh(tuple(i * d for i, d in zip(ici, dcn, strict=True)),

@@ -13,10 +13,10 @@ import pytest
 from flax import nnx
 from train_fixtures import synthetic_iterators, tiny_config
 
+from marco_jax.config import load_config_file as load_config
 from marco_jax.model.config import from_experiment
 from marco_jax.model.qwen2 import init_model
-from marco_jax.train.config_files import load_config
-from marco_jax.train.trainer import train
+from marco_jax.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE = jax.devices()[:1]
@@ -73,12 +73,12 @@ def _params(model_cfg, seed):
 def _final_params(workdir, step):
     import orbax.checkpoint as ocp
 
-    path = Path(workdir) / "checkpoints" / str(step) / "state"
-    return ocp.StandardCheckpointer().restore(path.absolute())["params"]
+    path = Path(workdir) / "checkpoints" / str(step) / "params"
+    return ocp.StandardCheckpointer().restore(path.absolute())
 
 
 def test_init_from_converted_checkpoint_and_from_previous_run(tmp_path):
-    from marco_jax.convert.checkpoint import save_params
+    from marco_jax.checkpoint import save_params
 
     cfg = tiny_config(steps=1)
     model_cfg = from_experiment(cfg.model)
@@ -102,14 +102,14 @@ def test_init_from_converted_checkpoint_and_from_previous_run(tmp_path):
     wrong = tiny_config(steps=1)
     wrong.model.overrides.num_hidden_layers = 3
     wrong.train.init_from = str(tmp_path / "converted")
-    with pytest.raises(ValueError, match="num_hidden_layers: checkpoint 2, config 3"):
+    with pytest.raises(ValueError, match="num_hidden_layers: checkpoint 2, run 3"):
         train(wrong, str(tmp_path / "bad"), iterators=synthetic_iterators, progress=False,
               devices=ONE)
 
 
 def test_run_stops_with_a_clear_message_after_too_many_bad_steps(tmp_path):
-    from marco_jax.convert.checkpoint import save_params
-    from marco_jax.train.trainer import TooManyBadSteps
+    from marco_jax.checkpoint import save_params
+    from marco_jax.train.hooks import TooManyBadSteps
 
     cfg = tiny_config(steps=6)
     cfg.train.max_bad_steps = 2

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from train_fixtures import synthetic_iterators, tiny_config
 
-from marco_jax.train.trainer import train
+from marco_jax.train.loop import train
 
 RUNNER = Path(__file__).with_name("train_fixtures.py")
 STEPS = 8
@@ -54,8 +54,8 @@ def _losses(workdir):
 
 
 def _final_state(workdir):
-    return ocp.StandardCheckpointer().restore(
-        (Path(workdir) / "checkpoints" / str(STEPS) / "state").absolute())
+    step = Path(workdir).absolute() / "checkpoints" / str(STEPS)
+    return [ocp.StandardCheckpointer().restore(step / item) for item in ("params", "opt_state")]
 
 
 def _assert_same_run(ref, run):

@@ -3,15 +3,16 @@ weight-decay mask, schedule, NaN guard."""
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
+from marco_jax.config.schema import Experiment, OptimSection, TrainSection
 from marco_jax.model.config import get_preset
+from marco_jax.model.logprobs import token_nll, weighted_nll_sum
 from marco_jax.model.qwen2 import init_model
-from marco_jax.train.loss import per_source_sums, token_nll, weighted_nll_sum
+from marco_jax.train.lm import LanguageModeling, per_source_sums
 from marco_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
 from marco_jax.train.state import TrainState
 from marco_jax.train.step import make_train_step
@@ -20,19 +21,19 @@ VOCAB = 300
 
 
 def _config(accum=1, steps=10):
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "base", Path(__file__).resolve().parents[1] / "configs" / "base.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_base_config()
-    c.optim.grad_accum_steps = accum
-    c.optim.warmup_steps = 2
-    c.optim.peak_lr = 1e-3
-    c.train.steps = steps
-    c.train.loss_chunk = 8
-    return c
+    return Experiment(optim=OptimSection(grad_accum_steps=accum, warmup_steps=2, peak_lr=1e-3),
+                      train=TrainSection(steps=steps, loss_chunk=8))
+
+
+def _step_fn(graphdef, tx, cfg, num_sources):
+    objective = LanguageModeling([f"s{i}" for i in range(num_sources)], cfg.train.loss_chunk)
+    step = make_train_step(graphdef, tx, objective, make_schedule(cfg.optim, cfg.train.steps),
+                           cfg.optim.grad_accum_steps)
+
+    def with_loss(state, batch):
+        state, sums = step(state, batch)
+        return state, {**sums, "loss": sums["loss_sum"] / sums["weight"]}
+    return with_loss
 
 
 def _batch(rng, b=4, t=16, num_sources=3):
@@ -88,7 +89,7 @@ def _run(accum, batch, steps=1, tx=None):
     params = nnx.to_pure_dict(state)
     tx = tx or make_optimizer(cfg.optim, cfg.train.steps)
     st = TrainState.create(params, tx)
-    step = jax.jit(make_train_step(graphdef, tx, cfg, num_sources=3))
+    step = jax.jit(_step_fn(graphdef, tx, cfg, num_sources=3))
     out = []
     for _ in range(steps):
         st, m = step(st, batch)
@@ -140,7 +141,7 @@ def test_nan_gradients_skip_the_update_and_are_counted():
     params["model"]["norm"]["scale"] = params["model"]["norm"]["scale"].at[0].set(jnp.nan)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
     st0 = TrainState.create(params, tx)
-    st1, m = jax.jit(make_train_step(graphdef, tx, cfg, num_sources=0))(st0, batch)
+    st1, m = jax.jit(_step_fn(graphdef, tx, cfg, num_sources=0))(st0, batch)
     assert int(m["skipped_steps"]) == 1 and int(st1.step) == 1
     emb0 = st0.params["model"]["embed_tokens"]["embedding"]
     np.testing.assert_array_equal(st1.params["model"]["embed_tokens"]["embedding"], emb0)
@@ -159,8 +160,7 @@ def test_weight_decay_mask_excludes_biases_and_norms():
 
 @pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
 def test_schedule_warmup_and_end(kind):
-    optim = ml_collections.ConfigDict(dict(peak_lr=1e-3, warmup_steps=10, end_lr_ratio=0.1,
-                                           schedule=kind))
+    optim = OptimSection(peak_lr=1e-3, warmup_steps=10, end_lr_ratio=0.1, schedule=kind)
     s = make_schedule(optim, 110)
     np.testing.assert_allclose(s(0), 0.0)
     np.testing.assert_allclose(s(5), 5e-4, rtol=1e-6)

@@ -65,8 +65,10 @@ class SyntheticIterator:
 
 
 def synthetic_iterators(config, process_index: int, process_count: int):
+    from marco_jax.config import to_experiment
     from marco_jax.model.config import from_experiment
 
+    config = to_experiment(config)
     vocab = from_experiment(config.model).vocab_size
     b = config.data.global_batch_size // process_count
     train = SyntheticIterator(b, config.data.seq_len, vocab, config.data.seed)
@@ -89,7 +91,7 @@ if __name__ == "__main__":
     # Subprocess runner for the resume tests: python tests/train_fixtures.py WORKDIR STEPS DELAY
     import sys
 
-    from marco_jax.train.trainer import train
+    from marco_jax.train.loop import train
 
     workdir, steps, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 
