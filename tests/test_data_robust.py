@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +20,7 @@ from marco_jax.data.packing import FIELDS
 from marco_jax.data.pipeline import make_train_iterator, resolve_plan
 from marco_jax.data.tasks import SAMPLE_DATA_DIR
 
+ROOT = Path(__file__).resolve().parents[1]
 SHARES = {"english": 0.5, "chinese": 0.5, "high_resource": 0.0, "low_resource": 0.0,
           "parallel": 0.0, "knowledge": 0.0, "synthetic": 0.0}
 
@@ -140,3 +145,25 @@ def test_empty_language_is_left_out(tmp_path):
     with pytest.raises(ValueError, match=r"group 'english' .* \(web.en: zero records\)"):
         resolve_plan({"data": dict(mixture="marco_stage1", sources_dir=str(root),
                                    shares=shares, pool_sizes="sources")})
+
+
+def _inspect(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "marco_jax.data.inspect", "--config",
+                           str(ROOT / "configs" / "base.py"), *args], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=ROOT)
+
+
+def test_inspect_cli_bad_mixture_and_empty_count(tmp_path):
+    bad = _inspect("--config.data.mixture=nope", "--examples", "10")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [
+        "error: data.mixture='nope': neither one of our mixtures (demo, marco_stage1, "
+        "marco_stage2, sft), nor one of our tasks, nor a registered seqio Task or Mixture "
+        "(register yours in a module named by data.modules)"]
+    root = tmp_path / "src"
+    shutil.copytree(SAMPLE_DATA_DIR, root)
+    (root / "web" / "de.jsonl").write_text("")
+    ok = _inspect(f"--config.data.sources_dir={root}", "--examples", "200")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "tasks with zero records (left out; their group keeps its share): 1: web.de" in ok.stdout

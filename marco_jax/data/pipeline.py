@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from marco_jax.config import ConfigError
 from marco_jax.data import mixtures as M
 from marco_jax.data.packing import Lane, PackingCounters, empty_rows
 from marco_jax.data.plan import MixturePlan, data_section
@@ -46,7 +47,7 @@ from marco_jax.data.plan import plan_mixture as plan_our_mixture
 from marco_jax.data.prefetch import Prefetcher
 from marco_jax.data.sampler import MixtureSampler, derive_seed, document_index
 from marco_jax.data.sources import REASONS, BadRecord
-from marco_jax.data.tasks import Document
+from marco_jax.data.tasks import Document, task_catalog
 
 STATE_FORMAT = "marco_jax.input/2"
 log = logging.getLogger(__name__)
@@ -60,6 +61,12 @@ def resolve_plan(config: Any) -> MixturePlan:
     data = data_section(config)
     if data.mixture in M.MIXTURES and not data.modules and "seqio" not in sys.modules:
         return plan_our_mixture(data)
+    if not data.modules and data.mixture not in M.MIXTURES and "seqio" not in sys.modules and \
+            data.mixture not in task_catalog(data.sources_dir, data.task_sources or None):
+        raise ConfigError(f"data.mixture={data.mixture!r}: neither one of our mixtures "
+                          f"({', '.join(sorted(M.MIXTURES))}), nor one of our tasks, nor a "
+                          "registered seqio Task or Mixture (register yours in a module named "
+                          "by data.modules)")
     from marco_jax.data import seqio_feed  # lazy: imports TensorFlow (~10 s)
 
     return seqio_feed.plan_seqio(data)

@@ -12,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from marco_jax.data.pipeline import MixturePlan, TrainIterator
+from marco_jax.config.schema import Experiment
+from marco_jax.data.pipeline import MixturePlan, TrainIterator, make_train_iterator
+from marco_jax.data.plan import data_section
+from marco_jax.data.tokenizer import get_tokenizer
 
 
 def _pct(x: float) -> str:
@@ -21,9 +24,7 @@ def _pct(x: float) -> str:
 
 def realise(config: Any, examples: int) -> tuple[MixturePlan, TrainIterator, int]:
     """Runs the single-host iterator until `examples` examples are consumed; returns batches."""
-    from marco_jax.data.pipeline import make_train_iterator
-
-    it = make_train_iterator(config, 0, 1)
+    it = make_train_iterator(config, 0, 1, prefetch=0)
     batches = 0
     while it.counters.examples < examples:
         next(it)
@@ -48,15 +49,14 @@ def mixture_table(plan: MixturePlan, it: TrainIterator) -> str:
         for n in members:
             want, got = plan.token_rates[n], tokens[n] / total_tok
             out.write(f"  {n:<20}{_pct(want):>9}{_pct(got):>10}{100 * (got - want):+7.2f}p   "
-                      f"{ex[n]:>9}{plan.pools[n]:>14.4g}  {plan.pool_origin[n]:<10}"
+                      f"{ex[n]:>9}{plan.pools.get(n, float('nan')):>14.4g}  "
+                      f"{plan.pool_origin[n]:<10}"
                       f"{plan.mean_tokens[n]:>8.1f}\n")
     return out.getvalue()
 
 
 def fertility(plan: MixturePlan, docs_per_task: int = 50) -> dict[str, tuple[float, float]]:
     """(tokens per character, tokens per UTF-8 byte) of each web task over evenly spaced docs."""
-    from marco_jax.data.tokenizer import get_tokenizer
-
     tok = get_tokenizer()
     out = {}
     for task in plan.tasks:
@@ -76,26 +76,39 @@ def samples(plan: MixturePlan, chars: int = 240) -> dict[str, str]:
     """The first document of each task, rendered as the model sees it, cut to `chars`."""
     out = {}
     for task in plan.tasks:
+        if task.kind == "seqio":  # a stream of token ids: its first document, decoded
+            text = get_tokenizer().decode(task.first_documents(1)[0].tokens.tolist())
+            out[task.name] = text if len(text) <= chars else text[:chars] + " [...]"
+            continue
         text = task.text(task.source[0])
         out[task.name] = text if len(text) <= chars else text[:chars] + " [...]"
     return out
 
 
-def mixture_report(config: Any, examples: int = 20_000) -> str:
+def mixture_report(config: Experiment | Any, examples: int = 20_000) -> str:
     plan, it, batches = realise(config, examples)
     c = it.counters
-    data = config.data
+    data = data_section(config)
     out = io.StringIO()
     out.write(f"mixture {plan.name}: {len(plan.tasks)} tasks, temperature {plan.temperature}, "
               f"seq_len {data.seq_len}, global batch {data.global_batch_size}, seed {data.seed}\n")
     if plan.missing:
         out.write(f"tasks without a source (left out; a group with none left is dropped): "
                   f"{', '.join(plan.missing)}\n")
+    if plan.empty:
+        out.write(f"tasks with zero records (left out; their group keeps its share): "
+                  f"{len(plan.empty)}: {', '.join(plan.empty)}\n")
     out.write(f"realised over {c.examples} examples in {batches} batches: {c.target_tokens} "
               f"target tokens, {c.padding_tokens} padding "
               f"({c.padding_tokens / max(1, c.padding_tokens + c.target_tokens):.1%}), "
               f"{c.chunked_documents} documents longer than seq_len chunked into {c.chunks} "
-              f"pieces, {c.empty_documents} empty documents skipped\n\n")
+              f"pieces, {c.empty_documents} empty documents skipped\n")
+    bad = it.bad_records()
+    if bad:
+        out.write("bad records replaced (data.on_bad_record=skip): " + "; ".join(
+            f"{t}: " + ", ".join(f"{n} {why}" for why, n in r.items()) for t, r in bad.items())
+            + "\n")
+    out.write("\n")
     out.write("share of target tokens (target = group share x temperature weight):\n")
     out.write(mixture_table(plan, it))
     out.write("\ntokenizer fertility (web text):\n")
