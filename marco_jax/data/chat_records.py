@@ -12,7 +12,8 @@ heuristic; `ChatExample.language_source` says which).
 Bad records raise `BadRecord` (a `sources.BadRecord`: "<file>: record <n> (line <l>): <problem>",
 with `.reason`). Reasons (the keys of the skip counters): the decoding ones of `sources.REASONS`
 (invalid_utf8, invalid_json, not_an_object, not_a_record) and unknown_layout, wrong_type,
-missing_field, bad_role, empty_content, misplaced_system, no_assistant_turn, too_long. Readers with
+missing_field, bad_role, empty_content, misplaced_system, no_assistant_turn, too_long (and, for
+preference pairs, prompt_mismatch). Readers with
 `on_bad_record="skip"` count them instead of raising; nothing is dropped uncounted.
 
 Truncation policy (`encode_example`, `max_length` tokens incl. specials): "none" -> a longer
@@ -39,7 +40,7 @@ from marco_jax.data.tokenizer import Qwen2Tokenizer
 
 BAD_RECORD_REASONS = sources.REASONS + (
     "unknown_layout", "wrong_type", "missing_field", "bad_role", "empty_content",
-    "misplaced_system", "no_assistant_turn", "too_long")
+    "misplaced_system", "no_assistant_turn", "too_long", "prompt_mismatch")
 ON_BAD_RECORD = ("error", "skip")
 TRUNCATION = ("none", "drop_turns")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
