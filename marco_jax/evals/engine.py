@@ -80,11 +80,14 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
 
 
 def _token_logprobs(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array,
-                    positions: jax.Array, segment_ids: jax.Array, targets: jax.Array, *,
-                    chunk: int) -> tuple[jax.Array, jax.Array]:
-    """Per-token (log p(target), target is the argmax), [B, T] each."""
+                    positions: jax.Array, segment_ids: jax.Array, scored: jax.Array,
+                    targets: jax.Array, *, chunk: int) -> tuple[jax.Array, jax.Array]:
+    """(log p(target), target is the argmax), [B, K] each, at the K slots per row listed in
+    `scored` [B, K]: only the continuation's slots go through the lm head (for multiple choice a
+    small fraction of the row; the head dominates small models' cost with a 152k vocabulary)."""
     model = nnx.merge(graphdef, state)
     hidden, _ = model.hidden(tokens, positions, segment_ids)
+    hidden = jnp.take_along_axis(hidden, scored[..., None], axis=1)
     return target_logprobs(hidden, model.lm_head_kernel(), targets, chunk)
 
 
@@ -299,27 +302,38 @@ class Engine:
 
     def _run_score_batch(self, batch: Batch, seqs: list, logprob: np.ndarray,
                          greedy: np.ndarray) -> None:
-        rows = self.batch_size
-        chunk = max(1, min(batch.width, 2 ** int(math.log2(max(1, self.logits_tokens // rows)))))
-        width = -(-batch.width // chunk) * chunk
+        rows, width = self.batch_size, batch.width
         tokens = np.zeros((rows, width), np.int32)
-        targets = np.zeros((rows, width), np.int32)
         segments = np.zeros((rows, width), np.int32)
         positions = np.zeros((rows, width), np.int32)
-        spans = []  # (seq index, row, start, end) of the scored targets
+        scored: list[list[int]] = [[] for _ in range(rows)]  # row slots sent to the lm head
+        row_targets: list[list[int]] = [[] for _ in range(rows)]
+        spans = []  # (seq index, row, start, end) in the row's scored slots
         for r, members in enumerate(batch.rows):
             at = 0
             for seg, s in enumerate(members, start=1):
                 inputs, tgt, n_cont = seqs[s]
                 end = at + len(inputs)
-                tokens[r, at:end], targets[r, at:end] = inputs, tgt
+                tokens[r, at:end] = inputs
                 segments[r, at:end] = seg
                 positions[r, at:end] = np.arange(len(inputs))
-                spans.append((s, r, end - n_cont, end))
+                spans.append((s, r, len(scored[r]), len(scored[r]) + n_cont))
+                scored[r] += range(end - n_cont, end)
+                row_targets[r] += tgt[-n_cont:]
                 at = end
+        # Scored slots per row rounded up to a power of two (few compiled shapes), at most width.
+        most = max(len(x) for x in scored)
+        k = min(width, max(8, 1 << (most - 1).bit_length()))
+        chunk = max(1, min(k, 2 ** int(math.log2(max(1, self.logits_tokens // rows)))))
+        k = -(-k // chunk) * chunk
+        select = np.zeros((rows, k), np.int32)
+        targets = np.zeros((rows, k), np.int32)
+        for r in range(rows):
+            select[r, :len(scored[r])] = scored[r]
+            targets[r, :len(scored[r])] = row_targets[r]
         lp, is_max = self._get(self._score(
             self._graphdef, self._state, self._put(tokens), self._put(positions),
-            self._put(segments), self._put(targets), chunk=chunk))
+            self._put(segments), self._put(select), self._put(targets), chunk=chunk))
         for s, r, start, end in spans:
             logprob[s] = float(lp[r, start:end].sum(dtype=np.float32))
             greedy[s] = bool(is_max[r, start:end].all())
