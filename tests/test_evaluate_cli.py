@@ -1,0 +1,152 @@
+"""`python -m marco_jax.evaluate` end to end on a tiny converted checkpoint: report files, resume
+after a task's result is deleted, the same weights from a HF directory (converted on the fly)
+giving the same scores, compare mode, and bad input (exit 2, one line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from marco_jax.convert.hf_to_ours import convert_hf_to_orbax
+from marco_jax.evaluate import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "evals"
+CONFIG = """
+def get_config():
+    return {{
+        "data_root": {data_root!r},
+        "batch_size": 8, "max_len": 512, "length_buckets": [512],
+        "tasks": [
+            {{"name": "xcopa", "languages": ["zh", "sw"], "shots": 2}},
+            {{"name": "mmmlu", "path": {mmmlu!r}, "languages": ["de"], "shots": 1}},
+            {{"name": "flores", "split": "dev", "languages": ["kk"], "shots": 1,
+              "max_new_tokens": 6}},
+        ],
+    }}
+"""
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from hf_fixtures import make_hf_model
+
+    root = tmp_path_factory.mktemp("ckpt")
+    hf_dir, _ = make_hf_model(root, vocab=151936, hidden=32, heads=4, kv_heads=2, layers=2)
+    convert_hf_to_orbax(hf_dir, root / "ours")
+    return hf_dir, root / "ours"
+
+
+@pytest.fixture
+def config(tmp_path, shared_data):
+    path = tmp_path / "eval_test.py"
+    path.write_text(CONFIG.format(data_root=str(shared_data), mmmlu=str(FIXTURES / "mmmlu")))
+    return path
+
+
+def _scores(out: Path) -> dict:
+    return {f.stem: json.loads(f.read_text())["scores"] for f in (out / "tasks").glob("*.json")}
+
+
+def test_evaluate_resume_hf_and_compare(checkpoints, config, tmp_path, capsys):
+    hf_dir, ours = checkpoints
+    out = tmp_path / "ours_out"
+    args = ["--config", str(config), "--limit", "2", "--no-progress"]
+    assert main(args + ["--checkpoint", str(ours), "--out", str(out)]) == 0
+    for label in ("xcopa", "mmmlu", "flores"):
+        result = json.loads((out / "tasks" / f"{label}.json").read_text())
+        assert result["limit"] == 2 and all(row["n"] == 2 for row in result["scores"].values())
+        assert (out / "plots" / f"{label}.png").stat().st_size > 0
+        assert (out / "prompts" / f"{label}.md").read_text().count("```text") >= 1
+        lines = (out / "predictions" / f"{label}.jsonl").read_text().splitlines()
+        assert len(lines) == result["items"]
+    flores = json.loads((out / "tasks" / "flores.json").read_text())
+    assert set(flores["groups"]) == {"en->xx", "xx->en"}
+    assert set(flores["scores"]["en-kk"]) >= {"bleu", "chrf++"}
+    report = (out / "report.md").read_text()
+    assert "| xcopa | acc |" in report and "| flores | bleu |" in report
+    assert json.loads((out / "report.json").read_text())["headline"][0]["task"] == "xcopa"
+
+    # resume: only the deleted task runs again, and gives the same scores
+    before = _scores(out)
+    kept = {p: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json") if p.stem != "xcopa"}
+    (out / "tasks" / "xcopa.json").unlink()
+    capsys.readouterr()
+    assert main(args + ["--checkpoint", str(ours), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mmmlu: already written, skipped" in printed
+    assert "flores: already written, skipped" in printed
+    assert "xcopa: 4 items in 2 subsets" in printed
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    assert _scores(out) == before
+
+    # the HF directory of the same weights, converted on the fly: identical scores
+    hf_out = tmp_path / "hf_out"
+    assert main(args + ["--checkpoint", str(hf_dir), "--out", str(hf_out), "--name", "hf",
+                        "--tasks", "xcopa,flores"]) == 0
+    hf_scores = _scores(hf_out)
+    assert hf_scores == {k: v for k, v in before.items() if k in ("xcopa", "flores")}
+
+    # another checkpoint into the same --out is refused
+    assert main(args + ["--checkpoint", str(hf_dir), "--out", str(out)]) == 2
+
+    cmp = tmp_path / "cmp"
+    assert main(["compare", str(out), str(hf_out), "--out", str(cmp)]) == 0
+    comparison = json.loads((cmp / "comparison.json").read_text())
+    assert [t["task"] for t in comparison["tasks"]] == ["xcopa", "flores"]
+    assert comparison["not_compared"] == ["mmmlu"]
+    for task in comparison["tasks"]:
+        assert all(d == 0.0 for row in task["subsets"] for d in row["deltas"])
+        assert (cmp / task["plot"]).stat().st_size > 0
+    md = (cmp / "comparison.md").read_text()
+    assert "| zh |" in md and "+0.00" in md and "Δ hf" in md
+    assert (cmp / "plots" / "delta_headline.png").stat().st_size > 0
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_bad_input_exits_2_with_one_line(checkpoints, config, tmp_path, capsys):
+    _, ours = checkpoints
+    err = _one_line_error(capsys, ["--config", str(config), "--checkpoint",
+                                   str(tmp_path / "nope")])
+    assert "nope: not a converted checkpoint" in err
+    err = _one_line_error(capsys, ["--config", str(config), "--checkpoint", str(ours),
+                                   "--tasks", "xcopa,belebel"])
+    assert "unknown task 'belebel'" in err
+    err = _one_line_error(capsys, ["--config", str(config), "--checkpoint", str(ours),
+                                   "--step", "3"])
+    assert "--step needs a training workdir" in err
+    err = _one_line_error(capsys, ["--config", str(tmp_path / "missing.py"), "--checkpoint",
+                                   str(ours)])
+    assert "missing.py: no such file" in err
+
+    bad_key = tmp_path / "bad_key.py"
+    bad_key.write_text("def get_config():\n    return {'tasks': [{'name': 'xcopa'}], "
+                       "'batch_sise': 4}\n")
+    assert "unknown suite config key 'batch_sise'" in _one_line_error(
+        capsys, ["--config", str(bad_key), "--checkpoint", str(ours)])
+    bad_task = tmp_path / "bad_task.py"
+    bad_task.write_text("def get_config():\n    return {'tasks': [{'name': 'xcopa'}, "
+                        "{'name': 'floers'}]}\n")
+    assert "tasks[1]: unknown task 'floers'" in _one_line_error(
+        capsys, ["--config", str(bad_task), "--checkpoint", str(ours)])
+    bad_option = tmp_path / "bad_option.py"
+    bad_option.write_text("def get_config():\n    return {'tasks': [{'name': 'xcopa', "
+                          "'shot': 3}]}\n")
+    assert "tasks[0] (xcopa): unknown key 'shot'" in _one_line_error(
+        capsys, ["--config", str(bad_option), "--checkpoint", str(ours)])
+    missing_data = tmp_path / "missing_data.py"
+    missing_data.write_text(f"def get_config():\n    return {{'data_root': '{tmp_path}', "
+                            "'tasks': [{'name': 'xcopa', 'languages': ['zh']}]}\n")
+    assert "not found" in _one_line_error(
+        capsys, ["--config", str(missing_data), "--checkpoint", str(ours),
+                 "--out", str(tmp_path / "o")])
+    assert "not an evaluation output" in _one_line_error(
+        capsys, ["compare", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "c")])
