@@ -141,25 +141,31 @@ def _write_text(path: str, text: str) -> None:
         f.write(text.encode("utf-8"))
 
 
-def _stats(report: dict) -> dict:
-    by_lang = report["kept_by_language"]
+def _stats(report: dict, partitions: tuple[str, ...]) -> dict:
+    """stats.json: counts per written partition (language or pair), zeros included, so it lists
+    exactly the shard folders beside it (a partition that kept nothing has empty shards)."""
+    kept = report["kept_by_language"]
+    by_lang = {name: kept.get(name, {"documents": 0, "tokens": 0})
+               for name in sorted({*partitions, *kept})}
     return {"documents": sum(v["documents"] for v in by_lang.values()),
             "tokens": sum(v["tokens"] for v in by_lang.values()), "by_language": by_lang}
 
 
-def _write_reports(_, tally: dict, n_input: int, steps: tuple[str, ...], output: str):
+def _write_reports(_, tally: dict, n_input: int, steps: tuple[str, ...], output: str,
+                   partitions: tuple[str, ...]):
     report = build_report(tally, n_input, steps)  # raises on a mismatch
-    _write_text(f"{output}/stats.json", dumps(_stats(report)))
+    _write_text(f"{output}/stats.json", dumps(_stats(report, partitions)))
     _write_text(f"{output}/report.json", dumps(report))
     _write_text(f"{output}/report.md", report_markdown(report))
     yield report
 
 
 def account_and_report(kept, rejected: list, n_input, steps: tuple[str, ...], output: str,
-                       rejected_sample: float):
+                       rejected_sample: float, partitions: tuple[str, ...] = ()):
     """The shared tail of a cleaning pipeline: flatten every step's rejected output, write a
     sample of it to `output/rejected/`, tally kept + rejected events, check them against the
-    input count `n_input` (a singleton PCollection) and write stats.json + report.{json,md}.
+    input count `n_input` (a singleton PCollection) and write stats.json (one entry per name in
+    `partitions`, the shard folders written) + report.{json,md}.
     Returns the PCollection holding the report dict."""
     p = kept.pipeline
     all_rejected = rejected | "AllRejected" >> beam.Flatten()
@@ -170,4 +176,5 @@ def account_and_report(kept, rejected: list, n_input, steps: tuple[str, ...], ou
     tally = events | "Tally" >> beam.CombineGlobally(TallyFn())
     return (p | "Once" >> beam.Create([None])
             | "Report" >> beam.FlatMap(_write_reports, tally=AsSingleton(tally),
-                                       n_input=AsSingleton(n_input), steps=steps, output=output))
+                                       n_input=AsSingleton(n_input), steps=steps, output=output,
+                                       partitions=tuple(partitions)))

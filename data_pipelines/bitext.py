@@ -41,6 +41,7 @@ class BitextConfig:
     format: str = "tfrecord"
     num_shards: int = 0
     rejected_sample: float = 1.0
+    overwrite: bool = False  # replace a non-empty output (see output_dir.py)
 
     steps = STEPS
 
@@ -173,7 +174,8 @@ def build_bitext_pipeline(p: beam.Pipeline, cfg: BitextConfig, pairs: tuple[str,
             to_example=lambda q: sinks.tf_example(
                 {k: v for k, v in output_pair(q).items() if k != "id"}),
             to_json=output_pair, label=f"Write_{name}_")
-    return account_and_report(kept, rejected, n_input, STEPS, cfg.output, cfg.rejected_sample)
+    return account_and_report(kept, rejected, n_input, STEPS, cfg.output, cfg.rejected_sample,
+                              partitions=pairs)
 
 
 __all__ = ["BitextConfig", "build_bitext_pipeline"]

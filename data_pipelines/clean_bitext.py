@@ -10,15 +10,22 @@ Input lines: {"src", "tgt", "src_lang", "tgt_lang", "id"?}. Writes out/{src}-{tg
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from data_pipelines.bitext import BitextConfig
-from data_pipelines.options import add_common_args, common_config, run_pipeline
+from data_pipelines.errors import BadInput, fail
+from data_pipelines.options import (
+    OneLineArgumentParser,
+    add_common_args,
+    common_config,
+    run_pipeline,
+)
 
 
 def parse_args(argv: list[str]) -> tuple[BitextConfig, tuple[str, ...], list[str]]:
-    ap = argparse.ArgumentParser(prog="python -m data_pipelines.clean_bitext", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = OneLineArgumentParser(prog="python -m data_pipelines.clean_bitext", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap)
     ap.add_argument("--pairs", required=True, help="comma list of src-tgt ISO 639-1 pairs")
     ap.add_argument("--lid_threshold", type=float, default=0.0)
@@ -46,7 +53,12 @@ def main(argv: list[str] | None = None) -> dict:
     from data_pipelines.bitext import build_bitext_pipeline
 
     cfg, pairs, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
-    report = run_pipeline(lambda p: build_bitext_pipeline(p, cfg, pairs), beam_args, cfg.output)
+    try:
+        report = run_pipeline(
+            lambda p, out: build_bitext_pipeline(p, dataclasses.replace(cfg, output=out), pairs),
+            beam_args, cfg.input, cfg.output, cfg.overwrite)
+    except BadInput as e:
+        fail(str(e))
     print(f"inputs {report['inputs']}: kept {report['kept']} pairs, rejected {report['rejected']},"
           f" malformed {report['malformed']} -> {cfg.output}")
     return report

@@ -4,17 +4,22 @@
       [--runner DirectRunner|DataflowRunner|FlinkRunner|SparkRunner ...Beam options]
 
 Writes out/{lang}/part-*.{tfrecord|array_record} + .jsonl, out/stats.json, out/report.{json,md}
-and out/rejected/part-*.jsonl. See data_pipelines/README.md.
+and out/rejected/part-*.jsonl. See data_pipelines/README.md. A non-empty out/ is refused unless
+--overwrite; the run is written beside it and replaces it only when it has succeeded.
+Exit status 2 with one line on bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
+from data_pipelines.errors import BadInput, fail
 from data_pipelines.languages import parse_languages
 from data_pipelines.minhash import MinHashConfig
 from data_pipelines.options import (
+    OneLineArgumentParser,
     add_common_args,
     common_config,
     expand_star,
@@ -28,8 +33,8 @@ from data_pipelines.web import WebConfig
 
 
 def parse_args(argv: list[str]) -> tuple[WebConfig, list[str]]:
-    ap = argparse.ArgumentParser(prog="python -m data_pipelines.clean_web", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = OneLineArgumentParser(prog="python -m data_pipelines.clean_web", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap)
     ap.add_argument("--languages", default="all", help="ISO 639-1 codes to keep, or 'all' (29)")
     ap.add_argument("--text_field", default="text")
@@ -58,6 +63,13 @@ def parse_args(argv: list[str]) -> tuple[WebConfig, list[str]]:
     ap.add_argument("--minhash_rows", type=int, default=8)
     ap.add_argument("--minhash_ngram", type=int, default=5)
     args, beam_args = ap.parse_known_args(argv)
+    try:
+        return _config(args, ap), beam_args
+    except (ValueError, OSError) as e:  # a bad value or file named by its flag
+        ap.error(str(e))
+
+
+def _config(args: argparse.Namespace, ap: argparse.ArgumentParser) -> WebConfig:
     languages = parse_languages(args.languages)
     if args.max_perplexity and not args.perplexity_model:
         ap.error("--max_perplexity needs --perplexity_model")
@@ -67,7 +79,7 @@ def parse_args(argv: list[str]) -> tuple[WebConfig, list[str]]:
     overrides = merge_overrides(
         load_thresholds_file(args.thresholds_file) if args.thresholds_file else {},
         parse_threshold_flags(args.threshold))
-    cfg = WebConfig(
+    return WebConfig(
         **common_config(args), languages=languages, text_field=args.text_field,
         lid_thresholds=expand_star(parse_lang_floats(args.lid_threshold, "--lid_threshold"),
                                    languages),
@@ -79,14 +91,18 @@ def parse_args(argv: list[str]) -> tuple[WebConfig, list[str]]:
         near_dedup=not args.no_near_dedup,
         minhash=MinHashConfig(ngram=args.minhash_ngram, bands=args.minhash_bands,
                               rows=args.minhash_rows))
-    return cfg, beam_args
 
 
 def main(argv: list[str] | None = None) -> dict:
     from data_pipelines.web import build_web_pipeline
 
     cfg, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
-    report = run_pipeline(lambda p: build_web_pipeline(p, cfg), beam_args, cfg.output)
+    try:
+        report = run_pipeline(
+            lambda p, out: build_web_pipeline(p, dataclasses.replace(cfg, output=out)),
+            beam_args, cfg.input, cfg.output, cfg.overwrite)
+    except BadInput as e:
+        fail(str(e))
     print(f"inputs {report['inputs']}: kept {report['kept']} ({report['kept_tokens']} tokens), "
           f"rejected {report['rejected']}, malformed {report['malformed']} -> {cfg.output}")
     return report

@@ -47,6 +47,7 @@ class WebConfig:
     format: str = "tfrecord"
     num_shards: int = 0  # 0: let the runner choose
     rejected_sample: float = 1.0  # fraction of rejected records written to out/rejected/
+    overwrite: bool = False  # replace a non-empty output (see output_dir.py)
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -160,4 +161,4 @@ def build_web_pipeline(p: beam.Pipeline, cfg: WebConfig):
                 {"text": d["text"], "lang": d["lang"], "id": d["id"]}),
             to_json=output_doc, label=f"Write_{lang}_")
     return account_and_report(kept, rejected, n_input, cfg.steps, cfg.output,
-                              cfg.rejected_sample)
+                              cfg.rejected_sample, partitions=cfg.languages)
