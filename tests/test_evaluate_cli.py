@@ -150,3 +150,44 @@ def test_bad_input_exits_2_with_one_line(checkpoints, config, tmp_path, capsys):
                  "--out", str(tmp_path / "o")])
     assert "not an evaluation output" in _one_line_error(
         capsys, ["compare", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "c")])
+
+
+@pytest.mark.slow  # trains a 2-step run first (~50 s on 2 cores)
+def test_training_workdir_step(tmp_path, config, capsys):
+    """--checkpoint a run's workdir (+ --step) scores what that step's exported params score."""
+    import jax
+    from train_fixtures import synthetic_iterators, tiny_config
+
+    from marco_jax.convert.from_run import export_run_to_orbax
+    from marco_jax.train.loop import train
+
+    workdir = tmp_path / "run"
+    cfg = tiny_config(steps=2)
+    o = cfg.model.overrides
+    o.vocab_size, o.hidden_size, o.intermediate_size = 151936, 32, 72
+    o.num_attention_heads, o.num_key_value_heads = 4, 2
+    cfg.data.seq_len, cfg.data.global_batch_size, cfg.train.loss_chunk = 16, 2, 16
+    cfg.checkpoint.every, cfg.checkpoint.async_save = 1, False
+    train(cfg, str(workdir), iterators=synthetic_iterators, progress=False,
+          devices=jax.devices()[:1])
+    export_run_to_orbax(workdir, tmp_path / "step1", step=1)
+    args = ["--config", str(config), "--limit", "2", "--no-progress", "--tasks", "xcopa"]
+    assert main(args + ["--checkpoint", str(workdir), "--step", "1",
+                        "--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--checkpoint", str(tmp_path / "step1"),
+                        "--out", str(tmp_path / "b")]) == 0
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["step"] == 1 and meta["checkpoint_kind"] == "run" and meta["name"] == "run@1"
+    assert main(args + ["--checkpoint", str(workdir), "--out", str(tmp_path / "latest")]) == 0
+    assert json.loads((tmp_path / "latest" / "meta.json").read_text())["step"] is None
+
+    def logprobs(out: str) -> list:
+        lines = (tmp_path / out / "predictions" / "xcopa.jsonl").read_text().splitlines()
+        return [json.loads(line)["logprobs"] for line in lines]
+
+    assert _scores(tmp_path / "a") == _scores(tmp_path / "b")
+    assert logprobs("a") == logprobs("b")
+    assert logprobs("a") != logprobs("latest")  # step 2 is another model
+    assert "no step 7" in _one_line_error(
+        capsys, args + ["--checkpoint", str(workdir), "--step", "7", "--out",
+                        str(tmp_path / "c")])
