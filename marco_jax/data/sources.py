@@ -8,7 +8,8 @@ function of i: what the index-addressable mixture stream needs.
   Local plain files are memory-mapped; .gz and remote files are read into memory once.
 - TFRecord: the record framing (length, crc, data, crc) is indexed by a header scan; payloads are
   JSON objects or serialized `tf.train.Example`s.
-- ArrayRecord: native random access (array_record's reader); payloads as for TFRecord.
+- ArrayRecord: random access by grain's `ArrayRecordDataSource`; payloads as for TFRecord.
+  (grain has no random-access TFRecord or JSONL source: those two are indexed here.)
 
 Stats: a `stats.json` next to the shards, `{"documents": N, "tokens": N, "by_language":
 {lang: {"documents": n, "tokens": n}}}` (written by data_pipelines), gives the token counts that
@@ -159,18 +160,21 @@ def _tfrecord_shard(path: str) -> _Shard:
 
 
 class _ArrayRecordShard(_Shard):
+    """ArrayRecord random access through grain's `ArrayRecordDataSource` (a drop-in: len and
+    record i as bytes; readers open lazily, paths through etils.epath so gs:// works)."""
+
     def __init__(self, path: str):
-        from array_record.python.array_record_module import ArrayRecordReader
+        import grain  # lazy: only ArrayRecord sources need it
 
         self.path = path
-        self._reader = ArrayRecordReader(path, "readahead_buffer_size:0")
-        self._n = self._reader.num_records()
+        self._source = grain.sources.ArrayRecordDataSource([path])
+        self._n = len(self._source)
 
     def __len__(self) -> int:
         return self._n
 
     def read(self, i: int) -> bytes:
-        return self._reader.read([i])[0]
+        return self._source[i]
 
 
 # Why a record is bad (the keys of the bad-record counts).
