@@ -319,3 +319,13 @@ def test_accuracy_equals_transformers(shared_data, tiny_models, name, options, l
         assert row["n"] == limit
         assert row["acc"] == 100.0 * metrics.accuracy(preds, golds)
         assert row["acc_norm"] == 100.0 * metrics.accuracy(preds_norm, golds)
+
+
+def test_tydiqa_official_all_language_file_fixture():
+    task = load_task("tydiqa", FIXTURES, {"path": "tydiqa", "languages": ["sw", "fi"]})
+    sw, fi = _items(task, "sw"), _items(task, "fi")
+    assert [i.references for i in sw] == [("Nairobi",), ("Tanzania",)]
+    assert [i.id for i in fi] == ["fi/finnish-2001-0", "fi/finnish-2002-0"]
+    assert "Saimaa" in fi[0].prompt and "Helsinki on" not in fi[0].prompt.split("\n\n")[1]
+    with pytest.raises(EvalDataError, match="ids 'korean-...'"):
+        load_task("tydiqa", FIXTURES, {"path": "tydiqa", "languages": ["ko"]})

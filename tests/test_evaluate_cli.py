@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from marco_jax.convert.hf_to_ours import convert_hf_to_orbax
@@ -191,3 +192,57 @@ def test_training_workdir_step(tmp_path, config, capsys):
     assert "no step 7" in _one_line_error(
         capsys, args + ["--checkpoint", str(workdir), "--step", "7", "--out",
                         str(tmp_path / "c")])
+
+
+def _write_run(directory: Path, name: str, xcopa: dict[str, float], any2any: dict[str, float]):
+    from marco_jax.evals.suite import group_averages
+
+    def result(label, metric, grouping, values):
+        scores = {k: {"language": k, "n": 10, metric: v} for k, v in values.items()}
+        return {"label": label, "task": label, "primary_metric": metric, "grouping": grouping,
+                "settings": {"shots": 1}, "items": 10 * len(values), "scores": scores,
+                "average": {metric: sum(values.values()) / len(values)},
+                "groups": group_averages({"grouping": grouping}, scores, [metric])}
+
+    (directory / "tasks").mkdir(parents=True)
+    (directory / "meta.json").write_text(json.dumps({"name": name, "checkpoint": name}))
+    for r in (result("xcopa", "acc", "language", xcopa),
+              result("flores_any", "bleu", "direction", any2any)):
+        (directory / "tasks" / f"{r['label']}.json").write_text(json.dumps(r))
+
+
+def test_compare_three_runs_by_hand(tmp_path, capsys):
+    """Deltas against the first run, the paper's groups, the any-to-any heatmap matrix."""
+    from marco_jax.evals.report import direction_matrix, write_report
+
+    runs = {"base": ({"zh": 50.0, "sw": 60.0}, {"de-en": 30.0, "en-de": 20.0, "de-zh": 10.0}),
+            "cpt": ({"zh": 55.0, "sw": 58.0}, {"de-en": 33.0, "en-de": 26.0, "de-zh": 12.0}),
+            "sft": ({"zh": 61.0, "sw": 70.0}, {"de-en": 29.0, "en-de": 21.0, "de-zh": 16.0})}
+    for name, (xcopa, any2any) in runs.items():
+        _write_run(tmp_path / name, name, xcopa, any2any)
+    report = write_report(tmp_path / "cpt")
+    headline = {row["task"]: row for row in report["headline"]}
+    tasks = {r["label"]: r for r in report["tasks"]}
+    groups = headline["flores_any"]["groups"]
+    assert groups == {"en->xx": 26.0, "xx->en": 33.0, "xx->yy": 12.0}
+    assert (tmp_path / "cpt" / "plots" / "flores_any_heatmap.png").stat().st_size > 0
+    langs, matrix = direction_matrix(tasks["flores_any"], "bleu")
+    assert langs == ["de", "en", "zh"]
+    assert matrix[0, 1] == 33.0 and matrix[1, 0] == 26.0 and matrix[0, 2] == 12.0
+    assert np.isnan(matrix[2, 0])
+
+    assert main(["compare", *(str(tmp_path / n) for n in runs), "--out",
+                 str(tmp_path / "cmp")]) == 0
+    comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    by_task = {t["task"]: t for t in comparison["tasks"]}
+    xcopa = by_task["xcopa"]
+    assert xcopa["subsets"][0] == {"subset": "zh", "values": [50.0, 55.0, 61.0],
+                                   "deltas": [5.0, 11.0]}
+    assert xcopa["average"] == {"values": [55.0, 56.5, 65.5], "deltas": [1.5, 10.5]}
+    flores = by_task["flores_any"]
+    assert flores["groups"]["en->xx"] == {"values": [20.0, 26.0, 21.0], "deltas": [6.0, 1.0]}
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| zh | 50.00 | 55.00 | 61.00 | +5.00 | +11.00 |" in md
+    assert "| xcopa | acc | 55.00 | 56.50 | 65.50 | +1.50 | +10.50 |" in md
+    assert "compare needs at least two" in _one_line_error(
+        capsys, ["compare", str(tmp_path / "base"), "--out", str(tmp_path / "c1")])

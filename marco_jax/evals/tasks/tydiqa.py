@@ -1,7 +1,9 @@
 """TyDi QA GoldP (extractive QA), 1-shot, F1 / exact match (official SQuAD v1.1 script).
 
-Reads the SQuAD-1.1 JSON the XTREME/TyDi QA release publishes, `<dir>/tydiqa.goldp.<lang>.<split>
-.json` (data[].paragraphs[].{context, qas[].{id, question, answers[].text}}). The model generates
+Reads the SQuAD-1.1 JSON of the GoldP task (data[].paragraphs[].{context, qas[].{id, question,
+answers[].text}}): per language as XTREME publishes it, `<dir>/tydiqa.goldp.<lang>.<split>.json`,
+or else the official all-language file `<dir>/tydiqa-goldp-v1.1-<split>.json`, whose question ids
+start with the language's English name ("swahili-..."). The model generates
 the answer after "Answer:" up to the end of the line; the demonstration is another question of
 the same file.
 """
@@ -29,8 +31,9 @@ from marco_jax.evals.tasks.languages import language_name
 LANGUAGES = ("en", "ar", "bn", "fi", "id", "ko", "ru", "sw", "te")
 
 
-def read_squad(path: Path) -> tuple[list[dict], int]:
-    """([{id, context, question, answers}], questions dropped for having no non-empty answer)."""
+def read_squad(path: Path, id_prefix: str = "") -> tuple[list[dict], int]:
+    """([{id, context, question, answers}], questions dropped for having no non-empty answer);
+    only the questions whose id starts with `id_prefix`."""
     try:
         data = json.loads(require_file(path, "SQuAD json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -40,6 +43,8 @@ def read_squad(path: Path) -> tuple[list[dict], int]:
         for paragraph in field(article, "paragraphs", str(path)):
             context = field(paragraph, "context", str(path))
             for qa in field(paragraph, "qas", str(path)):
+                if not str(qa.get("id", "")).startswith(id_prefix):
+                    continue
                 answers = tuple(a["text"] for a in field(qa, "answers", f"{path} {qa.get('id')}")
                                 if a["text"].strip())
                 if not answers:  # XTREME's dev files blank their answers: nothing to score
@@ -66,7 +71,16 @@ def load(data_root: Path, *, path: str = "benchmarks/tydiqa_goldp",
     directory = resolve(data_root, path)
     subsets, dropped = [], {}
     for lang in languages:
-        questions, unanswerable = read_squad(directory / f"tydiqa.goldp.{lang}.{split}.json")
+        per_language = directory / f"tydiqa.goldp.{lang}.{split}.json"
+        if per_language.is_file():
+            questions, unanswerable = read_squad(per_language)
+        else:
+            questions, unanswerable = read_squad(directory / f"tydiqa-goldp-v1.1-{split}.json",
+                                                 f"{language_name(lang).lower()}-")
+            if not questions:
+                raise EvalDataError(f"{directory}: neither {per_language.name} nor questions "
+                                    f"with ids '{language_name(lang).lower()}-...' in "
+                                    f"tydiqa-goldp-v1.1-{split}.json")
         if unanswerable:
             dropped["no gold answer"] = dropped.get("no gold answer", 0) + unanswerable
         header = (f"Answer each question about a {language_name(lang)} passage with a short "
