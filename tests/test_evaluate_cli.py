@@ -246,3 +246,43 @@ def test_compare_three_runs_by_hand(tmp_path, capsys):
     assert "| xcopa | acc | 55.00 | 56.50 | 65.50 | +1.50 | +10.50 |" in md
     assert "compare needs at least two" in _one_line_error(
         capsys, ["compare", str(tmp_path / "base"), "--out", str(tmp_path / "c1")])
+
+
+FIXTURE_SUITE = """
+def get_config():
+    return {{
+        "data_root": {root!r}, "batch_size": 8, "max_len": 1024, "length_buckets": [512, 1024],
+        "tasks": [
+            {{"name": "mmmlu", "path": "mmmlu", "languages": ["de", "zh"]}},
+            {{"name": "mmlu", "path": "mmlu"}},
+            {{"name": "ceval", "path": "ceval"}},
+            {{"name": "xstorycloze", "path": "xstorycloze", "languages": ["en", "ru"]}},
+            {{"name": "arc", "path": "arc"}},
+            {{"name": "belebele", "path": "belebele", "languages": ["zh"]}},
+            {{"name": "tydiqa", "path": "tydiqa", "languages": ["sw", "fi"],
+              "max_new_tokens": 8}},
+            {{"name": "wmt16", "path": "wmt16", "pairs": ["de-en", "ro-en"],
+              "max_new_tokens": 8}},
+        ],
+    }}
+"""
+
+
+@pytest.mark.slow  # every task of the demo suite and of our fixtures through the model (~1 min)
+def test_every_task_runs_through_the_suite(checkpoints, tmp_path):
+    from marco_jax.evals.suite import load_suite_config
+
+    _, ours = checkpoints
+    fixture_config = tmp_path / "eval_fixtures.py"
+    fixture_config.write_text(FIXTURE_SUITE.format(root=str(FIXTURES)))
+    demo = Path(__file__).resolve().parents[1] / "configs" / "eval_demo.py"
+    for config, out in ((demo, tmp_path / "demo"), (fixture_config, tmp_path / "fixtures")):
+        assert main(["--config", str(config), "--checkpoint", str(ours), "--out", str(out),
+                     "--limit", "1", "--no-progress"]) == 0
+        labels = [t.label for t in load_suite_config(config).tasks]
+        assert sorted(p.stem for p in (out / "tasks").glob("*.json")) == sorted(labels)
+        for label in labels:
+            result = json.loads((out / "tasks" / f"{label}.json").read_text())
+            assert result["scores"] and all(row["n"] == 1 for row in result["scores"].values())
+            primary = result["average"][result["primary_metric"]]
+            assert 0.0 <= primary <= 100.0
