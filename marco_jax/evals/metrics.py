@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import sacrebleu
+import sentencepiece
 
 # --- multiple choice -------------------------------------------------------------------------
 
@@ -107,8 +108,6 @@ def corpus_chrf_pp(hypotheses: Sequence[str], references: Sequence[str]) -> floa
 
 @functools.cache
 def _sentencepiece(model_path: str):
-    import sentencepiece  # optional dependency: only spBLEU needs it
-
     processor = sentencepiece.SentencePieceProcessor()
     processor.Load(model_path)
     return processor
