@@ -9,6 +9,7 @@ import importlib.resources
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hf_tokenizer_reference import build_hf_qwen2_tokenizer
 
@@ -21,6 +22,7 @@ from marco_jax.data.chat_records import (
     parse_chat_record,
     read_chat_examples,
 )
+from marco_jax.data.post_training import dpo_batches, process_rows, read_dpo_pairs, sft_batches
 from marco_jax.data.tasks import TaskSpec
 from marco_jax.data.tokenizer import get_tokenizer
 
@@ -219,3 +221,50 @@ def test_sample_records_mask_equals_transformers(hf_chat):
                                               return_assistant_tokens_mask=True)
             assert ids.tolist() == list(out["input_ids"]), example.where
             assert target_mask.tolist() == list(out["assistant_masks"])[1:], example.where
+
+
+# -- batches over epochs ----------------------------------------------------------------------
+def test_sft_batches_cover_each_epoch_once_and_resume_by_step():
+    files = [str(p) for p in sorted(SAMPLE_SFT.glob("*.jsonl"))]
+    batches, counters = sft_batches(files, ("en", "de", "zh"), seq_len=256, global_batch=4)
+    assert counters.kept == 56 and not counters.skipped
+    per_epoch = [batches.batches_in_epoch(e) for e in range(2)]
+
+    def conversations(steps):
+        found = []
+        for s in steps:
+            b = batches.batch(s)
+            for r in range(len(b["tokens"])):
+                for seg in range(1, b["segment_ids"][r].max() + 1):
+                    at = b["segment_ids"][r] == seg
+                    found.append(tuple(b["tokens"][r][at][:40]))
+        return found
+    first = conversations(range(per_epoch[0]))
+    second = conversations(range(per_epoch[0], per_epoch[0] + per_epoch[1]))
+    assert len(first) == len(second) == 56 and sorted(first) == sorted(second)
+    assert first != second  # reshuffled
+    # a restart rebuilds the same batch for the same step, language ids included
+    again, _ = sft_batches(files, ("en", "de", "zh"), seq_len=256, global_batch=4)
+    step = per_epoch[0] + 1
+    for k, v in batches.batch(step).items():
+        assert np.array_equal(v, again.batch(step)[k]), k
+    langs = batches.batch(0)["language_ids"]
+    assert set(np.unique(langs)) <= {-1, 0, 1, 2} and (langs >= 0).any()
+    halves = [process_rows(batches.batch(0), p, 2) for p in range(2)]
+    assert np.array_equal(np.concatenate([h["tokens"] for h in halves]),
+                          batches.batch(0)["tokens"])
+
+
+def test_dpo_batches_cover_each_epoch_once():
+    pairs, _ = read_dpo_pairs(str(SAMPLE_SFT.parent / "dpo" / "messages.jsonl"), seq_len=256)
+    ref = np.arange(2 * len(pairs), dtype=np.float32).reshape(-1, 2)
+    batches = dpo_batches(pairs, ("en",), seq_len=256, pairs_per_row=2, global_batch=4,
+                          ref_logps=ref)
+    seen = []
+    for s in range(batches.batches_in_epoch(0)):
+        b = batches.batch(s)
+        ids = b["pair_ids"][b["pair_ids"] >= 0]
+        seen += ids.tolist()
+        assert np.array_equal(b["ref_chosen_logps"][b["pair_ids"] >= 0], ref[ids, 0])
+        assert (b["chosen_segment"][b["pair_ids"] < 0] == 0).all()
+    assert sorted(seen) == list(range(len(pairs)))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from flax import nnx
 from hf_fixtures import make_hf_model
 from parity_fixtures import load_hf_weights
+from posttrain_fixtures import tiny_train
 
 from marco_jax.data.chat_records import language_index, pack_sft_rows, read_chat_examples
 from marco_jax.data.row_packing import pad_rows
@@ -122,3 +123,12 @@ def test_prompt_tokens_carry_no_gradient(models, encoded):
         edited["targets"][tuple(slot)] = (edited["targets"][tuple(slot)] + 1) % VOCAB
         loss, _, _ = loss_and_grads(model, objective, edited)
         assert (loss != base) == changes
+
+
+@pytest.mark.slow
+def test_tiny_run_memorises_the_assistant_tokens(encoded):
+    rows = pad_rows(pack_sft_rows(encoded[:4], seq_len=128), 2)
+    history, _ = tiny_train(OBJECTIVE, {k: jnp.asarray(rows[k]) for k in OBJECTIVE.batch_keys},
+                            steps=90, lr=1e-2, vocab=VOCAB)
+    assert history[0]["loss"] > 5.0 and history[-1]["loss"] < 0.05
+    assert all(v < 0.1 for k, v in history[-1].items() if k.startswith("loss/"))
