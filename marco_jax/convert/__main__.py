@@ -8,6 +8,10 @@
 Our checkpoints (OUT_DIR) and training workdirs (RUN_DIR) may be local or gs://; HF directories
 are local (download / upload them with `gcloud storage rsync -r`). run-to-* read only the params
 of the run's step (default: the latest), never its optimizer state.
+
+hf-to-orbax refuses a non-empty OUT_DIR (--overwrite replaces the checkpoint in it) and NaN/Inf
+weights, naming the tensor (--allow-nonfinite converts them as they are). Bad input of any kind:
+one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     vocab = imp.add_mutually_exclusive_group()
     vocab.add_argument("--vocab-size", type=int, help="pad (zeros) or trim vocab rows to this")
     vocab.add_argument("--vocab-multiple", type=int, help="pad vocab rows up to a multiple")
-    imp.add_argument("--overwrite", action="store_true")
+    imp.add_argument("--overwrite", action="store_true",
+                     help="replace the checkpoint in a non-empty --out (refused otherwise)")
+    imp.add_argument("--allow-nonfinite", action="store_true",
+                     help="convert NaN/Inf weights as they are (refused otherwise)")
     exp = sub.add_parser("orbax-to-hf", help="our checkpoint -> HF safetensors dir")
     exp.add_argument("--checkpoint", required=True, help="our checkpoint dir (local or gs://)")
     _hf_out_args(exp)
@@ -73,7 +80,8 @@ def _run(args: argparse.Namespace) -> str:
             raise FileNotFoundError(f"--hf {args.hf}: no config.json (expected a HF model dir)")
         config = convert_hf_to_orbax(args.hf, args.out, dtype=args.dtype,
                                      vocab_size=args.vocab_size,
-                                     vocab_multiple=args.vocab_multiple, overwrite=args.overwrite)
+                                     vocab_multiple=args.vocab_multiple, overwrite=args.overwrite,
+                                     allow_nonfinite=args.allow_nonfinite)
         return f"converted {args.hf} -> {args.out} ({config.num_params():,} params, " \
                f"{config.param_dtype})"
     if args.command == "orbax-to-hf":
@@ -99,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         print(_run(args))
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)  # ImportError: torch missing for a .bin checkpoint
         return 2
     return 0
 
