@@ -26,6 +26,7 @@ def architecture_mismatches(stored: dict[str, Any], run: Qwen2Config,
                             ignore: tuple[str, ...] = ()) -> list[str]:
     """`field: checkpoint X, run Y` for every architecture field that differs."""
     expected = architecture(run)
+    stored = {k: v for k, v in stored.items() if k not in _LAYOUT_FREE}
     return [f"model.{k}: checkpoint {stored.get(k)!r}, run {expected.get(k)!r}"
             for k in sorted(set(stored) | set(expected))
             if k not in ignore and stored.get(k) != expected.get(k)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -101,8 +102,15 @@ class RunCheckpointer:
         return None
 
     def _skip(self, step: int, reason: str) -> None:
-        log.warning("checkpoint step %d skipped (%s); trying an older step", step, reason)
-        self.skipped.append({"step": step, "reason": reason})
+        """Set an unreadable step aside (renamed, never deleted) so the run can save that step
+        number again, and record why."""
+        src = self.directory / str(step)
+        dest = self.directory / f"{step}.unreadable-{int(time.time())}"
+        src.rename(dest)
+        self.manager.reload()
+        log.warning("checkpoint step %d is unreadable (%s); kept as %s, trying an older step",
+                    step, reason, dest)
+        self.skipped.append({"step": step, "reason": reason, "kept_as": str(dest)})
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -211,41 +211,58 @@ class Preemption(Hook):
 
 
 class Checkpointing(Hook):
-    """Periodic (and final) saves. A background save that failed surfaces at the next step
-    boundary: it is retried once synchronously, and if that fails too the run stops with
-    CheckpointSaveFailed (Orbax commits a step only when it is whole, so no partial step is
-    left looking valid)."""
+    """Periodic (and final) saves. A failed save -- raised by `save` itself, or by a background
+    write and surfaced at the next step boundary -- is retried once synchronously for the
+    current step; if that fails too the run stops with CheckpointSaveFailed. Orbax commits a
+    step only when it is whole, so no partial step is left looking valid."""
 
     def __init__(self, every: int):
         self.every = every
 
     def after_step(self, run: Run, sums: dict) -> None:
-        self._surface_errors(run)
+        if not self._healthy(run):
+            return  # the synchronous retry just saved this step
         if run.stop:
             return
         if (self.every > 0 and run.step % self.every == 0) or run.step == run.total_steps:
-            run.save(run.step, force=run.step == run.total_steps)
+            self._save(run, force=run.step == run.total_steps)
 
-    def _surface_errors(self, run: Run) -> None:
+    def _healthy(self, run: Run) -> bool:
         try:
             run.checkpointer.check_for_errors()
-        except Exception as first:  # noqa: BLE001 - any failed write
-            retries = run.summary.setdefault("checkpoint_retries", [])
-            retries.append({"step": run.step, "error": f"{type(first).__name__}: {first}"[:300]})
-            try:
-                run.save(run.step, force=True)
-                run.checkpointer.manager.wait_until_finished()
-                run.checkpointer.check_for_errors()
-            except Exception as second:  # noqa: BLE001
-                run.status = "stopped: checkpoint save failed"
-                raise CheckpointSaveFailed(
-                    f"saving a checkpoint failed ({first}); the synchronous retry at step "
-                    f"{run.step} failed too ({second}). Check free space and permissions of "
-                    f"{run.checkpointer.directory}") from None
+            return True
+        except Exception as e:  # noqa: BLE001 - any failed background write
+            self._retry(run, e)
+            return False
+
+    def _save(self, run: Run, force: bool) -> None:
+        try:
+            run.save(run.step, force=force)
+        except Exception as e:  # noqa: BLE001
+            self._retry(run, e)
+
+    def _retry(self, run: Run, first: BaseException) -> None:
+        retries = run.summary.setdefault("checkpoint_retries", [])
+        retries.append({"step": run.step, "error": f"{type(first).__name__}: {first}"[:300]})
+        try:
+            run.checkpointer.manager.wait_until_finished()
+            run.save(run.step, force=True)
+            run.checkpointer.manager.wait_until_finished()
+            run.checkpointer.check_for_errors()
+        except Exception as second:  # noqa: BLE001
+            run.status = "stopped: checkpoint save failed"
+            raise CheckpointSaveFailed(
+                f"saving a checkpoint failed ({first}); the synchronous retry at step "
+                f"{run.step} failed too ({second}). Check free space and permissions of "
+                f"{run.checkpointer.directory}") from None
 
     def on_end(self, run: Run) -> None:
-        run.checkpointer.manager.wait_until_finished()
-        self._surface_errors(run)
+        try:
+            run.checkpointer.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            self._retry(run, e)
+            return
+        self._healthy(run)
 
 
 class RunReport(Hook):
