@@ -16,19 +16,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
-from etils import epath
 
-from marco_jax.checkpoint import load_model
-from marco_jax.convert.hf_to_ours import convert_hf_to_orbax
 from marco_jax.evals.engine import Engine
 from marco_jax.evals.report import ResultsError, compare, write_report
-from marco_jax.evals.suite import EvalConfigError, SuiteConfig, load_suite_config, run_suite
+from marco_jax.evals.suite import (
+    EvalConfigError,
+    SuiteConfig,
+    checkpoint_kind,
+    load_eval_model,
+    load_suite_config,
+    run_suite,
+    suite_mesh,
+)
 from marco_jax.evals.tasks import EvalDataError
+from marco_jax.parallel import initialize_distributed
 
 EXIT_BAD_INPUT = 2
 
@@ -61,39 +65,6 @@ def _compare_parser() -> argparse.ArgumentParser:
     return p
 
 
-def checkpoint_kind(path: str) -> str:
-    """"ours", "run" or "hf"; EvalConfigError naming what was expected otherwise."""
-    root = epath.Path(path)
-    if (root / "model_config.json").exists():
-        return "ours"
-    if (root / "checkpoints").exists():
-        return "run"
-    if (root / "config.json").exists() and (any(root.glob("*.safetensors"))
-                                            or any(root.glob("*.bin"))):
-        return "hf"
-    raise EvalConfigError(f"--checkpoint {path}: not a converted checkpoint (model_config.json), a "
-                     "training workdir (checkpoints/) or a HF directory (config.json + "
-                     "safetensors)")
-
-
-def model_loader(path: str, kind: str, step: int | None, dtype: str) -> Callable:
-    """A function returning the model (HF directories are converted into a temporary directory
-    that is removed once the params are in memory)."""
-    overrides = {"dtype": dtype} if dtype else {}
-
-    def load():
-        try:
-            if kind == "hf":
-                with tempfile.TemporaryDirectory(prefix="marco_eval_hf_") as tmp:
-                    convert_hf_to_orbax(path, Path(tmp) / "converted")
-                    return load_model(Path(tmp) / "converted", **overrides)
-            return load_model(path, step=step, **overrides)
-        except (ValueError, FileNotFoundError) as e:  # unreadable or mismatched checkpoint
-            raise EvalConfigError(f"--checkpoint {path}: {str(e).splitlines()[0]}") from None
-
-    return load
-
-
 def _select(config: SuiteConfig, labels: str | None) -> SuiteConfig:
     if not labels:
         return config
@@ -119,16 +90,15 @@ def _run(argv: list[str]) -> int:
     if args.limit is not None and args.limit < 0:
         raise EvalConfigError(f"--limit {args.limit}: expected >= 0")
     kind = checkpoint_kind(args.checkpoint)
-    if args.step is not None and kind != "run":
-        raise EvalConfigError(f"--step needs a training workdir; {args.checkpoint} is a "
-                              f"{'HF directory' if kind == 'hf' else 'converted checkpoint'}")
+    initialize_distributed()
     checkpoint_name = Path(args.checkpoint.rstrip("/")).name
     out = Path(args.out or f"eval_results/{Path(args.config).stem}-{checkpoint_name}")
-    load = model_loader(args.checkpoint, kind, args.step, config.dtype)
 
     def make_engine() -> Engine:
-        return Engine(load(), batch_size=config.batch_size, max_len=config.max_len,
-                      length_buckets=config.length_buckets)
+        mesh = suite_mesh(config)
+        model = load_eval_model(args.checkpoint, step=args.step, dtype=config.dtype, mesh=mesh)
+        return Engine(model, batch_size=config.batch_size, max_len=config.max_len,
+                      length_buckets=config.length_buckets, mesh=mesh)
 
     meta = {"checkpoint": str(args.checkpoint), "checkpoint_kind": kind, "step": args.step,
             "name": args.name or checkpoint_name + (f"@{args.step}" if args.step else "")}

@@ -286,3 +286,25 @@ def test_every_task_runs_through_the_suite(checkpoints, tmp_path):
             assert result["scores"] and all(row["n"] == 1 for row in result["scores"].values())
             primary = result["average"][result["primary_metric"]]
             assert 0.0 <= primary <= 100.0
+
+
+def test_mesh_sharded_suite_equals_one_device(checkpoints, config, tmp_path):
+    """With `mesh` (params read into their shards, batch rows over data x fsdp) the per-item
+    log-likelihoods equal the one-device run's, and so do the accuracies."""
+    _, ours = checkpoints
+    sharded = tmp_path / "eval_mesh.py"
+    sharded.write_text(config.read_text().replace('"batch_size": 8,',
+                                                  '"batch_size": 8, "mesh": {"data": 2, '
+                                                  '"fsdp": 2, "tensor": 2},'))
+    args = ["--checkpoint", str(ours), "--limit", "3", "--no-progress", "--tasks", "xcopa"]
+    assert main(["--config", str(config), "--out", str(tmp_path / "one")] + args) == 0
+    assert main(["--config", str(sharded), "--out", str(tmp_path / "mesh")] + args) == 0
+    meta = json.loads((tmp_path / "mesh" / "meta.json").read_text())
+    assert meta["suite"]["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+
+    def logprobs(out: str) -> np.ndarray:
+        lines = (tmp_path / out / "predictions" / "xcopa.jsonl").read_text().splitlines()
+        return np.array([json.loads(line)["logprobs"] for line in lines])
+
+    np.testing.assert_allclose(logprobs("mesh"), logprobs("one"), atol=1e-4, rtol=0)
+    assert _scores(tmp_path / "mesh") == _scores(tmp_path / "one")

@@ -19,12 +19,18 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from etils import epath
+from jax.sharding import Mesh
+
+from marco_jax.checkpoint import load_model, params_location
 from marco_jax.config.load import load_module
+from marco_jax.convert.hf_to_ours import convert_hf_to_orbax
 from marco_jax.evals import metrics
 from marco_jax.evals.tasks import (
     ChoiceItem,
@@ -34,6 +40,9 @@ from marco_jax.evals.tasks import (
     load_task,
     task_options,
 )
+from marco_jax.model.init import abstract_model
+from marco_jax.model.qwen2 import Qwen2ForCausalLM
+from marco_jax.parallel import MESH_AXES, build_mesh, pure_dict_shardings
 
 SCHEMA_VERSION = 1
 
@@ -70,9 +79,13 @@ class SuiteConfig:
     limit: int = 0  # items per subset (0: all)
     prompts_saved: int = 3
     dtype: str = ""  # compute dtype override ("bfloat16", "float32"); "" keeps the checkpoint's
+    # In-slice mesh axis sizes (data/fsdp/tensor, -1 = the rest) to shard the model and the
+    # batches over; empty: one device.
+    mesh: tuple[tuple[str, int], ...] = ()
 
     def to_json(self) -> dict:
         return {"data_root": str(self.data_root), "batch_size": self.batch_size,
+                "mesh": dict(self.mesh),
                 "max_len": self.max_len, "length_buckets": list(self.length_buckets),
                 "limit": self.limit, "prompts_saved": self.prompts_saved, "dtype": self.dtype,
                 "tasks": [{"name": t.name, "label": t.label, **dict(t.options)}
@@ -136,6 +149,12 @@ def parse_suite_config(raw: Any, *, base_dir: Path) -> SuiteConfig:
     if values.get("dtype", "") not in ("", "float32", "bfloat16", "float16"):
         raise EvalConfigError(f"suite config key 'dtype': {values['dtype']!r} is not float32, "
                               "bfloat16 or float16")
+    mesh = values.get("mesh") or {}
+    if not isinstance(mesh, dict) or set(mesh) - set(MESH_AXES) or not all(
+            isinstance(v, int) for v in mesh.values()):
+        raise EvalConfigError(f"suite config key 'mesh': expected {{axis: size}} over "
+                              f"{list(MESH_AXES)} (-1 = the remaining devices), got {mesh!r}")
+    values["mesh"] = tuple(mesh.items())
     data_root = Path(values.pop("data_root", "../shared/data")).expanduser()
     if not data_root.is_absolute():
         data_root = (base_dir / data_root).resolve()
@@ -278,6 +297,58 @@ def render_prompts(task: TaskData, records: Sequence[dict], count: int) -> str:
             parts.append(f"- references: {[r for r in item.references]!r}")
         parts.append("")
     return "\n".join(parts) + "\n"
+
+
+# --- the model ------------------------------------------------------------------------------
+
+
+def checkpoint_kind(path: str) -> str:
+    """"ours" (model_config.json + params/), "run" (a training workdir) or "hf" (config.json +
+    safetensors); EvalConfigError naming what was expected otherwise."""
+    root = epath.Path(path)
+    if (root / "model_config.json").exists():
+        return "ours"
+    if (root / "checkpoints").exists():
+        return "run"
+    if (root / "config.json").exists() and (any(root.glob("*.safetensors"))
+                                            or any(root.glob("*.bin"))):
+        return "hf"
+    raise EvalConfigError(f"--checkpoint {path}: not a converted checkpoint (model_config.json), "
+                          "a training workdir (checkpoints/) or a HF directory (config.json + "
+                          "safetensors)")
+
+
+def suite_mesh(config: SuiteConfig) -> Mesh | None:
+    return build_mesh(dict(config.mesh)) if config.mesh else None
+
+
+def load_eval_model(path: str, *, step: int | None = None, dtype: str = "",
+                    mesh: Mesh | None = None) -> Qwen2ForCausalLM:
+    """The model of any checkpoint kind, its params read straight into their shards on `mesh`
+    (a HF directory is first converted into a temporary directory, removed once loaded)."""
+    kind = checkpoint_kind(path)
+    if step is not None and kind != "run":
+        raise EvalConfigError(f"--step needs a training workdir; {path} is a "
+                              f"{'HF directory' if kind == 'hf' else 'converted checkpoint'}")
+    overrides = {"dtype": dtype} if dtype else {}
+
+    def load(source: str | Path) -> Qwen2ForCausalLM:
+        shardings = None
+        if mesh is not None:
+            config, _ = params_location(source, step)
+            shardings = pure_dict_shardings(abstract_model(config)[1], mesh)
+        return load_model(source, shardings, step=step, **overrides)
+
+    try:
+        if kind == "hf":
+            with tempfile.TemporaryDirectory(prefix="marco_eval_hf_") as tmp:
+                convert_hf_to_orbax(path, Path(tmp) / "converted")
+                return load(Path(tmp) / "converted")
+        return load(path)
+    except (ValueError, FileNotFoundError) as e:  # unreadable or mismatched checkpoint
+        if isinstance(e, EvalConfigError):
+            raise
+        raise EvalConfigError(f"--checkpoint {path}: {str(e).splitlines()[0]}") from None
 
 
 # --- the suite --------------------------------------------------------------------------------
