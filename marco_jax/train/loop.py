@@ -200,7 +200,8 @@ def run_loop(run: Run, step_fn: Callable, hooks: list[H.Hook]) -> dict[str, Any]
     try:
         while run.step < run.total_steps and not run.stop:
             batch = run.global_batch(next(run.train_it))
-            run.state, sums = step_fn(run.state, batch, run.reference)
+            extra = () if run.reference is None else (run.reference,)
+            run.state, sums = step_fn(run.state, batch, *extra)
             run.step += 1
             for hook in hooks:
                 hook.after_step(run, sums)

@@ -99,6 +99,8 @@ def jit_train_step(step: Callable, state_shardings: Any, batch_sharding: Any,
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(trace_under_mesh(step, mesh),
-                   in_shardings=(state_shardings, batch_sharding, reference_shardings),
+    in_shardings = (state_shardings, batch_sharding)
+    if reference_shardings is not None:  # step(state, batch, reference)
+        in_shardings += (reference_shardings,)
+    return jax.jit(trace_under_mesh(step, mesh), in_shardings=in_shardings,
                    out_shardings=(state_shardings, replicated), donate_argnums=0)
