@@ -10,7 +10,6 @@ both. The 72B compile takes a long time on a small CPU machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -18,17 +17,16 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from marco_jax.parallel.aot_fit import check_fit  # noqa: E402
+from marco_jax.config import load_config_file  # noqa: E402
 from marco_jax.parallel.topologies import GIB, parse_slice  # noqa: E402
+from marco_jax.train.aot_fit import check_fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return load_config_file(ROOT / "configs" / f"{name}.py")
+
 
 
 def main() -> int:
@@ -48,7 +46,7 @@ def main() -> int:
         rows.append({
             "config": f"cpt_{size}_stage{{1,2}}", "slice": config.topology,
             "mesh": report.mesh, "batch": f"{report.global_batch} x {report.seq_len}",
-            "grad_accum": int(config.optim.grad_accum_steps),
+            "grad_accum": config.optim.grad_accum_steps,
             "remat": config.model.remat_policy,
             "hbm_gib": None if report.error else report.total_bytes / GIB,
             "capacity_gib": report.capacity_bytes / GIB, "fits": report.fits,

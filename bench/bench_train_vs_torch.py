@@ -33,35 +33,29 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from marco_jax.config.schema import OptimSection  # noqa: E402
 from marco_jax.model.config import get_preset  # noqa: E402
 from marco_jax.model.qwen2 import init_model  # noqa: E402
-from marco_jax.train.flops import measure_matmul_flops, model_flops_per_token  # noqa: E402
-from marco_jax.train.optimizer import make_optimizer  # noqa: E402
+from marco_jax.train.flops import measure_matmul_flops  # noqa: E402
+from marco_jax.train.lm import LanguageModeling  # noqa: E402
+from marco_jax.train.optimizer import make_optimizer, make_schedule  # noqa: E402
 from marco_jax.train.state import TrainState  # noqa: E402
 from marco_jax.train.step import make_train_step  # noqa: E402
 
-
-def _config(steps: int, loss_chunk: int) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "optim": dict(peak_lr=1e-4, end_lr_ratio=1.0, warmup_steps=0, schedule="constant",
-                      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
-                      grad_accum_steps=1, decay_embeddings=True),
-        "train": dict(steps=steps, loss_chunk=loss_chunk),
-        "data": dict(num_sources=0),
-    })
+OPTIM = OptimSection(peak_lr=1e-4, end_lr_ratio=1.0, warmup_steps=0, schedule="constant",
+                     b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0)
 
 
 def bench_jax(model_cfg, tokens: np.ndarray, steps: int, warmup: int, loss_chunk: int):
     b, t1 = tokens.shape
-    cfg = _config(steps + warmup, loss_chunk)
     graphdef, state = nnx.split(init_model(model_cfg, seed=0))
-    tx = make_optimizer(cfg.optim, cfg.train.steps)
+    tx = make_optimizer(OPTIM, steps + warmup)
     st = TrainState.create(nnx.to_pure_dict(state), tx)
-    step = jax.jit(make_train_step(graphdef, tx, cfg), donate_argnums=0)
+    step = jax.jit(make_train_step(graphdef, tx, LanguageModeling((), loss_chunk),
+                                   make_schedule(OPTIM, steps + warmup)), donate_argnums=0)
     t = t1 - 1
     batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
              "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)),
@@ -134,7 +128,7 @@ def main() -> None:
     tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size,
                                                (args.batch, args.seq + 1)).astype(np.int32)
     tokens_per_step = args.batch * args.seq
-    flops_tok = model_flops_per_token(model_cfg, args.seq)
+    flops_tok = model_cfg.train_flops_per_token(args.seq)
     peak = measure_matmul_flops(2048)
     print(f"model {args.preset}: {n / 1e6:.1f}M params, vocab {model_cfg.vocab_size}, "
           f"batch {args.batch} x seq {args.seq}, AdamW, fp32; {os.cpu_count()} CPU cores")
