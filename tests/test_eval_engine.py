@@ -197,3 +197,78 @@ def test_mesh_matches_single_device(pair, tokenizer, xcopa_requests):
                                [r[0] for r in single.loglikelihood(requests)], atol=1e-4)
     assert (sharded.generate(PROMPTS[:3], max_new_tokens=8)
             == single.generate(PROMPTS[:3], max_new_tokens=8))
+
+
+# -- multi-host: two JAX processes x two CPU devices (this file run as a script is the worker) --
+
+def _multihost_cases():
+    """Deterministic model and requests, the same in every process."""
+    from marco_jax.model.config import Qwen2Config
+    from marco_jax.model.qwen2 import init_model
+
+    config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, rope_theta=10_000.0)
+    rng = np.random.default_rng(0)
+    requests = [(rng.integers(0, 5000, n).tolist(), rng.integers(0, 5000, m).tolist())
+                for n, m in rng.integers(1, 40, (23, 2))]
+    prompts = [rng.integers(0, 5000, n).tolist() for n in rng.integers(1, 30, 7)]
+    return init_model(config, seed=0), requests, prompts
+
+
+def _multihost_results(engine: Engine, requests, prompts) -> dict:
+    scores = engine.loglikelihood_tokens(requests)
+    ids, _ = engine.generate_tokens(prompts, max_new_tokens=9, stop_token_ids=())
+    return {"logprob": [s[0] for s in scores], "greedy": [s[1] for s in scores], "ids": ids}
+
+
+def _multihost_worker() -> None:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    import os
+
+    jax.distributed.initialize(os.environ["EVAL_COORDINATOR"], num_processes=2,
+                               process_id=int(os.environ["EVAL_PROCESS_ID"]))
+    model, requests, prompts = _multihost_cases()
+    tok = get_tokenizer()
+    kwargs = dict(batch_size=4, max_len=64, length_buckets=(16, 32, 64))
+    mesh = Mesh(np.asarray(jax.devices()).reshape(2, 1, 2), ("data", "fsdp", "tensor"))
+    out = {"process": jax.process_index(), "devices": jax.device_count(),
+           "mesh": _multihost_results(Engine(model, tok, mesh=mesh, **kwargs), requests, prompts),
+           "shares": _multihost_results(Engine(model, tok, **kwargs), requests, prompts)}
+    print(json.dumps(out))
+
+
+@pytest.mark.slow  # two fresh JAX processes: ~30 s on two cores
+def test_two_processes_share_the_work_and_gather(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for pid in range(2):
+        env = dict(os.environ, EVAL_COORDINATOR=f"127.0.0.1:{port}", EVAL_PROCESS_ID=str(pid),
+                   JAX_PLATFORMS="cpu",
+                   XLA_FLAGS="--xla_force_host_platform_device_count=2")
+        procs.append(subprocess.Popen([sys.executable, __file__, "--multihost-worker"], env=env,
+                                      text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=400)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    model, requests, prompts = _multihost_cases()
+    single = _multihost_results(Engine(model, get_tokenizer(), batch_size=4, max_len=64,
+                                       length_buckets=(16, 32, 64)), requests, prompts)
+    assert sorted(o["process"] for o in outs) == [0, 1] and outs[0]["devices"] == 4
+    for o in outs:
+        for mode in ("mesh", "shares"):
+            np.testing.assert_allclose(o[mode]["logprob"], single["logprob"], atol=1e-4)
+            assert o[mode]["greedy"] == single["greedy"]
+            assert o[mode]["ids"] == single["ids"]
+
+
+if __name__ == "__main__" and "--multihost-worker" in __import__("sys").argv:
+    _multihost_worker()

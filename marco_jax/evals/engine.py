@@ -321,9 +321,9 @@ class Engine:
                 scored[r] += range(end - n_cont, end)
                 row_targets[r] += tgt[-n_cont:]
                 at = end
-        # Scored slots per row rounded up to a power of two (few compiled shapes), at most width.
+        # Scored slots per row: a power of two from width/8 to width (<= 4 shapes per width).
         most = max(len(x) for x in scored)
-        k = min(width, max(8, 1 << (most - 1).bit_length()))
+        k = min(width, max(8, width // 8, 1 << (most - 1).bit_length()))
         chunk = max(1, min(k, 2 ** int(math.log2(max(1, self.logits_tokens // rows)))))
         k = -(-k // chunk) * chunk
         select = np.zeros((rows, k), np.int32)
