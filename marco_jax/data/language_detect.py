@@ -43,7 +43,7 @@ _LATIN_WORDS = {
     "nl": "de het een en is van dat niet ik je op te zijn met voor",
     "tr": "ve bir bu için ne ile mi çok var gibi olan ben nedir",
     "az": "və üçün nə ilə çox kimi olan mən",
-    "id": "yang dan di ini itu dengan untuk tidak ada bisa tersebut sudah kami saat karena",
+    "id": "yang dan di ini itu dengan untuk tidak ada bisa tersebut sudah kami karena adalah",
     "ms": "yang dan di ini itu dengan untuk tidak ada ialah kerana boleh sahaja beliau iaitu",
     "pl": "i w nie się na to jest że z do co jak ale",
     "cs": "v je se na to že s z do jak ale co jsem jsou",
