@@ -79,6 +79,32 @@ def process_rows(batch: Rows, process_index: int, process_count: int) -> Rows:
     return {k: v[process_index * per:(process_index + 1) * per] for k, v in batch.items()}
 
 
+class StepIterator:
+    """The training loop's iterator over an `EpochBatches`: `next()` gives this process's rows of
+    global batch `step` and advances; the checkpointed state is just {"step": n}, so a restart
+    (or a rewound held-out pass) replays exactly."""
+
+    def __init__(self, batches: EpochBatches, process_index: int = 0, process_count: int = 1):
+        self.batches, self.process_index, self.process_count = batches, process_index, \
+            process_count
+        self.step = 0
+
+    def __iter__(self) -> StepIterator:
+        return self
+
+    def __next__(self) -> Rows:
+        rows = process_rows(self.batches.batch(self.step), self.process_index,
+                            self.process_count)
+        self.step += 1
+        return rows
+
+    def get_state(self) -> dict:
+        return {"step": self.step}
+
+    def set_state(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
 def sft_batches(patterns: Sequence[str], languages: Sequence[str], seq_len: int,
                 global_batch: int, seed: int = 0, on_bad_record: str = "error",
                 truncation: str = "drop_turns") -> tuple[EpochBatches, RecordCounters]:
