@@ -89,7 +89,7 @@ def _run(argv: list[str]) -> int:
         config = dataclasses.replace(config, batch_size=args.batch_size)
     if args.limit is not None and args.limit < 0:
         raise EvalConfigError(f"--limit {args.limit}: expected >= 0")
-    kind = checkpoint_kind(args.checkpoint)
+    kind = checkpoint_kind(args.checkpoint, args.step)
     initialize_distributed()
     checkpoint_name = Path(args.checkpoint.rstrip("/")).name
     out = Path(args.out or f"eval_results/{Path(args.config).stem}-{checkpoint_name}")

@@ -113,8 +113,9 @@ def _one_line_error(capsys, argv: list[str]) -> str:
     return err
 
 
-def test_bad_input_exits_2_with_one_line(checkpoints, config, tmp_path, capsys):
+def test_bad_input_exits_2_with_one_line(checkpoints, config, tmp_path, capsys, monkeypatch):
     _, ours = checkpoints
+    monkeypatch.chdir(tmp_path)  # the default --out is relative to the working directory
     err = _one_line_error(capsys, ["--config", str(config), "--checkpoint",
                                    str(tmp_path / "nope")])
     assert "nope: not a converted checkpoint" in err
@@ -124,6 +125,7 @@ def test_bad_input_exits_2_with_one_line(checkpoints, config, tmp_path, capsys):
     err = _one_line_error(capsys, ["--config", str(config), "--checkpoint", str(ours),
                                    "--step", "3"])
     assert "--step needs a training workdir" in err
+    assert not (tmp_path / "eval_results").exists()  # refused before writing anything
     err = _one_line_error(capsys, ["--config", str(tmp_path / "missing.py"), "--checkpoint",
                                    str(ours)])
     assert "missing.py: no such file" in err

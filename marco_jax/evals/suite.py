@@ -25,7 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import jax
+import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from marco_jax.checkpoint import load_model, params_location
@@ -302,17 +305,24 @@ def render_prompts(task: TaskData, records: Sequence[dict], count: int) -> str:
 # --- the model ------------------------------------------------------------------------------
 
 
-def checkpoint_kind(path: str) -> str:
+def checkpoint_kind(path: str, step: int | None = None) -> str:
     """"ours" (model_config.json + params/), "run" (a training workdir) or "hf" (config.json +
-    safetensors); EvalConfigError naming what was expected otherwise."""
+    safetensors); EvalConfigError naming what was expected otherwise, or when `step` is given
+    for anything but a training workdir."""
     root = epath.Path(path)
+    kind = None
     if (root / "model_config.json").exists():
-        return "ours"
-    if (root / "checkpoints").exists():
-        return "run"
-    if (root / "config.json").exists() and (any(root.glob("*.safetensors"))
-                                            or any(root.glob("*.bin"))):
-        return "hf"
+        kind = "ours"
+    elif (root / "checkpoints").exists():
+        kind = "run"
+    elif (root / "config.json").exists() and (any(root.glob("*.safetensors"))
+                                              or any(root.glob("*.bin"))):
+        kind = "hf"
+    if kind is not None and step is not None and kind != "run":
+        raise EvalConfigError(f"--step needs a training workdir; {path} is a "
+                              f"{'HF directory' if kind == 'hf' else 'converted checkpoint'}")
+    if kind is not None:
+        return kind
     raise EvalConfigError(f"--checkpoint {path}: not a converted checkpoint (model_config.json), "
                           "a training workdir (checkpoints/) or a HF directory (config.json + "
                           "safetensors)")
@@ -326,10 +336,7 @@ def load_eval_model(path: str, *, step: int | None = None, dtype: str = "",
                     mesh: Mesh | None = None) -> Qwen2ForCausalLM:
     """The model of any checkpoint kind, its params read straight into their shards on `mesh`
     (a HF directory is first converted into a temporary directory, removed once loaded)."""
-    kind = checkpoint_kind(path)
-    if step is not None and kind != "run":
-        raise EvalConfigError(f"--step needs a training workdir; {path} is a "
-                              f"{'HF directory' if kind == 'hf' else 'converted checkpoint'}")
+    kind = checkpoint_kind(path, step)
     overrides = {"dtype": dtype} if dtype else {}
 
     def load(source: str | Path) -> Qwen2ForCausalLM:
@@ -377,6 +384,18 @@ def check_output_dir(out_dir: Path, meta: dict) -> None:
                               "--out for a different checkpoint")
 
 
+def _already_written(result_file: Path, limit: int, log: Callable[[str], None], where: str
+                     ) -> bool:
+    """A task is skipped when its result exists and was computed with the same item limit."""
+    if not result_file.exists():
+        return False
+    written = json.loads(result_file.read_text(encoding="utf-8")).get("limit")
+    if written == (limit or None):
+        return True
+    log(f"{where}: written with limit {written}, re-running with limit {limit or None}")
+    return False
+
+
 def run_suite(config: SuiteConfig, out_dir: str | Path, make_engine: Callable[[], Any], *,
               meta: dict, limit: int | None = None, progress: bool = True,
               log: Callable[[str], None] = print, write: bool = True) -> list[dict]:
@@ -386,25 +405,24 @@ def run_suite(config: SuiteConfig, out_dir: str | Path, make_engine: Callable[[]
     out_dir = Path(out_dir)
     limit = config.limit if limit is None else limit
     check_output_dir(out_dir, meta)
+    total = len(config.tasks)
+    done = np.array([_already_written(out_dir / "tasks" / f"{spec.label}.json", limit, log,
+                                      f"[{number}/{total}] {spec.label}")
+                     for number, spec in enumerate(config.tasks, 1)], dtype=np.int32)
+    if jax.process_count() > 1:  # hosts may not share out_dir: the first host decides for all
+        done = np.asarray(multihost_utils.broadcast_one_to_all(done))
+    # Every pending task is loaded before the model: a bad file fails in seconds, not hours.
+    pending = {spec.label: load_task(spec.name, config.data_root, dict(spec.options))
+               for spec, skip in zip(config.tasks, done, strict=True) if not skip}
     if write:
         _write_atomic(out_dir / "meta.json", _json({**meta, "suite": config.to_json()}))
-    total, pending = len(config.tasks), {}
-    for number, spec in enumerate(config.tasks, 1):
-        result_file = out_dir / "tasks" / f"{spec.label}.json"
-        if result_file.exists():
-            result = json.loads(result_file.read_text(encoding="utf-8"))
-            if result.get("limit") == (limit or None):
-                continue
-            log(f"[{number}/{total}] {spec.label}: written with limit {result.get('limit')}, "
-                f"re-running with limit {limit or None}")
-        # Every pending task is loaded before the model: a bad file fails in seconds, not hours.
-        pending[spec.label] = load_task(spec.name, config.data_root, dict(spec.options))
     engine, results = None, []
     for number, spec in enumerate(config.tasks, 1):
         result_file = out_dir / "tasks" / f"{spec.label}.json"
         if spec.label not in pending:
             log(f"[{number}/{total}] {spec.label}: already written, skipped")
-            results.append(json.loads(result_file.read_text(encoding="utf-8")))
+            if result_file.exists():
+                results.append(json.loads(result_file.read_text(encoding="utf-8")))
             continue
         task = pending.pop(spec.label)
         n = sum(min(len(s.items), limit) if limit else len(s.items) for s in task.subsets)
