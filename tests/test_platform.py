@@ -43,6 +43,29 @@ def test_explicit_jax_platforms_always_wins():
     assert platform.choose_platforms(env) is None and "JAX_PLATFORMS" not in env
 
 
+@pytest.mark.parametrize("plugins,expected", [
+    ([], "cpu"),
+    (["xla_cuda12", "jax_cuda12_plugin"], "cuda,cpu"),
+    (["xla_rocm7"], "rocm,cpu"),
+    (["xla_cuda13", "some_vendor_plugin"], None),  # a platform we cannot name: do not guess
+])
+def test_platforms_named_from_installed_plugins(monkeypatch, plugins, expected):
+    monkeypatch.setattr(platform, "_installed_plugin_names", lambda: plugins)
+    assert platform.non_tpu_platforms() == expected
+
+
+def test_tpu_vm_and_machines_without_libtpu_are_left_alone(monkeypatch):
+    monkeypatch.setattr(platform, "_installed_plugin_names", lambda: [])
+    monkeypatch.setattr(platform, "tpu_device_present", lambda: True)
+    env: dict[str, str] = {}
+    assert platform.choose_platforms(env) is None and env == {}
+    monkeypatch.setattr(platform, "tpu_device_present", lambda: False)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(platform.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "libtpu" else real_find_spec(name, *a))
+    assert platform.choose_platforms(env) is None and env == {}
+
+
 def test_tensorflow_log_level_default_and_override():
     env: dict[str, str] = {}
     platform.quiet_tensorflow(env)
