@@ -232,6 +232,9 @@ def test_compare_three_runs_by_hand(tmp_path, capsys):
     assert langs == ["de", "en", "zh"]
     assert matrix[0, 1] == 33.0 and matrix[1, 0] == 26.0 and matrix[0, 2] == 12.0
     assert np.isnan(matrix[2, 0])
+    md = (tmp_path / "cpt" / "report.md").read_text()
+    assert "| language | xcopa |" in md and "| zh | 55.00 |" in md and "| sw | 58.00 |" in md
+    assert "| *en->xx* (1) | | *26.00* |" in md
 
     assert main(["compare", *(str(tmp_path / n) for n in runs), "--out",
                  str(tmp_path / "cmp")]) == 0

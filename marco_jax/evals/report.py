@@ -87,6 +87,25 @@ def headline(results: Sequence[dict]) -> list[dict]:
     return rows
 
 
+def by_language(results: Sequence[dict]) -> tuple[list[str], list[str], dict]:
+    """(languages, task labels, {(language, label): primary metric}) over the tasks reported per
+    language (a language's sub-tasks averaged), for the cross-task overview table."""
+    labels, cells = [], {}
+    for r in results:
+        if r.get("grouping") == "direction":
+            continue
+        metric = r["primary_metric"]
+        values: dict[str, list[float]] = {}
+        for row in r["scores"].values():
+            values.setdefault(row["language"], []).append(row.get(metric))
+        labels.append(r["label"])
+        for lang, vs in values.items():
+            vs = [v for v in vs if v is not None and not math.isnan(v)]
+            cells[(lang, r["label"])] = sum(vs) / len(vs) if vs else float("nan")
+    languages = sorted({lang for lang, _ in cells})
+    return languages, labels, cells
+
+
 def task_markdown(result: dict) -> str:
     columns = _metric_columns(result)
     lines = [f"## {result['label']} ({result['task']}: {result['primary_metric']}; "
@@ -114,13 +133,16 @@ def task_markdown(result: dict) -> str:
 
 
 def _bar_plot(path: Path, labels: Sequence[str], series: dict[str, Sequence[float]], title: str,
-              ylabel: str) -> None:
+              ylabel: str, signed: bool = False) -> None:
+    """Grouped bars; `signed` (deltas, one series): gains green, losses red."""
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(labels) * max(1, len(series)) + 2), 3.6))
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(series))
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width,
-               [0.0 if v is None or math.isnan(v) else v for v in values], width, label=name)
+        values = [0.0 if v is None or math.isnan(v) else v for v in values]
+        colors = (["tab:green" if v >= 0 else "tab:red" for v in values]
+                  if signed and len(series) == 1 else None)
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, color=colors)
     ax.set_xticks(x, labels, rotation=60 if len(labels) > 8 else 0, ha="right"
                   if len(labels) > 8 else "center", fontsize=8)
     ax.set_ylabel(ylabel)
@@ -207,6 +229,13 @@ def write_report(result_dir: str | Path) -> dict:
         groups = ", ".join(f"{g} {_fmt(v)}" for g, v in row["groups"].items())
         md.append(f"| {row['task']} | {row['metric']} | {_fmt(row['average'])} | {groups} |")
     md.append("")
+    languages, labels, cells = by_language(results)
+    if len(languages) > 1:
+        md += ["## By language (primary metric)", "",
+               "| language | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+        md += [f"| {lang} | " + " | ".join(_fmt(cells.get((lang, x))) for x in labels) + " |"
+               for lang in languages]
+        md.append("")
     for r in results:
         md.append(task_markdown(r))
         md += [f"![{p}]({p})" for p in plots[r["label"]]]
@@ -275,7 +304,7 @@ def compare(result_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
         _bar_plot(plot, [r["subset"] for r in rows],
                   {f"{n} − {names[0]}": [r["deltas"][i] for r in rows]
                    for i, n in enumerate(names[1:])},
-                  f"{label}: Δ {metric} vs {names[0]}", f"Δ {metric}")
+                  f"{label}: Δ {metric} vs {names[0]}", f"Δ {metric}", signed=True)
         task["plot"] = str(plot.relative_to(out_dir))
         md += ["", f"![{task['plot']}]({task['plot']})", ""]
     summary = ["| task | metric | " + " | ".join(names) + " | "
@@ -289,7 +318,7 @@ def compare(result_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
     _bar_plot(plot, [h[0] for h in headline_rows],
               {f"{n} − {names[0]}": [_minus(h[2][i + 1], h[2][0]) for h in headline_rows]
                for i, n in enumerate(names[1:])},
-              f"Δ task averages vs {names[0]}", "Δ (points)")
+              f"Δ task averages vs {names[0]}", "Δ (points)", signed=True)
     md[4:4] = summary + ["", "![plots/delta_headline.png](plots/delta_headline.png)", ""]
     if missing:
         md += [f"Not in every run (not compared): {', '.join(missing)}", ""]
