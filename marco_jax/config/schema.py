@@ -28,7 +28,9 @@ class ModelSection:
     dtype: str = "float32"  # compute dtype: bfloat16 on TPU/GPU, float32 is faster on CPU
     remat_policy: str = "none"  # none | full | dots | dots_with_no_batch_dims | save_qkv_proj
     scan_layers: bool = True
-    attention_impl: str = "xla"  # xla | dot_product_attention
+    # auto (splash on TPU, cudnn on GPU in bf16, xla on CPU) | xla | dot_product_attention |
+    # splash | cudnn; decoding with a KV cache always uses xla (marco_jax/model/attention.py)
+    attention_impl: str = "xla"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +126,7 @@ class Experiment:
 # Accepted values of the string-enum keys, checked at load.
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.remat_policy": ("none", "full", "dots", "dots_with_no_batch_dims", "save_qkv_proj"),
-    "model.attention_impl": ("xla", "dot_product_attention"),
+    "model.attention_impl": ("auto", "xla", "dot_product_attention", "splash", "cudnn"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "optim.schedule": ("cosine", "linear", "constant"),

@@ -14,7 +14,8 @@ from typing import Any
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_qkv_proj")
-ATTENTION_IMPLS = ("xla", "dot_product_attention")
+# "auto": per platform (`resolve_attention_impl`); kernels in marco_jax/model/attention.py.
+ATTENTION_IMPLS = ("auto", "xla", "dot_product_attention", "splash", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +209,20 @@ def get_preset(name: str, **overrides: Any) -> Qwen2Config:
     if name not in PRESETS:
         raise KeyError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)
+
+
+def resolve_attention_impl(impl: str, platform: str, dtype: str, seq_len: int) -> str:
+    """The kernel `impl` means on `platform` ("tpu", "gpu"/"cuda", "cpu") for a compute `dtype`
+    and sequence length. `auto`: splash on TPU when the length tiles (a multiple of 128), cuDNN
+    on GPU in bf16/fp16, otherwise the XLA einsum path. Explicit choices pass through (their
+    kernels refuse what they cannot run, naming the setting)."""
+    if impl != "auto":
+        return impl
+    if platform == "tpu" and seq_len % 128 == 0:
+        return "splash"
+    if platform in ("gpu", "cuda") and dtype in ("bfloat16", "float16"):
+        return "cudnn"
+    return "xla"
 
 
 RUNTIME_FIELDS = ("param_dtype", "dtype", "remat_policy", "scan_layers", "attention_impl")

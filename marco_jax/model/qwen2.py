@@ -22,12 +22,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from marco_jax.model.attention import attend, attention_mask, xla_attention
 from marco_jax.model.config import Qwen2Config
 from marco_jax.model.kv_cache import KVCache
 from marco_jax.parallel.constraints import RESIDUAL, constrain
-
-# Finite, so fully-masked rows (padding queries) give a uniform softmax instead of NaN.
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def _param(rngs: nnx.Rngs, init: Callable, shape: tuple[int, ...], axes: tuple[str, ...],
@@ -105,29 +103,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
-def attention_mask(q_segment: jax.Array, kv_segment: jax.Array, q_slot: jax.Array,
-                   kv_slot: jax.Array) -> jax.Array:
-    """[batch, q_len, kv_len] bool: same document, real key, and causal by slot index."""
-    same_doc = q_segment[:, :, None] == kv_segment[:, None, :]
-    causal = kv_slot[None, None, :] <= q_slot[None, :, None]
-    return same_doc & (kv_segment[:, None, :] != 0) & causal
-
-
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str) -> jax.Array:
-    """q [B,T,H,D], k/v [B,S,K,D] with H a multiple of K (grouped-query attention)."""
-    if impl == "dot_product_attention":
-        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
-    b, t, h, d = q.shape
-    groups = h // k.shape[2]
-    qg = q.reshape(b, t, k.shape[2], groups, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * (d ** -0.5)
-    scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
-
-
 class Attention(nnx.Module):
     def __init__(self, config: Qwen2Config, rngs: nnx.Rngs, num_layers: int | None = None):
         h, d = config.hidden_size, config.dim_per_head
@@ -152,20 +127,16 @@ class Attention(nnx.Module):
         q = checkpoint_name(q, "query_proj")
         k = checkpoint_name(k, "key_proj")
         v = checkpoint_name(v, "value_proj")
-        t = x.shape[1]
         if cache_kv is None:
-            slots = jnp.arange(t)
-            mask = attention_mask(segment_ids, segment_ids, slots, slots)
-            new_cache = None
-        else:
-            ck, cv = cache_kv
-            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), start, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), start, axis=1)
-            new_cache = (k, v)
-            mask = attention_mask(segment_ids, cache_segment_ids, start + jnp.arange(t),
-                                  jnp.arange(k.shape[1]))
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
-        out = _attend(q, k, v, mask, self.impl)
+            return self.o_proj(attend(q, k, v, segment_ids, self.impl)), None
+        # KV cache (prefill / decode into a left-padded cache): the XLA path, whatever the impl.
+        ck, cv = cache_kv
+        k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), start, axis=1)
+        v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), start, axis=1)
+        new_cache = (k, v)
+        mask = attention_mask(segment_ids, cache_segment_ids, start + jnp.arange(x.shape[1]),
+                              jnp.arange(k.shape[1]))
+        out = xla_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
         return self.o_proj(out), new_cache
 
 

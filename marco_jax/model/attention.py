@@ -1,0 +1,200 @@
+"""Attention kernels behind `Qwen2Config.attention_impl`, one function per implementation.
+
+All take q [B, T, H, D] and k/v [B, S, K, D] with H a multiple of K (grouped-query attention:
+query head h reads kv head h // (H / K)) and return [B, T, H, D]:
+- `xla`: einsums with fp32 scores and an explicit [B, T, S] mask. The only path that serves the
+  KV cache (prefill and decode steps write at arbitrary slots of a left-padded cache), so
+  decoding uses it whatever `attention_impl` says.
+- `dot_product_attention`: `jax.nn.dot_product_attention` (XLA) with the same mask.
+- `splash`: the Pallas TPU splash-attention kernel (block-sparse causal mask, segment ids for
+  packed rows, GQA natively), under `shard_map` over the mesh: rows over the `batch` rule's axes
+  (data x fsdp), heads over `tensor`. Never builds a [T, S] score matrix in HBM. Off TPU it runs
+  in Pallas interpret mode (slow; what the CPU parity tests use).
+- `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` on a CUDA GPU (bf16/fp16).
+
+`auto` resolves per platform (`marco_jax.model.config.resolve_attention_impl`). The platform is
+the default backend, or the one set with `compile_target` (the AOT tool compiles TPU programs on
+a CPU host and must get the TPU kernel, not interpret mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+from marco_jax.model.config import resolve_attention_impl
+from marco_jax.parallel.rules import logical_to_spec
+
+# Finite, so fully-masked rows (padding queries) give a uniform softmax instead of NaN.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+# Splash tiles; T must be a multiple of the block (512 as MaxText's default, smaller for short T).
+SPLASH_BLOCKS = (512, 256, 128)
+Q_AXES = ("batch", "length", "heads", "head_dim")
+KV_AXES = ("batch", "length", "kv_heads", "head_dim")
+
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "attention_target_platform", default=None)
+
+
+@contextlib.contextmanager
+def compile_target(platform: str) -> Iterator[None]:
+    """Trace attention for `platform` ("tpu", "gpu", "cpu") instead of the default backend."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
+
+
+def target_platform() -> str:
+    return _TARGET_PLATFORM.get() or jax.default_backend()
+
+
+def resolve(impl: str, dtype: jnp.dtype | str, seq_len: int) -> str:
+    """The implementation `impl` means for this trace (resolves `auto`)."""
+    return resolve_attention_impl(impl, target_platform(), str(jnp.dtype(dtype)), seq_len)
+
+
+def attention_mask(q_segment: jax.Array, kv_segment: jax.Array, q_slot: jax.Array,
+                   kv_slot: jax.Array) -> jax.Array:
+    """[batch, q_len, kv_len] bool: same document, real key, and causal by slot index."""
+    same_doc = q_segment[:, :, None] == kv_segment[:, None, :]
+    causal = kv_slot[None, None, :] <= q_slot[None, :, None]
+    return same_doc & (kv_segment[:, None, :] != 0) & causal
+
+
+def self_attention_mask(segment_ids: jax.Array) -> jax.Array:
+    slots = jnp.arange(segment_ids.shape[1])
+    return attention_mask(segment_ids, segment_ids, slots, slots)
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped einsums, scores in fp32; mask [B, T, S]."""
+    b, t, h, d = q.shape
+    groups = h // k.shape[2]
+    qg = q.reshape(b, t, k.shape[2], groups, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          mask: jax.Array) -> jax.Array:
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
+
+
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                    segment_ids: jax.Array) -> jax.Array:
+    """cuDNN flash attention; causal by cuDNN, packed rows by a same-document mask."""
+    platform = target_platform()
+    if platform not in ("gpu", "cuda"):
+        raise ValueError(f"attention_impl='cudnn' needs a CUDA GPU; this trace targets "
+                         f"{platform!r} (use 'auto', 'xla' or, on TPU, 'splash')")
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention_impl='cudnn' needs a bfloat16/float16 compute dtype, got "
+                         f"{q.dtype} (set model.dtype=bfloat16, or use 'xla')")
+    same_doc = ((segment_ids[:, :, None] == segment_ids[:, None, :])
+                & (segment_ids[:, None, :] != 0))
+    return jax.nn.dot_product_attention(q, k, v, mask=same_doc[:, None], is_causal=True,
+                                        implementation="cudnn")
+
+
+def splash_block(seq_len: int, interpret: bool) -> int:
+    for block in SPLASH_BLOCKS:
+        if seq_len % block == 0:
+            return block
+    if interpret:  # interpret mode has no TPU tiling constraint: one block per row
+        return seq_len
+    raise ValueError(f"attention_impl='splash' needs a sequence length that is a multiple of "
+                     f"{SPLASH_BLOCKS[-1]}, got {seq_len} (use 'xla' for this length)")
+
+
+def make_splash_kernel(seq_len: int, num_heads: int, interpret: bool
+                       ) -> splash.splash_attention_kernel.SplashAttentionKernel:
+    """Causal splash kernel for one row: q [H, T, D], k/v [K, T, D] (GQA by head grouping)."""
+    block = splash_block(seq_len, interpret)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                              block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                              block_q_dq=block, block_kv_dq=block)
+    mask = splash.MultiHeadMask([splash.CausalMask((seq_len, seq_len))] * num_heads)
+    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                  interpret=interpret)
+
+
+def _splash_local(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
+                  interpret: bool) -> jax.Array:
+    """One shard: q [b, T, h, D], k/v [b, T, k, D], segment_ids [b, T]."""
+    d = q.shape[-1]
+    kernel = make_splash_kernel(q.shape[1], q.shape[2], interpret)
+    heads_major = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  [b, T, h, D] -> [b, h, T, D]
+    qh = heads_major(q * jnp.asarray(d ** -0.5, q.dtype))
+
+    def one_row(q_row, k_row, v_row, seg_row):
+        return kernel(q_row, k_row, v_row, segment_ids=splash.SegmentIds(seg_row, seg_row))
+
+    out = jax.vmap(one_row)(qh, heads_major(k), heads_major(v), segment_ids)
+    return heads_major(out)
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                     segment_ids: jax.Array) -> jax.Array:
+    """Causal self-attention (T == S) within documents of equal segment id. Padding (id 0)
+    queries attend to padding keys only; their outputs carry no loss."""
+    if q.shape[1] != k.shape[1]:
+        raise ValueError("splash attention is self-attention only (decoding uses 'xla')")
+    interpret = target_platform() != "tpu"
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not mesh.axis_names:
+        return _splash_local(q, k, v, segment_ids, interpret)
+    q_spec = logical_to_spec(Q_AXES, q.shape, mesh)
+    kv_spec = logical_to_spec(KV_AXES, k.shape, mesh)
+    if q_spec[2] != kv_spec[2]:  # kv heads not splittable as the query heads: keep heads whole
+        q_spec = jax.sharding.PartitionSpec(*q_spec[:2], None, None)
+        kv_spec = jax.sharding.PartitionSpec(*kv_spec[:2], None, None)
+    seg_spec = jax.sharding.PartitionSpec(*q_spec[:2])
+    local = lambda q, k, v, s: _splash_local(q, k, v, s, interpret)  # noqa: E731
+    return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
+                         out_specs=q_spec, check_vma=False)(q, k, v, segment_ids)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
+           impl: str) -> jax.Array:
+    """Causal self-attention of a packed batch (no cache) with implementation `impl`."""
+    impl = resolve(impl, q.dtype, q.shape[1])
+    if impl == "splash":
+        return splash_attention(q, k, v, segment_ids)
+    if impl == "cudnn":
+        return cudnn_attention(q, k, v, segment_ids)
+    mask = self_attention_mask(segment_ids)
+    if impl == "dot_product_attention":
+        return dot_product_attention(q, k, v, mask)
+    return xla_attention(q, k, v, mask)
+
+
+def splash_cost(batch: int, seq_len: int, num_heads: int, head_dim: int,
+                backward: bool = True) -> tuple[float, float]:
+    """(FLOPs, HBM bytes per element size 1) of the splash kernels for one layer, counting the
+    blocks a causal mask visits (XLA's cost analysis sees a Pallas call as zero work).
+    Forward: QK^T and PV on visited blocks (2 matmuls x 2 FLOPs). Backward: the dq kernel
+    recomputes QK^T, then dP = dO V^T and dQ = dS K (3), the dkv kernel recomputes QK^T and dP and
+    forms dV = P^T dO and dK = dS^T Q (4): 7 matmuls. Bytes: each visited block streams a
+    [block, D] tile of K and V (forward), and K, V, Q, dO per backward kernel, plus the q/o/lse
+    reads and writes once per row."""
+    block = splash_block(seq_len, interpret=True)
+    n = seq_len // block
+    visited = n * (n + 1) // 2  # lower-triangular blocks, diagonal included
+    per_block_matmul = 2.0 * block * block * head_dim
+    matmuls = 2 + (7 if backward else 0)
+    flops = batch * num_heads * visited * per_block_matmul * matmuls
+    tile = block * head_dim
+    streamed = visited * tile * (2 + (4 + 4 if backward else 0))
+    once = seq_len * head_dim * (2 + (4 if backward else 0))
+    return flops, float(batch * num_heads * (streamed + once))
