@@ -329,3 +329,22 @@ def test_tydiqa_official_all_language_file_fixture():
     assert "Saimaa" in fi[0].prompt and "Helsinki on" not in fi[0].prompt.split("\n\n")[1]
     with pytest.raises(EvalDataError, match="ids 'korean-...'"):
         load_task("tydiqa", FIXTURES, {"path": "tydiqa", "languages": ["ko"]})
+
+
+def test_truncated_prompts_are_counted(shared_data):
+    from types import SimpleNamespace
+
+    from marco_jax.data.tokenizer import get_tokenizer
+    from marco_jax.evals.suite import count_truncated
+
+    tokenizer = get_tokenizer()
+    task = load_task("belebele", shared_data, {"languages": ["en"]})
+    lengths = [len(tokenizer.encode(i.context + " A")) - 1 for i in _items(task, "en")]
+    limit = int(np.median(lengths))
+    engine = SimpleNamespace(max_len=limit, tokenizer=tokenizer)
+    assert count_truncated(engine, task) == sum(n > limit for n in lengths) > 0
+    flores = load_task("flores", shared_data, {"split": "dev", "languages": ["kk"],
+                                               "max_new_tokens": 16})
+    prompts = [len(tokenizer.encode(i.prompt)) for s in flores.subsets for i in s.items]
+    engine = SimpleNamespace(max_len=200, tokenizer=tokenizer)
+    assert count_truncated(engine, flores) == sum(n > 200 - 16 for n in prompts) > 0

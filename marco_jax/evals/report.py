@@ -123,6 +123,9 @@ def task_markdown(result: dict) -> str:
     if result.get("dropped"):
         lines += ["", "Dropped items: " + ", ".join(f"{n} ({reason})" for reason, n
                                                     in result["dropped"].items())]
+    if result.get("truncated"):
+        lines += ["", f"{result['truncated']} items had their prompt cut from the left to fit "
+                  "max_len."]
     seconds, rate = result.get("seconds"), result.get("items_per_second")
     if seconds is not None and rate is not None:
         lines += ["", f"{result.get('items')} items in {seconds:.1f} s ({rate:.1f} items/s)."]

@@ -55,6 +55,9 @@ class EvalConfigError(ValueError):
 
 
 class ScoringEngine(Protocol):
+    max_len: int
+    tokenizer: Any
+
     def loglikelihood(self, requests: Sequence[tuple[str, str]], progress: bool = False
                       ) -> list[tuple[float, bool]]: ...
 
@@ -251,6 +254,20 @@ def group_averages(task: TaskData | dict, scores: dict[str, dict], metric_names:
             for name, keys in sorted(groups.items())}
 
 
+def count_truncated(engine: ScoringEngine, task: TaskData) -> int:
+    """Items whose input the engine must cut from the left to fit max_len (lm-eval's rule):
+    reported with the scores, never silent."""
+    if task.kind == "choice":
+        items = [item for s in task.subsets for item in s.items]
+        longest = [max(item.choices, key=len) for item in items]
+        lengths = engine.tokenizer.encode_batch([i.context + c for i, c in
+                                                 zip(items, longest, strict=True)])
+        return sum(len(ids) - 1 > engine.max_len for ids in lengths)
+    prompts = [item.prompt for s in task.subsets for item in s.items]
+    room = engine.max_len - task.max_new_tokens
+    return sum(len(ids) > room for ids in engine.tokenizer.encode_batch(prompts))
+
+
 def evaluate_task(engine: ScoringEngine, task: TaskData, *, limit: int = 0,
                   progress: bool = False, prompts_saved: int = 3
                   ) -> tuple[dict, list[dict], str]:
@@ -271,7 +288,7 @@ def evaluate_task(engine: ScoringEngine, task: TaskData, *, limit: int = 0,
         "scores": scores,
         "average": {m: _mean([row[m] for row in scores.values()]) for m in metric_names},
         "groups": group_averages(task, scores, metric_names),
-        "dropped": dict(task.dropped),
+        "dropped": dict(task.dropped), "truncated": count_truncated(engine, task),
         "seconds": seconds, "items_per_second": n_items / seconds if seconds > 0 else None,
     }
     return result, records, render_prompts(task, records, prompts_saved)
