@@ -15,6 +15,7 @@ import sys
 
 from data_pipelines.bitext import BitextConfig
 from data_pipelines.errors import BadInput, fail
+from data_pipelines.languages import GLOT_CODES
 from data_pipelines.options import (
     OneLineArgumentParser,
     add_common_args,
@@ -41,6 +42,10 @@ def parse_args(argv: list[str]) -> tuple[BitextConfig, tuple[str, ...], list[str
     bad = [s for s in pairs if s.count("-") != 1 or "" in s.split("-")]
     if bad or not pairs:
         ap.error(f"--pairs={args.pairs!r}: expected 'src-tgt' items such as en-zh,en-de")
+    unknown = sorted({code for pair in pairs for code in pair.split("-")} - set(GLOT_CODES))
+    if unknown:
+        ap.error(f"--pairs={args.pairs!r}: unknown language code(s) {unknown}; expected ISO "
+                 f"639-1 codes from {', '.join(GLOT_CODES)}")
     cfg = BitextConfig(
         **common_config(args), lid_threshold=args.lid_threshold, max_words=args.max_words,
         max_length_ratio=args.max_length_ratio, max_copy_overlap=args.max_copy_overlap,

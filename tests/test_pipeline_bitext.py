@@ -116,3 +116,33 @@ def test_bitext_shards_contract(run):
         assert len(f["score"].float_list.value) == 1
     for k in run["kept"]:
         assert set(k) == {"src", "tgt", "src_lang", "tgt_lang", "score", "id"}
+
+
+def test_bad_pairs_and_non_empty_output_are_one_line_exit_2(tmp_path, capsys):
+    """An unknown language in --pairs (was: a silent run that rejected everything) and a
+    non-empty --output (was: new shards beside stale ones) are refused in one line."""
+    raw = tmp_path / "in.jsonl"
+    raw.write_text(json.dumps({"src": "Good morning, my friend.", "tgt": "Guten Morgen, mein "
+                               "Freund.", "src_lang": "en", "tgt_lang": "de"}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        clean_bitext.main(["--input", str(raw), "--output", str(tmp_path / "o"),
+                           "--pairs", "en-xx"])
+    assert e.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--pairs" in line and "'xx'" in line
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "en-de").mkdir()
+    (out / "en-de" / "part-00000-of-00001.jsonl").write_text("stale\n")
+    with pytest.raises(SystemExit) as e:
+        clean_bitext.main(["--input", str(raw), "--output", str(out), "--pairs", "en-de",
+                           "--token_counter", "whitespace"])
+    assert e.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(out) in line and "--overwrite" in line
+    report = clean_bitext.main(["--input", str(raw), "--output", str(out), "--pairs", "en-de",
+                                "--token_counter", "whitespace", "--overwrite"])
+    shards = read_jsonl_shards(str(out / "en-de" / "part-*.jsonl"))
+    assert [s["src"] for s in shards] == ["Good morning, my friend."] and report["kept"] == 1
+    # whitespace tokens of both sides: 4 + 4
+    assert read_stats(str(out))["by_language"] == {"en-de": {"documents": 1, "tokens": 8}}
