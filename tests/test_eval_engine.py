@@ -22,7 +22,7 @@ from marco_jax.evals.engine import Engine, cut_at_stops, rolling_windows
 
 VOCAB = 151936
 REAL_TOKENS = 151646  # ids past this are embedding padding rows
-LANGS = ("zh", "et", "sw", "th")
+LANGS = ("zh", "et", "th")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def xcopa_requests(shared_data):
     requests = []
     for lang in LANGS:
         path = shared_data / "benchmarks" / "xcopa" / lang / f"val.{lang}.jsonl"
-        for line in path.read_text(encoding="utf-8").splitlines()[:6]:
+        for line in path.read_text(encoding="utf-8").splitlines()[:5]:
             item = json.loads(line)
             connector = " because" if item["question"] == "cause" else " therefore"
             context = item["premise"].rstrip(".。") + connector
@@ -63,7 +63,18 @@ def hf_logprobs(hf, context: list[int], continuation: list[int]) -> tuple[np.nda
     return picked, bool(greedy)
 
 
+_HF_GREEDY: dict = {}
+
+
 def hf_greedy(hf, prompt: list[int], n: int) -> list[int]:
+    """transformers' greedy continuation (memoised: HF's generate is slow with a 152k vocab)."""
+    key = (id(hf), tuple(prompt), n)
+    if key not in _HF_GREEDY:
+        _HF_GREEDY[key] = _hf_greedy(hf, prompt, n)
+    return _HF_GREEDY[key]
+
+
+def _hf_greedy(hf, prompt: list[int], n: int) -> list[int]:
     out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, top_k=None,
                       top_p=None, suppress_tokens=list(range(REAL_TOKENS, VOCAB)),
                       eos_token_id=151643, pad_token_id=151643)
@@ -149,20 +160,21 @@ def test_rolling_loglikelihood_over_hand_computed_windows(pair, tokenizer, share
 
 
 PROMPTS = ["Mwanafunzi alifungua kitabu na", "那人打开水龙头。", "The weather in Tallinn today is",
-           "Bugün hava çok güzel ve biz", "Ngày mai"]
+           "Ngày mai"]
+NEW = 24
 
 
 def test_greedy_generation_matches_transformers_token_for_token(pair, tokenizer):
     hf, model = pair
-    engine = Engine(model, tokenizer, batch_size=4, max_len=64, length_buckets=(16, 64),
+    engine = Engine(model, tokenizer, batch_size=3, max_len=64, length_buckets=(8, 64),
                     decode_chunk=8)
     prompts = [tokenizer.encode(p) for p in PROMPTS]
-    ids, texts = engine.generate_tokens(prompts, max_new_tokens=20, stop_token_ids=())
+    ids, texts = engine.generate_tokens(prompts, max_new_tokens=NEW, stop_token_ids=())
     for prompt, got, text in zip(prompts, ids, texts, strict=True):
-        expected = hf_greedy(hf, prompt, 20)
+        expected = hf_greedy(hf, prompt, NEW)
         assert got == expected
         assert text == tokenizer.decode(expected)
-    assert engine.generate(PROMPTS[:2], max_new_tokens=20) == texts[:2]
+    assert engine.generate(PROMPTS[:2], max_new_tokens=NEW) == texts[:2]
 
 
 def test_stop_strings_and_stop_tokens_cut_where_expected(pair, tokenizer):
@@ -170,18 +182,18 @@ def test_stop_strings_and_stop_tokens_cut_where_expected(pair, tokenizer):
     engine = Engine(model, tokenizer, batch_size=2, max_len=64, length_buckets=(64,),
                     decode_chunk=4)
     prompt = tokenizer.encode(PROMPTS[2])
-    reference = hf_greedy(hf, prompt, 30)
+    reference = hf_greedy(hf, prompt, NEW)
     full = tokenizer.decode(reference)
     stop = tokenizer.decode(reference[5:7])  # text that first appears around token 6
     expected = cut_at_stops(full, [stop])
     assert expected == full.split(stop)[0] and len(expected) < len(full)
-    ids, [text] = engine.generate_tokens([prompt], max_new_tokens=30, stop=["\x00never", stop])
+    ids, [text] = engine.generate_tokens([prompt], max_new_tokens=NEW, stop=["\x00never", stop])
     assert text == expected
     assert len(ids[0]) <= 7 + engine.decode_chunk  # decoding ended soon after the stop string
     # A stop token (EOS-like) ends the row just before it, excluded from the output.
     stop_id = reference[9]
     first = reference.index(stop_id)
-    ids, [text] = engine.generate_tokens([prompt], max_new_tokens=30, stop_token_ids=[stop_id])
+    ids, [text] = engine.generate_tokens([prompt], max_new_tokens=NEW, stop_token_ids=[stop_id])
     assert ids[0] == reference[:first] and text == tokenizer.decode(reference[:first])
 
 
@@ -195,8 +207,8 @@ def test_mesh_matches_single_device(pair, tokenizer, xcopa_requests):
     requests = xcopa_requests[:10]
     np.testing.assert_allclose([r[0] for r in sharded.loglikelihood(requests)],
                                [r[0] for r in single.loglikelihood(requests)], atol=1e-4)
-    assert (sharded.generate(PROMPTS[:3], max_new_tokens=8)
-            == single.generate(PROMPTS[:3], max_new_tokens=8))
+    assert (sharded.generate(PROMPTS[:3], max_new_tokens=5)
+            == single.generate(PROMPTS[:3], max_new_tokens=5))
 
 
 # -- multi-host: two JAX processes x two CPU devices (this file run as a script is the worker) --
