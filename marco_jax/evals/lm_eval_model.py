@@ -16,11 +16,11 @@ ready `Engine` (with a mesh, say). Tasks defined over local files work as in lm-
 YAMLs (`dataset_path: json`, `dataset_kwargs: {data_files: ...}`) in a folder and pass
 `task_manager=lm_eval.tasks.TaskManager(include_path=FOLDER)`.
 
-Command line: lm-eval's CLI only knows models registered at import time, so run it through a
-one-line wrapper that imports this module first:
+Command line: lm-eval's CLI only knows models registered at import time (0.4.13 has no plugin
+entry point), so run its CLI through a one-line wrapper that imports this module first:
 
     python -c "import sys, marco_jax.evals.lm_eval_model; from lm_eval.__main__ import \
-cli_evaluate; sys.argv[0] = 'lm_eval'; cli_evaluate()" --model marco_jax \
+cli_evaluate; sys.argv[0] = 'lm_eval'; cli_evaluate()" run --model marco_jax \
         --model_args checkpoint=/ckpt/dir,batch_size=16 --tasks xcopa_et \
         [--include_path my_local_tasks/]
 
