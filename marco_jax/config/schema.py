@@ -62,6 +62,27 @@ class DataSection:
     seqio_split: str = "train"  # split read from seqio Tasks that are not ours
     on_bad_record: str = "error"  # error | skip (skipped records are counted by reason)
     prefetch: int = 2  # batches prepared ahead by a background thread (0: none)
+    # SFT / DPO sets (read whole, shuffled per epoch; local or gs:// paths or globs). Empty
+    # sft_files: the package's sample chat data.
+    sft_files: tuple[str, ...] = ()
+    eval_files: tuple[str, ...] = ()  # held-out SFT conversations / DPO pairs
+    languages: tuple[str, ...] = ()  # per-language figures for these (empty: the paper's 29)
+    truncation: str = "drop_turns"  # SFT: drop_turns (whole trailing exchanges) | none
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOSection:
+    train_file: str = ""  # preference pairs (jsonl[.gz], local or gs://; a glob)
+    beta: float = 0.1
+    loss: str = "sigmoid"  # sigmoid | robust | hinge | ipo
+    label_smoothing: float = 0.0  # conservative DPO (sigmoid / robust)
+    sft_weight: float = 0.0  # weight of an NLL term on the chosen answer
+    # precomputed: reference log-probs computed once before training and stored beside the data
+    # (one model in memory); model: a frozen reference copy on the fly; none: reference-free.
+    reference: str = "precomputed"
+    reference_logps_dir: str = ""  # where precomputed log-probs go ("" beside the data)
+    pairs_per_row: int = 4
+    truncation: str = "keep_start"  # keep_start | none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +90,7 @@ class OptimSection:
     peak_lr: float = 1e-5
     end_lr_ratio: float = 0.1
     warmup_steps: int = 100
+    warmup_ratio: float = 0.0  # when > 0: warmup = ceil(ratio x steps) (epoch-based recipes)
     schedule: str = "cosine"  # cosine | linear | constant
     b1: float = 0.9
     b2: float = 0.95
@@ -81,7 +103,9 @@ class OptimSection:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
+    objective: str = "lm"  # lm (continual pretraining) | sft | dpo
     steps: int = 1000
+    epochs: int = 0  # SFT/DPO: when > 0, steps = the batches of this many epochs
     seed: int = 0
     # A converted checkpoint (model_config.json + params/) or a training workdir (its latest
     # step's params; the optimizer starts afresh). Empty: random init.
@@ -116,6 +140,7 @@ class Experiment:
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
     checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    dpo: DPOSection = dataclasses.field(default_factory=DPOSection)
     # The gcloud TPU type this config is proven to fit (`python -m marco_jax.aot`); "" for none.
     topology: str = ""
 
@@ -132,15 +157,22 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": ("cosine", "linear", "constant"),
     "data.pool_sizes": ("", "paper", "sources"),
     "data.on_bad_record": ("error", "skip"),
+    "data.truncation": ("drop_turns", "none"),
+    "train.objective": ("lm", "sft", "dpo"),
+    "dpo.loss": ("sigmoid", "robust", "hinge", "ipo"),
+    "dpo.reference": ("precomputed", "model", "none"),
+    "dpo.truncation": ("keep_start", "none"),
 }
 # Lower bounds of numeric keys (inclusive), checked at load.
 MINIMA: dict[str, float] = {
     "data.seq_len": 1, "data.global_batch_size": 1, "data.temperature": 1e-9,
     "data.packing_lookahead": 1, "data.sampler_block_size": 1, "data.eval_fraction": 0.0,
     "data.estimate_docs": 1, "data.prefetch": 0, "optim.peak_lr": 0.0, "optim.warmup_steps": 0,
+    "optim.warmup_ratio": 0.0,
     "optim.grad_accum_steps": 1, "optim.end_lr_ratio": 0.0, "optim.weight_decay": 0.0,
     "optim.clip_norm": 0.0, "train.steps": 1, "train.log_every": 1, "train.eval_every": 0,
     "train.max_bad_steps": 1, "train.peak_flops": 0.0, "train.loss_chunk": 0,
-    "checkpoint.every": 0, "checkpoint.keep": 1, "eval.batches": 1,
+    "checkpoint.every": 0, "checkpoint.keep": 1, "eval.batches": 1, "train.epochs": 0,
+    "dpo.beta": 1e-9, "dpo.label_smoothing": 0.0, "dpo.sft_weight": 0.0, "dpo.pairs_per_row": 1,
 }
 MAXIMA: dict[str, float] = {"data.eval_fraction": 0.999999}

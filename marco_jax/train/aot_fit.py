@@ -4,14 +4,13 @@ The step compiled is the trainer's own (`make_train_step` + `jit_train_step`, ex
 shardings, donated state) for compile-only devices of the target slice, so the figures are XLA's
 TPU compiler's: per-chip argument/output/temporary bytes, and the FLOPs of the compiled program.
 
-FLOPs: XLA's cost analysis counts a while-loop body once, whatever its trip count, and the real
-step has three loops (the layer scan, the loss-chunk scan, the grad-accumulation scan). So the
-FLOPs come from two loop-free "counting" compiles of the same step on the same mesh — layers
-unrolled, 1 and 2 of them, whole-sequence loss, no accumulation, no rematerialisation, one row per
-data-parallel shard — extrapolated linearly in layers and rows (exact for everything but the
-optimizer's elementwise update, which is counted once per row: a negligible overcount). The count
-is the useful work — model matmuls, the masked half of attention, elementwise ops — without
-remat's recompute: the FLOPs an MFU figure is about.
+FLOPs and HBM bytes per step: XLA's cost analysis counts a while-loop body once, whatever its trip
+count, so both come from loop-free counting compiles at 1-2 layers x 1-2 rows per data shard,
+fitted bilinearly (`marco_jax.train.roofline`); they include the config's rematerialisation (work
+the chip does) and the splash kernels' work (opaque to XLA, added per kernel call). Beside them:
+the roofline step time max(FLOPs / peak, bytes / HBM bandwidth), its tokens/s/chip, and the
+analytic 6N + causal-attention model FLOPs. Attention `auto` resolves for the slice's platform
+(splash on TPU), not this host's.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from marco_jax.config import Experiment
+from marco_jax.model.attention import compile_target
 from marco_jax.model.config import Qwen2Config, from_experiment
 from marco_jax.model.init import abstract_model
 from marco_jax.parallel import (
@@ -37,8 +37,11 @@ from marco_jax.parallel import (
     with_shardings,
 )
 from marco_jax.parallel.topologies import GIB, TpuSlice, topology_devices
-from marco_jax.train.lm import LM_BATCH_KEYS, LanguageModeling
+from marco_jax.train.lm import LM_BATCH_KEYS
+from marco_jax.train.objectives import abstract_batch as objective_batch
+from marco_jax.train.objectives import objective_for
 from marco_jax.train.optimizer import make_optimizer, make_schedule
+from marco_jax.train.roofline import count_step_cost, roofline_seconds
 from marco_jax.train.state import abstract_train_state, train_state_shardings
 from marco_jax.train.step import jit_train_step, make_train_step
 
@@ -61,6 +64,9 @@ class FitReport:
     temp_bytes: int = 0
     code_bytes: int = 0
     compiled_flops_per_chip: float = 0.0  # per step, loops counted in full (see module doc)
+    step_bytes_per_chip: float = 0.0  # HBM bytes accessed per step, loops counted in full
+    kernel_flops_per_chip: float = 0.0  # of compiled_flops_per_chip: Pallas kernels, by hand
+    hbm_bytes_per_s: float = 0.0
     loop_body_flops_per_chip: float = 0.0  # XLA's own count for the real program (bodies once)
     model_flops_per_step: float = 0.0
     chips: int = 1
@@ -95,6 +101,16 @@ class FitReport:
         return self.tokens_per_step / self.step_seconds / self.chips
 
     @property
+    def roofline_seconds(self) -> float:
+        """max(FLOPs / peak, bytes / HBM bandwidth) per chip: no step runs faster."""
+        return roofline_seconds(self.compiled_flops_per_chip, self.step_bytes_per_chip,
+                                self.peak_flops_per_chip, self.hbm_bytes_per_s)
+
+    @property
+    def roofline_tokens_per_second_per_chip(self) -> float:
+        return self.tokens_per_step / self.roofline_seconds / self.chips
+
+    @property
     def model_flops_utilisation_ceiling(self) -> float:
         """Model FLOPs / compiled FLOPs: the MFU reached if the hardware ran at 100% of peak
         (below 1 by rematerialisation and masked attention work)."""
@@ -124,6 +140,13 @@ class FitReport:
                     f"{self.model_flops_per_step:.4g} "
                     f"(ratio {self.model_flops_utilisation_ceiling:.2f}; XLA's count for the "
                     f"scanned program, loop bodies once: {self.loop_body_flops_per_chip:.4g})",
+                    f"bytes/step   {self.step_bytes_per_chip:.4g} per chip (HBM accessed; "
+                    f"kernel FLOPs added by hand {self.kernel_flops_per_chip:.4g})",
+                    f"roofline     step {self.roofline_seconds:.3f} s = max(FLOPs "
+                    f"{self.compiled_flops_per_chip / self.peak_flops_per_chip:.3f} s, bytes "
+                    f"{self.step_bytes_per_chip / max(self.hbm_bytes_per_s, 1.0):.3f} s), "
+                    f"{self.roofline_tokens_per_second_per_chip:,.0f} tokens/s/chip; model "
+                    f"(6N + attention) {self.model_flops_per_step / self.chips:.4g} FLOPs/chip",
                     f"at {self.mfu:.0%} MFU   step {self.step_seconds:.3f} s, "
                     f"{self.tokens_per_second_per_chip:,.0f} tokens/s/chip",
                     f"compile      {self.compile_seconds:.0f} s"]
@@ -136,6 +159,7 @@ class FitReport:
 
 def abstract_batch(global_batch: int, seq_len: int, sharding: Any,
                    keys: tuple[str, ...] = LM_BATCH_KEYS) -> dict[str, Any]:
+    """Abstract [global_batch, seq_len] int32 inputs for token-level keys (the LM batch)."""
     return {k: jax.ShapeDtypeStruct((global_batch, seq_len), jnp.int32, sharding=sharding)
             for k in keys}
 
@@ -143,8 +167,9 @@ def abstract_batch(global_batch: int, seq_len: int, sharding: Any,
 def lower_train_step(config: Experiment, devices: list[Any], objective: Any = None
                      ) -> tuple[Any, Any, Qwen2Config]:
     """Lower the trainer's jitted step for `devices` (real or compile-only) with abstract
-    inputs. Returns (lowered, mesh, model config). `objective` defaults to CPT's LM loss over
-    one source."""
+    inputs. Returns (lowered, mesh, model config). `objective` defaults to the one the config
+    trains (`train.objective`); an objective with a frozen reference model (DPO with
+    dpo.reference="model") gets the reference params as a third, sharded argument."""
     model_cfg = from_experiment(config.model)
     mesh = build_mesh(config.mesh.ici, config.mesh.dcn, devices)
     b, t = config.data.global_batch_size, config.data.seq_len
@@ -152,7 +177,7 @@ def lower_train_step(config: Experiment, devices: list[Any], objective: Any = No
     if b % dp:
         raise ValueError(f"data.global_batch_size={b} is not divisible by the data-parallel size "
                          f"{dp} of mesh {dict(mesh.shape)}")
-    objective = objective or LanguageModeling(["all"], config.train.loss_chunk)
+    objective = objective or objective_for(config, ["all"])
     graphdef, abstract = abstract_model(model_cfg)
     param_shardings = pure_dict_shardings(abstract, mesh)
     tx = make_optimizer(config.optim, config.train.steps)
@@ -161,10 +186,13 @@ def lower_train_step(config: Experiment, devices: list[Any], objective: Any = No
     step = make_train_step(graphdef, tx, objective, make_schedule(config.optim,
                                                                   config.train.steps),
                            config.optim.grad_accum_steps)
-    jitted = jit_train_step(step, state_shardings, batch_sharding(mesh), mesh)
-    lowered = jitted.lower(with_shardings(state, state_shardings),
-                           abstract_batch(b, t, batch_sharding(mesh), objective.batch_keys))
-    return lowered, mesh, model_cfg
+    reference = (param_shardings,) if objective.needs_reference else ()
+    jitted = jit_train_step(step, state_shardings, batch_sharding(mesh), mesh, *reference)
+    args = [with_shardings(state, state_shardings),
+            objective_batch(objective, b, t, batch_sharding(mesh))]
+    if reference:
+        args.append(with_shardings(state.params, param_shardings))
+    return jitted.lower(*args), mesh, model_cfg
 
 
 def _cost_flops(compiled: Any) -> float:
@@ -176,20 +204,7 @@ def _cost_flops(compiled: Any) -> float:
 
 def counted_flops_per_chip(config: Experiment, devices: list[Any]) -> float:
     """Per-chip FLOPs of one train step from loop-free compiles (module doc)."""
-    layers = from_experiment(config.model).num_hidden_layers
-    rows = data_parallel_size(build_mesh(config.mesh.ici, config.mesh.dcn, devices))
-    per_layers = []
-    for n in (1, 2):
-        c = config.replace(
-            model=dataclasses.replace(config.model, scan_layers=False, remat_policy="none",
-                                      overrides={**config.model.overrides,
-                                                 "num_hidden_layers": n}),
-            train=dataclasses.replace(config.train, loss_chunk=0),
-            optim=dataclasses.replace(config.optim, grad_accum_steps=1),
-            data=dataclasses.replace(config.data, global_batch_size=rows))
-        per_layers.append(_cost_flops(lower_train_step(c, devices)[0].compile()))
-    one_row = per_layers[0] + (layers - 1) * (per_layers[1] - per_layers[0])
-    return one_row * config.data.global_batch_size / rows
+    return count_step_cost(config, devices, lower_train_step).flops
 
 
 def check_fit(config: Experiment, tpu_slice: TpuSlice, headroom: float = DEFAULT_HEADROOM,
@@ -197,12 +212,14 @@ def check_fit(config: Experiment, tpu_slice: TpuSlice, headroom: float = DEFAULT
     """Compile the config's train step for `tpu_slice` and report whether it fits per chip."""
     devices = topology_devices(tpu_slice)
     t0 = time.perf_counter()
-    lowered, mesh, model_cfg = lower_train_step(config, devices)
+    with compile_target(devices[0].platform):  # attention kernels for the slice, not this host
+        lowered, mesh, model_cfg = lower_train_step(config, devices)
     b, t = config.data.global_batch_size, config.data.seq_len
     report = FitReport(
         slice_desc=tpu_slice.describe(), mesh=dict(mesh.shape), global_batch=b, seq_len=t,
         capacity_bytes=tpu_slice.chip.hbm_bytes, headroom=headroom, fits=False,
         chips=tpu_slice.chips, peak_flops_per_chip=tpu_slice.chip.peak_bf16_flops, mfu=mfu,
+        hbm_bytes_per_s=tpu_slice.chip.hbm_bytes_per_s,
         model_flops_per_step=model_cfg.train_flops_per_token(t) * b * t,
         fallbacks=explain_fallbacks(abstract_model(model_cfg)[1], mesh))
     try:
@@ -219,7 +236,10 @@ def check_fit(config: Experiment, tpu_slice: TpuSlice, headroom: float = DEFAULT
     report.temp_bytes = int(mem.temp_size_in_bytes)
     report.code_bytes = int(mem.generated_code_size_in_bytes)
     report.loop_body_flops_per_chip = _cost_flops(compiled)
-    report.compiled_flops_per_chip = counted_flops_per_chip(config, devices)
+    cost = count_step_cost(config, devices, lower_train_step)
+    report.compiled_flops_per_chip = cost.flops
+    report.step_bytes_per_chip = cost.bytes
+    report.kernel_flops_per_chip = cost.kernel_flops
     report.compile_seconds = time.perf_counter() - t0
     report.fits = report.total_bytes <= report.budget_bytes
     return report

@@ -11,6 +11,7 @@ they were and `total_notfinite` counts the skipped steps; the trainer stops afte
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -26,7 +27,9 @@ SCHEDULES = ("cosine", "linear", "constant")
 def make_schedule(optim: OptimSection, total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to peak_lr, then cosine / linear decay to end_lr_ratio * peak_lr at
     `total_steps` (or constant)."""
-    peak, warmup = optim.peak_lr, optim.warmup_steps
+    peak = optim.peak_lr
+    warmup = (math.ceil(optim.warmup_ratio * total_steps) if optim.warmup_ratio > 0
+              else optim.warmup_steps)
     end = peak * optim.end_lr_ratio
     kind = optim.schedule
     if kind not in SCHEDULES:

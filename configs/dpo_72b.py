@@ -1,0 +1,8 @@
+"""Marco-LLM DPO, Qwen2-72B: the recipe in configs/posttrain_recipe.py."""
+
+from marco_jax.config import load_sibling
+
+
+def get_config():
+    base = load_sibling(__file__, "base")
+    return load_sibling(__file__, "posttrain_recipe").dpo_config(base, "72b")

@@ -1,0 +1,52 @@
+"""What the train / sft / dpo CLIs share: flags, the run, and one exit-code convention
+(0 done or preempted, 1 the run stopped on non-finite steps, 2 bad input, 3 a checkpoint could
+not be written)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from marco_jax.config import Experiment
+from marco_jax.config.cli import experiment_parser, fail, parse
+from marco_jax.parallel import initialize_distributed
+from marco_jax.train.hooks import (
+    EXIT_CHECKPOINT_FAILED,
+    EXIT_RUN_FAILED,
+    CheckpointSaveFailed,
+    TooManyBadSteps,
+)
+
+Runner = Callable[[Experiment, str], dict[str, Any]]
+
+
+def run_cli(argv: Sequence[str] | None, prog: str, doc: str | None, runner: Runner,
+            objective: str) -> int:
+    parser = experiment_parser(prog, doc)
+    parser.add_argument("--workdir", default=None, help="where checkpoints, metrics and "
+                        "TensorBoard logs go (local or gs://); default: config.train.workdir")
+    config, args = parse(argv, parser)
+    if config.train.objective != objective:
+        fail(f"{args.config}: train.objective={config.train.objective!r}, but {prog} trains "
+             f"{objective!r} (use the matching CLI, or set --config.train.objective)")
+    workdir = args.workdir or config.train.workdir
+    if not workdir:
+        fail("--workdir is required (or set config.train.workdir)")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO
+    initialize_distributed()
+    try:
+        summary = runner(config, workdir)
+    except TooManyBadSteps as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except CheckpointSaveFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CHECKPOINT_FAILED
+    except (ValueError, FileNotFoundError) as e:  # bad config, paths, data or checkpoint layout
+        fail(str(e))
+    first, last = summary.get("first_loss"), summary.get("last_loss")
+    losses = f", loss {first:.4f} -> {last:.4f}" if first is not None and last is not None else ""
+    print(f"{summary['status']}: step {summary['step']}{losses}; workdir {summary['workdir']}")
+    return 0
