@@ -242,6 +242,8 @@ class TrainIterator:
         return self.state_from(self.snapshot())
 
     def set_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("format") == "marco_jax.input/1":  # before bad-record counts existed
+            state = {**state, "format": STATE_FORMAT, "bad_records": {}}
         expect = self._header()
         for key in expect:
             if state.get(key) != expect[key]:
@@ -333,10 +335,10 @@ def _allgather_lanes(lanes: dict[str, Any], global_batch: int, lookahead: int) -
 
 
 def _allsum_counts(bad: Mapping[str, Mapping[str, int]], names: list[str]) -> dict:
-    """Bad-record counts summed over hosts ([task, reason] int64 all-gather)."""
+    """Bad-record counts summed over hosts ([task, reason] int32 all-gather)."""
     from jax.experimental import multihost_utils
 
-    local = np.zeros((len(names), len(REASONS)), np.int64)
+    local = np.zeros((len(names), len(REASONS)), np.int32)
     for t, reasons in bad.items():
         for why, n in reasons.items():
             local[names.index(t), REASONS.index(why)] = n
@@ -356,8 +358,16 @@ def make_train_iterator(config: Any, process_index: int | None = None,
 
         process_index, process_count = jax.process_index(), jax.process_count()
     data = data_section(config)
+    return iterator_for_plan(resolve_plan(data), data, process_index, process_count, split,
+                             prefetch)
+
+
+def iterator_for_plan(plan: MixturePlan, data: Any, process_index: int = 0,
+                      process_count: int = 1, split: str = "train", prefetch: int | None = None):
+    """The iterator over an already resolved `plan` with `data`'s settings (prefetch included)."""
+    data = data_section(data)
     it = TrainIterator(
-        resolve_plan(data), seed=data.seed, global_batch_size=data.global_batch_size,
+        plan, seed=data.seed, global_batch_size=data.global_batch_size,
         seq_len=data.seq_len, process_index=process_index, process_count=process_count,
         lookahead=data.packing_lookahead, block_size=data.sampler_block_size, split=split,
         eval_fraction=data.eval_fraction, on_bad_record=data.on_bad_record)
