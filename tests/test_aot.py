@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from marco_jax.config import load_config_file, to_experiment
+from marco_jax.model.attention import compile_target, splash_cost
 from marco_jax.model.config import get_preset
 from marco_jax.parallel.topologies import GIB, parse_slice, topology_devices
 from marco_jax.train.aot_fit import (
@@ -17,6 +18,14 @@ from marco_jax.train.aot_fit import (
     check_fit,
     counted_flops_per_chip,
     lower_train_step,
+)
+from marco_jax.train.roofline import (
+    _cost,
+    count_step_cost,
+    counting_config,
+    kernel_cost,
+    local_heads,
+    splash_calls,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,3 +129,60 @@ def test_shipped_config_fits_its_topology(size):
     config = load_config_file(ROOT / "configs" / f"cpt_{size}_stage1.py")
     report = check_fit(config, parse_slice(config.topology))
     assert report.fits, "\n".join(report.lines())
+
+
+def test_chips_carry_published_hbm_bandwidth():
+    assert [parse_slice(n).chip.hbm_bytes_per_s for n in ("v4-8", "v5e-8", "v5p-8", "v6e-8")] \
+        == [1200e9, 819e9, 2765e9, 1640e9]
+
+
+def _roofline_config(impl):
+    c = _base_config()
+    c.model.preset, c.model.dtype, c.model.remat_policy = "tiny", "bfloat16", "full"
+    c.model.attention_impl = impl
+    c.model.overrides.vocab_size, c.model.overrides.num_hidden_layers = 512, 5
+    c.data.seq_len, c.data.global_batch_size = 512, 12
+    c.optim.grad_accum_steps = 2
+    c.mesh.ici.fsdp, c.mesh.ici.tensor = 2, 2
+    return to_experiment(c)
+
+
+@pytest.mark.parametrize("impl", ["xla", "splash"])
+def test_counted_flops_and_bytes_equal_a_loop_free_compile_of_all_layers(impl):
+    """Whole-step cost from 1- and 2-layer compiles == accum x one loop-free compile of all five
+    layers (FLOPs and HBM bytes); splash kernels' FLOPs by hand: per layer and micro-step, full
+    remat runs the forward kernel twice, then the dq and dkv kernels once, on 3 rows x 2 heads
+    per chip (fsdp=2 rows, tensor=2 heads)."""
+    config = _roofline_config(impl)
+    devices = topology_devices(parse_slice("v5p-8"))
+    cost = count_step_cost(config, devices, lower_train_step)
+    with compile_target("tpu"):
+        lowered, mesh, model_cfg = lower_train_step(counting_config(config, 5, 6), devices)
+    compiled = lowered.compile()
+    flops, nbytes = _cost(compiled)
+    kf, kb = kernel_cost(compiled.as_text(), model_cfg, 3, local_heads(model_cfg, mesh), 512)
+    assert cost.flops == pytest.approx(2 * (flops + kf), rel=0.005)
+    # XLA picks fusions per program, so bytes extrapolate less exactly than FLOPs.
+    assert cost.bytes == pytest.approx(2 * (nbytes + kb), rel=0.05)
+    if impl == "splash":
+        assert splash_calls(compiled.as_text()) == {"fwd": 10, "dq": 5, "dkv": 5}
+        per = [splash_cost(p, 512, 32, 2)[0] for p in ("fwd", "dq", "dkv")]
+        assert cost.kernel_flops == pytest.approx(2 * 5 * 3 * 2 * (2 * per[0] + per[1] + per[2]))
+    else:
+        assert cost.kernel_flops == 0
+
+
+def test_counted_flops_roofline_of_splash_beats_xla_on_bytes():
+    """The fit report's roofline: max(FLOPs / peak, bytes / bandwidth); splash reads far fewer
+    bytes than the XLA path (no [T, T] scores in HBM) for the same model FLOPs."""
+    reports = {impl: check_fit(_roofline_config(impl), parse_slice("v5p-8"))
+               for impl in ("xla", "splash")}
+    for r in reports.values():
+        assert r.fits and not r.error
+        assert r.roofline_seconds == pytest.approx(max(
+            r.compiled_flops_per_chip / 459e12, r.step_bytes_per_chip / 2765e9))
+        assert r.roofline_tokens_per_second_per_chip == pytest.approx(
+            12 * 512 / r.roofline_seconds / 4)
+        assert any(line.startswith("roofline") for line in r.lines())
+    assert reports["splash"].step_bytes_per_chip < 0.7 * reports["xla"].step_bytes_per_chip
+    assert reports["splash"].model_flops_per_step == reports["xla"].model_flops_per_step

@@ -167,11 +167,13 @@ def test_auto_resolves_per_platform_and_cudnn_refuses_off_gpu():
 
 
 def test_splash_cost_counts_visited_causal_blocks_by_hand():
-    # T=1024 in 512-blocks: 3 of 4 blocks visited; forward 2 matmuls of 2*512*512*D FLOPs each,
-    # backward 7 more; per row and head.
-    flops, _ = attention.splash_cost(batch=2, seq_len=1024, num_heads=3, head_dim=128)
-    assert flops == 2 * 3 * 3 * (2 * 512 * 512 * 128) * 9
-    fwd, _ = attention.splash_cost(batch=1, seq_len=1024, num_heads=1, head_dim=128,
-                                   backward=False)
-    # The dense causal count (half of the T^2 square) is below what whole blocks cost.
-    assert 2 * 2 * 1024 * 1024 * 128 / 2 < fwd < 2 * 2 * 1024 * 1024 * 128
+    # T=1024 in 512-blocks: 3 of the 4 blocks are visited; a matmul on a block is 2*512*512*D.
+    block_matmul = 2 * 512 * 512 * 128
+    extra_tiles = 3 - 2  # visited blocks minus one pass over the row's blocks
+    assert attention.splash_cost("fwd", 1024, 128, 2) == (3 * 2 * block_matmul,
+                                                          2 * extra_tiles * 512 * 128 * 2)
+    assert attention.splash_cost("dq", 1024, 128, 2)[0] == 3 * 3 * block_matmul
+    assert attention.splash_cost("dkv", 1024, 128, 2)[0] == 3 * 4 * block_matmul
+    # Whole blocks cost more than the causal half of the square, less than the square.
+    fwd = attention.splash_cost("fwd", 4096, 128, 2)[0]
+    assert 2 * 2 * 4096 * 4096 * 128 / 2 < fwd < 2 * 2 * 4096 * 4096 * 128

@@ -179,22 +179,22 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
     return xla_attention(q, k, v, mask)
 
 
-def splash_cost(batch: int, seq_len: int, num_heads: int, head_dim: int,
-                backward: bool = True) -> tuple[float, float]:
-    """(FLOPs, HBM bytes per element size 1) of the splash kernels for one layer, counting the
-    blocks a causal mask visits (XLA's cost analysis sees a Pallas call as zero work).
-    Forward: QK^T and PV on visited blocks (2 matmuls x 2 FLOPs). Backward: the dq kernel
-    recomputes QK^T, then dP = dO V^T and dQ = dS K (3), the dkv kernel recomputes QK^T and dP and
-    forms dV = P^T dO and dK = dS^T Q (4): 7 matmuls. Bytes: each visited block streams a
-    [block, D] tile of K and V (forward), and K, V, Q, dO per backward kernel, plus the q/o/lse
-    reads and writes once per row."""
+# Matmuls per visited [block, block] tile of each splash kernel: the forward does QK^T and PV; the
+# dq kernel recomputes QK^T, then dP = dO V^T and dQ = dS K; the dkv kernel recomputes QK^T and
+# dP and forms dV = P^T dO and dK = dS^T Q.
+SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
+
+
+def splash_cost(phase: str, seq_len: int, head_dim: int, itemsize: int) -> tuple[float, float]:
+    """(FLOPs, HBM bytes) one splash kernel `phase` ("fwd", "dq", "dkv") spends per row and
+    query head with the causal mask, beyond what XLA's cost analysis sees: XLA counts a Pallas
+    call as zero FLOPs and its operands and results once. FLOPs: the matmuls of every visited
+    (lower-triangular, diagonal included) block. Bytes: the streamed operand pair (K and V, or Q
+    and dO for dkv) is re-read once per visited block instead of once per row: the extra
+    (visited - blocks) tiles of 2 x [block, head_dim]."""
     block = splash_block(seq_len, interpret=True)
     n = seq_len // block
-    visited = n * (n + 1) // 2  # lower-triangular blocks, diagonal included
-    per_block_matmul = 2.0 * block * block * head_dim
-    matmuls = 2 + (7 if backward else 0)
-    flops = batch * num_heads * visited * per_block_matmul * matmuls
-    tile = block * head_dim
-    streamed = visited * tile * (2 + (4 + 4 if backward else 0))
-    once = seq_len * head_dim * (2 + (4 if backward else 0))
-    return flops, float(batch * num_heads * (streamed + once))
+    visited = n * (n + 1) // 2
+    flops = SPLASH_MATMULS[phase] * 2.0 * block * block * head_dim * visited
+    extra_bytes = 2.0 * (visited - n) * block * head_dim * itemsize
+    return flops, extra_bytes

@@ -1,7 +1,8 @@
 """TPU slices by their gcloud accelerator-type names (v4-128, v5litepod-256, v5p-512, v6e-256), and
 compile-only devices for them so a CPU machine can compile for a slice it does not have.
 
-Chip facts are Cloud TPU's published per-chip figures (HBM taken as GiB; the AOT fit check keeps
+Chip facts are Cloud TPU's published per-chip figures (HBM bandwidth in bytes/s: v4 1200 GB/s,
+v5e 819, v5p 2765, v6e 1640; HBM taken as GiB; the AOT fit check keeps
 a headroom below it for the runtime's own reservations).
 gcloud counts TensorCores for v4 and v5p (two per chip, one "megacore" device) and chips for v5e
 and v6e; `TpuSlice.chips` is always chips (= JAX devices).
@@ -26,13 +27,15 @@ class TpuChip:
     cores_per_chip: int  # gcloud's count per chip
     dims: int  # 3: 3D torus (v4, v5p), 2: 2D (v5e, v6e)
     chip_config_name: str
+    hbm_bytes_per_s: float = 0.0  # published HBM bandwidth per chip (the roofline's memory roof)
 
 
 CHIPS: dict[str, TpuChip] = {
-    "v4": TpuChip("v4", "v4", "TPU v4", 32 * GIB, 275e12, 2, 3, "megacore"),
-    "v5p": TpuChip("v5p", "v5p", "TPU v5", 95 * GIB, 459e12, 2, 3, "megacore"),
-    "v5litepod": TpuChip("v5litepod", "v5e", "TPU v5 lite", 16 * GIB, 197e12, 1, 2, "default"),
-    "v6e": TpuChip("v6e", "v6e", "TPU v6 lite", 32 * GIB, 918e12, 1, 2, "default"),
+    "v4": TpuChip("v4", "v4", "TPU v4", 32 * GIB, 275e12, 2, 3, "megacore", 1200e9),
+    "v5p": TpuChip("v5p", "v5p", "TPU v5", 95 * GIB, 459e12, 2, 3, "megacore", 2765e9),
+    "v5litepod": TpuChip("v5litepod", "v5e", "TPU v5 lite", 16 * GIB, 197e12, 1, 2, "default",
+                         819e9),
+    "v6e": TpuChip("v6e", "v6e", "TPU v6 lite", 32 * GIB, 918e12, 1, 2, "default", 1640e9),
 }
 ALIASES = {"v5e": "v5litepod"}
 

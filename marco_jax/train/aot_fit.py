@@ -5,9 +5,10 @@ shardings, donated state) for compile-only devices of the target slice, so the f
 TPU compiler's: per-chip argument/output/temporary bytes, and the FLOPs of the compiled program.
 
 FLOPs and HBM bytes per step: XLA's cost analysis counts a while-loop body once, whatever its trip
-count, so both come from loop-free counting compiles at 1-2 layers x 1-2 rows per data shard,
-fitted bilinearly (`marco_jax.train.roofline`); they include the config's rematerialisation (work
-the chip does) and the splash kernels' work (opaque to XLA, added per kernel call). Beside them:
+count, so both come from loop-free counting compiles of 1 and 2 layers at the real micro-batch
+rows, extrapolated in layers (`marco_jax.train.roofline`); they include the config's
+rematerialisation (work the chip does) and the splash kernels' work (opaque to XLA, added per
+kernel call). Beside them:
 the roofline step time max(FLOPs / peak, bytes / HBM bandwidth), its tokens/s/chip, and the
 analytic 6N + causal-attention model FLOPs. Attention `auto` resolves for the slice's platform
 (splash on TPU), not this host's.
