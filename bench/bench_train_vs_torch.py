@@ -1,9 +1,15 @@
 """Training throughput: marco_jax vs transformers + PyTorch, same model, same CPU, one run.
 
     JAX_PLATFORMS=cpu .venv/bin/python bench/bench_train_vs_torch.py [--steps 4] [--loss-chunk 64]
+        [--shapes vocab-heavy,layer-heavy]
 
-Model: the `tiny-20m` Qwen2 preset (real 151,936-row vocabulary, hidden 128, 4 layers; ~20M
-parameters, almost all in the tied embedding / lm head), sequence 512, batch 8, AdamW
+Two shapes, both sides of each from one run (`SHAPES`):
+- vocab-heavy: the `tiny-20m` Qwen2 preset (real 151,936-row vocabulary, hidden 128, 4 layers;
+  ~20M parameters, almost all in the tied embedding / lm head);
+- layer-heavy: vocab 32,000, hidden 384, MLP 1,536, 6 layers, 6 query / 2 KV heads, tied
+  (~25M parameters, half in the layers), where the transformer layers dominate the time;
+  marco_jax runs it with scanned and with unrolled layers.
+Sequence 512, batch 8, AdamW
 (b2 0.95, weight decay 0.1, clip 1.0), everything fp32. marco_jax runs the trainer's own step
 (`make_train_step`: fused chunked cross-entropy, jit, donated state); PyTorch runs
 `transformers.Qwen2ForCausalLM(labels=...)` + `torch.optim.AdamW` + `clip_grad_norm_`.
@@ -49,6 +55,20 @@ OPTIM = OptimSection(peak_lr=1e-4, end_lr_ratio=1.0, warmup_steps=0, schedule="c
                      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0)
 
 
+SHAPES = {
+    "vocab-heavy": ("tiny-20m", {}),
+    "layer-heavy": ("tiny", {"vocab_size": 32000, "hidden_size": 384, "intermediate_size": 1536,
+                             "num_hidden_layers": 6, "num_attention_heads": 6,
+                             "num_key_value_heads": 2, "tie_word_embeddings": True,
+                             "bos_token_id": 1, "eos_token_id": 2}),
+}
+
+
+def mean_loss(sums: dict) -> float:
+    """The step returns additive sums; the mean loss per target token."""
+    return float(sums["loss_sum"]) / max(float(sums["weight"]), 1.0)
+
+
 def bench_jax(model_cfg, tokens: np.ndarray, steps: int, warmup: int, loss_chunk: int):
     b, t1 = tokens.shape
     graphdef, state = nnx.split(init_model(model_cfg, seed=0))
@@ -64,7 +84,7 @@ def bench_jax(model_cfg, tokens: np.ndarray, steps: int, warmup: int, loss_chunk
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     t0 = time.perf_counter()
     st, m = step(st, batch)
-    first_loss = float(m["loss"])
+    first_loss = mean_loss(m)
     compile_s = time.perf_counter() - t0
     for _ in range(warmup - 1):
         st, m = step(st, batch)
@@ -76,7 +96,7 @@ def bench_jax(model_cfg, tokens: np.ndarray, steps: int, warmup: int, loss_chunk
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
     return {"step_s": float(np.median(times)), "first_loss": first_loss,
-            "last_loss": float(m["loss"]), "compile_s": compile_s}
+            "last_loss": mean_loss(m), "compile_s": compile_s}
 
 
 def bench_torch(model_cfg, tokens: np.ndarray, steps: int, warmup: int):
@@ -112,6 +132,38 @@ def bench_torch(model_cfg, tokens: np.ndarray, steps: int, warmup: int):
             "threads": torch.get_num_threads(), "version": torch.__version__}
 
 
+def bench_shape(name: str, args: argparse.Namespace, peak: float) -> None:
+    preset, overrides = SHAPES[name]
+    model_cfg = get_preset(preset, dtype="float32", param_dtype="float32", **overrides)
+    n = model_cfg.num_params()
+    tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size,
+                                               (args.batch, args.seq + 1)).astype(np.int32)
+    tokens_per_step = args.batch * args.seq
+    flops_tok = model_cfg.train_flops_per_token(args.seq)
+    print(f"\n== {name}: {n / 1e6:.1f}M params, vocab {model_cfg.vocab_size}, hidden "
+          f"{model_cfg.hidden_size}, {model_cfg.num_hidden_layers} layers, batch {args.batch} x "
+          f"seq {args.seq}, AdamW, fp32; {flops_tok / 1e6:.1f} MFLOP/token (6N + attention)")
+    rows = [("marco_jax", bench_jax(model_cfg, tokens, args.steps, args.warmup,
+                                    args.loss_chunk))]
+    if name == "layer-heavy":
+        rows.append(("marco_jax unrolled", bench_jax(model_cfg.replace(scan_layers=False), tokens,
+                                                     args.steps, args.warmup, args.loss_chunk)))
+    if not args.skip_torch:
+        rows.append(("torch+transformers", bench_torch(model_cfg, tokens, args.steps,
+                                                       args.warmup)))
+    print(f"{'framework':20s} {'step s':>8s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'MFU':>6s} "
+          f"{'loss 1st->last':>16s}")
+    for label, r in rows:
+        r["tps"] = tokens_per_step / r["step_s"]
+        print(f"{label:20s} {r['step_s']:8.2f} {r['tps']:10.0f} {flops_tok * r['tps'] / 1e9:9.1f} "
+              f"{flops_tok * r['tps'] / peak:6.1%} {r['first_loss']:7.3f}->{r['last_loss']:.3f}")
+    if not args.skip_torch:
+        torch_row = rows[-1][1]
+        for label, r in rows[:-1]:
+            print(f"ratio {label} / torch tokens/s: {r['tps'] / torch_row['tps']:.2f}x "
+                  f"(torch {torch_row['version']}, {torch_row['threads']} threads)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=4, help="timed steps (median reported)")
@@ -119,42 +171,23 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--loss-chunk", type=int, default=64)
-    p.add_argument("--preset", default="tiny-20m")
+    p.add_argument("--shapes", default=",".join(SHAPES),
+                   help=f"comma-separated, of {', '.join(SHAPES)}")
     p.add_argument("--skip-torch", action="store_true")
     args = p.parse_args()
+    shapes = [s for s in args.shapes.split(",") if s]
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        raise SystemExit(f"error: --shapes {unknown}: expected of {sorted(SHAPES)}")
 
-    model_cfg = get_preset(args.preset, dtype="float32", param_dtype="float32")
-    n = model_cfg.num_params()
-    tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size,
-                                               (args.batch, args.seq + 1)).astype(np.int32)
-    tokens_per_step = args.batch * args.seq
-    flops_tok = model_cfg.train_flops_per_token(args.seq)
     peak = measure_matmul_flops(2048)
-    print(f"model {args.preset}: {n / 1e6:.1f}M params, vocab {model_cfg.vocab_size}, "
-          f"batch {args.batch} x seq {args.seq}, AdamW, fp32; {os.cpu_count()} CPU cores")
-    print(f"measured fp32 matmul peak (jnp 2048^3): {peak / 1e9:.1f} GFLOP/s; model "
-          f"{flops_tok / 1e6:.1f} MFLOP/token (6N + causal attention)")
-
-    rows = []
-    j = bench_jax(model_cfg, tokens, args.steps, args.warmup, args.loss_chunk)
-    rows.append(("marco_jax", j))
-    if not args.skip_torch:
-        rows.append(("torch+transformers", bench_torch(model_cfg, tokens, args.steps,
-                                                       args.warmup)))
+    print(f"{os.cpu_count()} CPU cores; measured fp32 matmul peak (jnp 2048^3): "
+          f"{peak / 1e9:.1f} GFLOP/s")
+    for name in shapes:
+        bench_shape(name, args, peak)
     peak_after = measure_matmul_flops(2048)
-    print(f"matmul peak re-measured after the runs: {peak_after / 1e9:.1f} GFLOP/s "
-          "(a large gap means other load on the machine); MFU uses the larger")
-    peak = max(peak, peak_after)
-    print(f"{'framework':20s} {'step s':>8s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'MFU':>6s} "
-          f"{'loss 1st->last':>16s}")
-    for name, r in rows:
-        tps = tokens_per_step / r["step_s"]
-        r["tps"] = tps
-        print(f"{name:20s} {r['step_s']:8.2f} {tps:10.0f} {flops_tok * tps / 1e9:9.1f} "
-              f"{flops_tok * tps / peak:6.1%} {r['first_loss']:7.3f}->{r['last_loss']:.3f}")
-    if len(rows) == 2:
-        print(f"ratio marco_jax / torch tokens/s: {rows[0][1]['tps'] / rows[1][1]['tps']:.2f}x "
-              f"(torch {rows[1][1]['version']}, {rows[1][1]['threads']} threads)")
+    print(f"\nmatmul peak re-measured after the runs: {peak_after / 1e9:.1f} GFLOP/s (a large "
+          "gap means other load on the machine); MFU above uses the first")
 
 
 if __name__ == "__main__":
