@@ -141,6 +141,23 @@ def test_empty_language_is_left_out(tmp_path):
                                       shares=shares, pool_sizes="sources")})
     assert plan.empty == ["web.de"] and "web.de" not in plan.names
     assert plan.group_shares["high_resource"] == pytest.approx(0.5)
+    # data_pipelines' layout: no shard at all for a language that kept nothing, and its
+    # web/stats.json says so (absent from by_language, or 0 documents).
+    (root / "web" / "fr.jsonl").unlink()
+    (root / "web" / "es.jsonl").unlink()
+    langs = [p.stem for p in (root / "web").glob("*.jsonl")]
+    stats = json.dumps({"documents": 99, "tokens": 9999, "by_language": {
+        x: {"documents": 3, "tokens": 300} for x in langs} | {"es": {"documents": 0}}})
+    (root / "web" / "stats.json").write_text(stats)
+    plan = resolve_plan({"data": dict(mixture="marco_stage1", sources_dir=str(root),
+                                      shares=shares, pool_sizes="sources")})
+    assert sorted(plan.empty) == ["web.de", "web.es", "web.fr"]
+    assert not {"web.de", "web.es", "web.fr"} & set(plan.names)
+    (root / "web" / "stats.json").unlink()  # without stats, a missing shard is a missing source
+    with pytest.raises(FileNotFoundError, match=r"no source for 2 task\(s\) \['web.es', 'web.f"):
+        resolve_plan({"data": dict(mixture="marco_stage1", sources_dir=str(root),
+                                   shares=shares, pool_sizes="sources")})
+    (root / "web" / "stats.json").write_text(stats)
     (root / "web" / "en.jsonl").write_text("\n")
     with pytest.raises(ValueError, match=r"group 'english' .* \(web.en: zero records\)"):
         resolve_plan({"data": dict(mixture="marco_stage1", sources_dir=str(root),

@@ -24,6 +24,7 @@ import numpy as np
 from marco_jax.config import ConfigError, to_experiment
 from marco_jax.config.schema import DataSection, Experiment
 from marco_jax.data import mixtures as M
+from marco_jax.data.sources import exists, read_bytes
 from marco_jax.data.tasks import TaskSpec, task_catalog
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,8 @@ def plan_mixture(config: Any) -> MixturePlan:
     catalog = task_catalog(data.sources_dir, data.task_sources or None)
     spec = spec.expand(list(catalog))
     wanted = spec.tasks
-    missing = [t for t in wanted if t not in catalog]
+    kept_none = _kept_no_documents(data.sources_dir, [t for t in wanted if t not in catalog])
+    missing = [t for t in wanted if t not in catalog and t not in kept_none]
     if missing and not spec.skip_missing:
         raise FileNotFoundError(
             f"mixture {spec.name!r}: no source for {len(missing)} task(s) {missing[:8]}"
@@ -125,6 +127,10 @@ def plan_mixture(config: Any) -> MixturePlan:
     for t in empty:
         log.warning("mixture %s: task %s has zero records (%s); left out", spec.name, t,
                     catalog[t].pattern)
+    for t in kept_none:
+        log.warning("mixture %s: task %s kept no documents (web/stats.json); left out",
+                    spec.name, t)
+    empty += kept_none
     tasks = [t for t in present if t.name not in empty]
     pool_mode = data.pool_sizes or spec.pool_sizes
     pools, origin, mean_tokens = {}, {}, {}
@@ -142,6 +148,27 @@ def plan_mixture(config: Any) -> MixturePlan:
         group_shares=_group_sums(rates, spec), pools=pools,
         pool_origin=origin, mean_tokens=mean_tokens, token_rates=rates, probabilities=probs,
         temperature=data.temperature, missing=missing, empty=empty)
+
+
+def _kept_no_documents(root: str, tasks: list[str]) -> list[str]:
+    """Web tasks without shards that data_pipelines' `<root>/web/stats.json` shows kept no
+    documents (it writes no shard for such a language): zero records, not a missing source."""
+    web = [t for t in tasks if t.startswith("web.")]
+    if not web or not root:
+        return []
+    path = f"{root.rstrip('/')}/web/stats.json"
+    if not exists(path):
+        return []
+    try:
+        by_lang = json.loads(read_bytes(path)).get("by_language") or {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid stats JSON ({e.msg})") from None
+    def kept(entry: Any) -> bool:
+        if isinstance(entry, dict):
+            return bool(entry.get("documents", entry.get("tokens")))
+        return bool(entry)  # a bare token count
+
+    return [t for t in web if not kept(by_lang.get(t.removeprefix("web.")))]
 
 
 def _group_sums(rates: Mapping[str, float], spec: M.MixtureSpec) -> dict[str, float]:
