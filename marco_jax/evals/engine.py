@@ -82,13 +82,24 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
 def _token_logprobs(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array,
                     positions: jax.Array, segment_ids: jax.Array, scored: jax.Array,
                     targets: jax.Array, *, chunk: int) -> tuple[jax.Array, jax.Array]:
-    """(log p(target), target is the argmax), [B, K] each, at the K slots per row listed in
-    `scored` [B, K]: only the continuation's slots go through the lm head (for multiple choice a
-    small fraction of the row; the head dominates small models' cost with a 152k vocabulary)."""
+    """(log p(target), target is the argmax), [G, K] each. Rows come in G groups (one per
+    data-parallel shard, so groups stay where their rows are); `scored` [G, K] lists slots of the
+    group's flattened rows. Only those slots go through the lm head: with a 152k vocabulary the
+    head dominates small models' cost, and for multiple choice the continuation is a fraction of
+    each row."""
     model = nnx.merge(graphdef, state)
     hidden, _ = model.hidden(tokens, positions, segment_ids)
+    groups = scored.shape[0]
+    b, t, e = hidden.shape
+    hidden = hidden.reshape(groups, (b // groups) * t, e)
     hidden = jnp.take_along_axis(hidden, scored[..., None], axis=1)
     return target_logprobs(hidden, model.lm_head_kernel(), targets, chunk)
+
+
+def _round_up_coarse(n: int) -> int:
+    """The smallest 2^k or 3 * 2^(k-2) >= n: at most a third of padding, two shapes per octave."""
+    power = 1 << max(0, (n - 1).bit_length())
+    return 3 * power // 4 if power >= 4 and 3 * power // 4 >= n else power
 
 
 def _pick(logits: jax.Array, key: jax.Array, sampling: SamplingParams,
@@ -171,6 +182,7 @@ class Engine:
             state = jax.device_put(state, logical_to_sharding(state, mesh))
             dp = data_parallel_size(mesh)
             batch_size = -(-batch_size // dp) * dp
+        self._groups = 1 if mesh is None else dp
         self.batch_size = batch_size
         self._graphdef, self._state = graphdef, state
         self._score = jax.jit(trace_under_mesh(_token_logprobs, mesh), static_argnums=(0,),
@@ -302,14 +314,17 @@ class Engine:
 
     def _run_score_batch(self, batch: Batch, seqs: list, logprob: np.ndarray,
                          greedy: np.ndarray) -> None:
-        rows, width = self.batch_size, batch.width
+        rows, width, groups = self.batch_size, batch.width, self._groups
+        per_group = rows // groups
         tokens = np.zeros((rows, width), np.int32)
         segments = np.zeros((rows, width), np.int32)
         positions = np.zeros((rows, width), np.int32)
-        scored: list[list[int]] = [[] for _ in range(rows)]  # row slots sent to the lm head
-        row_targets: list[list[int]] = [[] for _ in range(rows)]
-        spans = []  # (seq index, row, start, end) in the row's scored slots
+        scored: list[list[int]] = [[] for _ in range(groups)]  # slots sent to the lm head
+        group_targets: list[list[int]] = [[] for _ in range(groups)]
+        spans = []  # (seq index, group, start, end) in the group's scored slots
         for r, members in enumerate(batch.rows):
+            g, base = divmod(r, per_group)
+            base *= width
             at = 0
             for seg, s in enumerate(members, start=1):
                 inputs, tgt, n_cont = seqs[s]
@@ -317,26 +332,24 @@ class Engine:
                 tokens[r, at:end] = inputs
                 segments[r, at:end] = seg
                 positions[r, at:end] = np.arange(len(inputs))
-                spans.append((s, r, len(scored[r]), len(scored[r]) + n_cont))
-                scored[r] += range(end - n_cont, end)
-                row_targets[r] += tgt[-n_cont:]
+                spans.append((s, g, len(scored[g]), len(scored[g]) + n_cont))
+                scored[g] += range(base + end - n_cont, base + end)
+                group_targets[g] += tgt[-n_cont:]
                 at = end
-        # Scored slots per row: a power of two from width/8 to width (<= 4 shapes per width).
-        most = max(len(x) for x in scored)
-        k = min(width, max(8, width // 8, 1 << (most - 1).bit_length()))
-        chunk = max(1, min(k, 2 ** int(math.log2(max(1, self.logits_tokens // rows)))))
+        k = _round_up_coarse(max(8, max(len(x) for x in scored)))
+        chunk = max(1, min(k, 2 ** int(math.log2(max(1, self.logits_tokens // groups)))))
         k = -(-k // chunk) * chunk
-        select = np.zeros((rows, k), np.int32)
-        targets = np.zeros((rows, k), np.int32)
-        for r in range(rows):
-            select[r, :len(scored[r])] = scored[r]
-            targets[r, :len(scored[r])] = row_targets[r]
+        select = np.zeros((groups, k), np.int32)
+        targets = np.zeros((groups, k), np.int32)
+        for g in range(groups):
+            select[g, :len(scored[g])] = scored[g]
+            targets[g, :len(scored[g])] = group_targets[g]
         lp, is_max = self._get(self._score(
             self._graphdef, self._state, self._put(tokens), self._put(positions),
             self._put(segments), self._put(select), self._put(targets), chunk=chunk))
-        for s, r, start, end in spans:
-            logprob[s] = float(lp[r, start:end].sum(dtype=np.float32))
-            greedy[s] = bool(is_max[r, start:end].all())
+        for s, g, start, end in spans:
+            logprob[s] = float(lp[g, start:end].sum(dtype=np.float32))
+            greedy[s] = bool(is_max[g, start:end].all())
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, stop: Sequence[str] = (),
