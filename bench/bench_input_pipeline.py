@@ -78,7 +78,9 @@ class _StepClock(H.Hook):
 def trainer_rate(config, it, steps: int) -> float:
     batches = [next(it) for _ in range(4)]
     config = config.replace(
-        train=dataclasses.replace(config.train, steps=steps + 2, log_every=1, eval_every=0),
+        # random init: only the step's speed matters here, not where the weights come from
+        train=dataclasses.replace(config.train, steps=steps + 2, log_every=1, eval_every=0,
+                                  init_from=""),
         checkpoint=dataclasses.replace(config.checkpoint, every=0))
     clock = _StepClock()
     with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()):
