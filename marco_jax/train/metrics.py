@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from marco_jax.data.mixtures import GROUP_TASKS
 from marco_jax.paths import is_remote
 
 
@@ -109,7 +110,10 @@ class MetricsWriter:
             print(line, flush=True)
 
     def loss_curve(self, path: str | None = None) -> str | None:
-        """Plot train (and eval) loss from metrics.jsonl — the whole run, resumes included."""
+        """Plot the whole run (resumes included) from metrics.jsonl: train and held-out loss on
+        the left; on the right, held-out loss per language group (the mixture's groups: English,
+        Chinese, other high-resource, low-resource, ...; the mean over the group's tasks present
+        in the eval batches), the figure that shows what continual pretraining does."""
         if not self.enabled:
             return None
         import matplotlib
@@ -122,17 +126,27 @@ class MetricsWriter:
             rec = json.loads(line)
             latest.setdefault(rec["step"], {}).update(rec)  # a resumed run rewrites its steps
         steps = sorted(latest)
-        fig, ax = plt.subplots(figsize=(7, 4))
+        groups = eval_loss_by_group(latest)
+        fig, axes = plt.subplots(1, 2 if groups else 1, figsize=(13 if groups else 7, 4),
+                                 squeeze=False)
+        ax = axes[0][0]
         train = [(s, latest[s]["loss"]) for s in steps if "loss" in latest[s]]
         if train:
             ax.plot(*zip(*train, strict=True), label="train loss")
         evals = [(s, latest[s]["eval_loss"]) for s in steps if "eval_loss" in latest[s]]
         if evals:
             ax.plot(*zip(*evals, strict=True), "o-", label="held-out loss")
-        ax.set_xlabel("step")
-        ax.set_ylabel("cross-entropy (nats/token)")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        ax.set_title("all tasks")
+        if groups:
+            right = axes[0][1]
+            for label, points in groups.items():
+                right.plot(*zip(*points, strict=True), "o-", label=label)
+            right.set_title("held-out loss per language group")
+        for a in axes[0]:
+            a.set_xlabel("step")
+            a.set_ylabel("cross-entropy (nats/token)")
+            a.grid(alpha=0.3)
+            a.legend(fontsize=8)
         out = epath.Path(path) if path else self.dir / "loss_curve.png"
         with out.open("wb") as f:
             fig.savefig(f, dpi=120, bbox_inches="tight")
@@ -149,3 +163,34 @@ class MetricsWriter:
         self.tb.close()
         self.jsonl.close()
         self.sync()
+
+
+GROUP_LABELS = {"english": "English", "chinese": "Chinese", "high_resource": "other high-resource",
+                "low_resource": "low-resource", "parallel": "parallel (bitext)",
+                "knowledge": "knowledge", "synthetic": "synthetic"}
+
+
+def eval_loss_by_group(records: Mapping[int, Mapping[str, float]],
+                       prefix: str = "eval_loss/") -> dict[str, list[tuple[int, float]]]:
+    """{"<group> (<n> tasks)": [(step, mean held-out loss over the group's tasks)]} from
+    per-step records holding `eval_loss/<task>`; groups from the CPT mixtures' `GROUP_TASKS`
+    (a task in none of them is its own group). A group's tasks are those of its first eval
+    (the eval batches are the same every time), so every point averages the same tasks."""
+    group_of = {t: g for g, ts in GROUP_TASKS.items() for t in ts}
+    out: dict[str, list[tuple[int, float]]] = {}
+    members: dict[str, tuple[str, ...]] = {}
+    for step in sorted(records):
+        by_group: dict[str, dict[str, float]] = {}
+        for key, value in records[step].items():
+            if key.startswith(prefix):
+                task = key[len(prefix):]
+                by_group.setdefault(group_of.get(task, task), {})[task] = value
+        for g, losses in by_group.items():
+            tasks = members.setdefault(g, tuple(sorted(losses)))
+            if all(t in losses for t in tasks):
+                label = f"{GROUP_LABELS.get(g, g)} ({len(tasks)} task{'s' * (len(tasks) > 1)})"
+                out.setdefault(label, []).append(
+                    (step, float(np.mean([losses[t] for t in tasks]))))
+    order = list(GROUP_TASKS)
+    return dict(sorted(out.items(), key=lambda kv: next(
+        (i for i, g in enumerate(order) if kv[0].startswith(GROUP_LABELS[g] + " (")), len(order))))
