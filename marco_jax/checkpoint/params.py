@@ -10,9 +10,12 @@ slice and the same checkpoint restores onto any mesh. Paths may be local or gs:/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -26,6 +29,19 @@ from marco_jax.parallel.rules import with_shardings
 from marco_jax.paths import orbax_path
 
 CONFIG_FILE = "model_config.json"
+
+
+@contextlib.contextmanager
+def quiet_orbax() -> Iterator[None]:
+    """Silence Orbax's warnings about reading (a read-only manager, an item directory without
+    its own _CHECKPOINT_METADATA): they are expected for params-only reads and alarm users."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 PARAMS_DIR = "params"
 
 
@@ -90,7 +106,8 @@ def stored_tree(path: str | os.PathLike) -> Any:
     path = orbax_path(path)
     if not (path / "_METADATA").exists():
         raise FileNotFoundError(f"{path}: not an Orbax PyTree checkpoint (no _METADATA)")
-    return ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+    with quiet_orbax():
+        return ocp.StandardCheckpointer().metadata(path).item_metadata.tree
 
 
 def restore_tree(path: str | os.PathLike, shardings: Any = None, dtypes: Any = None) -> Any:
@@ -111,7 +128,8 @@ def restore_tree(path: str | os.PathLike, shardings: Any = None, dtypes: Any = N
     except ValueError as e:
         raise ValueError(f"{path}: the shardings tree does not match the checkpoint's tree "
                          f"{jax.tree.structure(stored)}: {e}") from None
-    return ocp.StandardCheckpointer().restore(orbax_path(path), target)
+    with quiet_orbax():
+        return ocp.StandardCheckpointer().restore(orbax_path(path), target)
 
 
 def save_params(path: str | os.PathLike, config: Qwen2Config, params: dict) -> None:

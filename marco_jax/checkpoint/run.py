@@ -26,7 +26,7 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 from marco_jax.checkpoint.layout import LAYOUT_VERSION, layout_mismatches
-from marco_jax.checkpoint.params import PARAMS_DIR, model_config_from_dict
+from marco_jax.checkpoint.params import PARAMS_DIR, model_config_from_dict, quiet_orbax
 from marco_jax.model.config import Qwen2Config
 from marco_jax.paths import orbax_path
 
@@ -137,7 +137,8 @@ def open_run(workdir: Any, step: int | None = None) -> RunStep:
     directory = orbax_path(workdir) / "checkpoints"
     if not directory.exists():
         raise FileNotFoundError(f"{workdir}: no checkpoints/ (not a training workdir)")
-    manager = _manager(directory, read_only=True)
+    with quiet_orbax():
+        manager = _manager(directory, read_only=True)
     try:
         steps = sorted(manager.all_steps())
         if not steps:
@@ -146,8 +147,9 @@ def open_run(workdir: Any, step: int | None = None) -> RunStep:
             step = steps[-1]
         elif step not in steps:
             raise ValueError(f"{directory}: no step {step}; have {steps}")
-        meta = manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
+        with quiet_orbax():
+            meta = manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
     finally:
         manager.close()
     where = directory / str(step)

@@ -139,17 +139,23 @@ class Logging(Hook):
 
 class HeldOutEval(Hook):
     """Held-out figures on the same `batches` batches every time (the iterator is rewound), with
-    the objective's own loss."""
+    the objective's own loss; also at step 0 of a fresh run, so curves start from the initial
+    weights (for CPT: where each language starts before continued training)."""
 
     def __init__(self, every: int, batches: int):
         self.every, self.batches = every, batches
 
     def on_start(self, run: Run) -> None:
         self.start_state = run.eval_it.get_state()
+        if run.step == 0:
+            self._evaluate(run)
 
     def after_step(self, run: Run, sums: dict) -> None:
-        if run.step % self.every:
-            return
+        if run.step % self.every == 0:
+            self._evaluate(run)
+            run.clock_reset = True
+
+    def _evaluate(self, run: Run) -> None:
         run.eval_it.set_state(self.start_state)
         window = SumWindow()
         for _ in range(self.batches):
@@ -158,7 +164,6 @@ class HeldOutEval(Hook):
         figures = run.objective.metrics(window.sums, prefix="eval_")
         if figures:
             run.writer.write(run.step, figures)
-        run.clock_reset = True
 
 
 class BadStepGuard(Hook):
