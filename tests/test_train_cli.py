@@ -26,7 +26,8 @@ def test_demo_cli_writes_checkpoint_metrics_tensorboard_and_curve(tmp_path):
     # A relative --workdir, as in the README's command (Orbax itself refuses relative paths).
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
                PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "marco_jax.train", "--config", str(ROOT / "configs/demo.py"), "--config.train.init_from=",
+    cmd = [sys.executable, "-m", "marco_jax.train", "--config", str(ROOT / "configs/demo.py"),
+           "--config.train.init_from=",
            "--workdir", "run", "--config.train.steps=6", "--config.data.seq_len=32",
            "--config.train.log_every=2", "--config.train.eval_every=3",
            "--config.checkpoint.every=3"]
