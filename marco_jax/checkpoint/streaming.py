@@ -12,7 +12,7 @@ does not fit. So the converter writes the layout Orbax's PyTreeCheckpointHandler
 Chunks hold one layer of a stacked parameter (or a block of vocabulary rows), so each HF tensor is
 written into its own chunks and Orbax's standard restore, which reads chunk shapes from `.zarray`,
 restores onto any sharding. Orbax's public API has no way to save an array that is never whole in
-memory, hence this writer; `tests/test_checkpoint.py` pins its metadata to what Orbax itself writes
+memory, hence this writer; `tests/test_checkpoint_streaming.py` pins its metadata to Orbax's own
 for the same tree, so an Orbax upgrade that changes the format fails a test instead of a restore.
 Readers open either this layout or Orbax's default OCDBT one (e.g. a training run's params).
 Directories may be local or gs:// (tensorstore's `gcs` kvstore).
