@@ -102,6 +102,10 @@ class Logging(Hook):
             tps = self.timer_steps * self.tokens_per_step / elapsed
             scalars["tokens_per_s"] = tps
             scalars["mfu"] = self.flops_per_token * tps / (self.peak * self.devices)
+        bad = getattr(run.train_it, "bad_records", None)
+        for task, reasons in (bad() if callable(bad) else {}).items():
+            for reason, n in reasons.items():  # records replaced so far (this host's count)
+                scalars[f"bad_records/{task}/{reason}"] = float(n)
         run.summary["last"] = {k: float(last[k]) for k in STEP_SCALARS}
         if "loss" in scalars:
             run.summary["last_loss"] = scalars["loss"]
