@@ -105,8 +105,8 @@ def load_reference_logps(path: str, fingerprint: str, num_pairs: int) -> np.ndar
     return logps
 
 
-def make_logps_fn(model: Qwen2ForCausalLM, pairs_per_row: int, loss_chunk: int = 0) -> LogpsFn:
-    """Single-process: the jitted sequence log-probs of `model` on host rows."""
+def _jitted_logps(model: Qwen2ForCausalLM, pairs_per_row: int, loss_chunk: int):
+    """(keys a batch needs, jitted `batch -> (chosen, rejected)` with `model`'s params bound)."""
     probe = DPOObjective(DPOConfig(reference="none"), pairs_per_row, loss_chunk=loss_chunk)
     graphdef, params = nnx.split(model)
 
@@ -114,10 +114,15 @@ def make_logps_fn(model: Qwen2ForCausalLM, pairs_per_row: int, loss_chunk: int =
     def run(params, batch):
         out = probe.sequence_logps(nnx.merge(graphdef, params), batch)
         return out["chosen"], out["rejected"]
+    return probe.batch_keys, lambda batch: run(params, batch)
+
+
+def make_logps_fn(model: Qwen2ForCausalLM, pairs_per_row: int, loss_chunk: int = 0) -> LogpsFn:
+    """Single-process: the jitted sequence log-probs of `model` on host rows."""
+    keys, run = _jitted_logps(model, pairs_per_row, loss_chunk)
 
     def fn(rows):
-        batch = {k: jnp.asarray(rows[k]) for k in probe.batch_keys}
-        chosen, rejected = run(params, batch)
+        chosen, rejected = run({k: jnp.asarray(rows[k]) for k in keys})
         return np.asarray(chosen), np.asarray(rejected)
     return fn
 
@@ -134,18 +139,12 @@ def make_sharded_logps_fn(model: Qwen2ForCausalLM, pairs_per_row: int, mesh: Mes
     """Multi-host: each process passes its local rows; they become its part of a global batch
     sharded by `batch_spec` over `mesh` (the model placed as the caller sharded it), and the
     rows it fed come back to it."""
-    probe = DPOObjective(DPOConfig(reference="none"), pairs_per_row, loss_chunk=loss_chunk)
-    graphdef, params = nnx.split(model)
-
-    @jax.jit
-    def run(params, batch):
-        out = probe.sequence_logps(nnx.merge(graphdef, params), batch)
-        return out["chosen"], out["rejected"]
+    keys, run = _jitted_logps(model, pairs_per_row, loss_chunk)
 
     def fn(rows):
-        local = {k: np.asarray(rows[k]) for k in probe.batch_keys}
+        local = {k: np.asarray(rows[k]) for k in keys}
         batch = multihost_utils.host_local_array_to_global_array(local, mesh, batch_spec)
-        out = run(params, batch)
+        out = run(batch)
         chosen, rejected = multihost_utils.global_array_to_host_local_array(out, mesh,
                                                                            batch_spec)
         return np.asarray(chosen), np.asarray(rejected)
