@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from etils import epath
-
 from marco_jax.checkpoint import load_model
 from marco_jax.data.tokenizer import get_tokenizer
 from marco_jax.infer.text import generate_text
@@ -23,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m marco_jax.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
-                   help="converted checkpoint dir (model_config.json + params/)")
+                   help="converted checkpoint dir (model_config.json + params/) or a training "
+                   "workdir (its latest step)")
     p.add_argument("--prompt", required=True, action="append",
                    help="prompt text; repeat for a batch")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -43,19 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.system is not None and not args.chat:
         print("error: --system needs --chat", file=sys.stderr)
         return 2
-    if not (epath.Path(args.checkpoint) / "model_config.json").exists():  # gs:// too
-        print(f"error: --checkpoint {args.checkpoint}: no model_config.json (expected a "
-              "converted checkpoint; see python -m marco_jax.convert)", file=sys.stderr)
-        return 1
-    model = load_model(args.checkpoint, **({"dtype": args.dtype} if args.dtype else {}))
+    try:
+        model = load_model(args.checkpoint, **({"dtype": args.dtype} if args.dtype else {}))
+    except (FileNotFoundError, ValueError) as e:  # not a converted checkpoint / run workdir
+        print(f"error: --checkpoint {args.checkpoint}: {e}", file=sys.stderr)
+        return 2
     try:
         texts = generate_text(model, get_tokenizer(), args.prompt,
                               max_new_tokens=args.max_new_tokens, chat=args.chat,
                               system=args.system, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, rng=args.seed)
-    except ValueError as e:
+    except ValueError as e:  # bad sampling settings, prompt too long for the model
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"=== [{i}] {args.prompt[i]!r}")

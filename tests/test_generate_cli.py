@@ -68,7 +68,7 @@ def test_chat_prompt_matches_transformers(checkpoint, capsys):
 
 
 def test_errors_are_reported(tmp_path, capsys):
-    assert main(["--checkpoint", str(tmp_path), "--prompt", "x"]) == 1
+    assert main(["--checkpoint", str(tmp_path), "--prompt", "x"]) == 2
     assert "no model_config.json" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path), "--prompt", "x", "--system", "s"]) == 2
     assert "--system needs --chat" in capsys.readouterr().err
@@ -76,5 +76,6 @@ def test_errors_are_reported(tmp_path, capsys):
 
 def test_sampling_flags_are_validated(checkpoint, capsys):
     path, _ = checkpoint
-    assert main(["--checkpoint", str(path), "--prompt", "x", "--top-p", "1.5"]) == 1
+    assert main(["--checkpoint", str(path), "--prompt", "x", "--top-p", "1.5"]) == 2
+    assert main(["--checkpoint", str(path), "--prompt", "x", "--max-new-tokens", "100000"]) == 2
     assert "top_p=1.5" in capsys.readouterr().err

@@ -151,6 +151,10 @@ def generate(model: Qwen2ForCausalLM, prompt_tokens: jax.Array | np.ndarray, max
     if np.any(mask[:, -1] == 0):
         bad = np.nonzero(mask[:, -1] == 0)[0].tolist()
         raise ValueError(f"prompt rows {bad} are empty; every prompt needs >= 1 token")
+    limit, longest = model.config.max_position_embeddings, int(mask.sum(axis=1).max())
+    if longest + max_new_tokens > limit:  # positions would run past what RoPE was trained on
+        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds "
+                         f"the model's max_position_embeddings={limit}")
     stop = _as_tuple(model.config.eos_token_id if eos_ids is None else eos_ids)
     pad = pad_id if pad_id is not None else (stop[0] if stop else 0)
     key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
