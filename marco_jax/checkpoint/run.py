@@ -18,7 +18,6 @@ it is never deleted. Paths may be local or gs://.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from typing import Any
@@ -165,7 +164,3 @@ def run_model_config(meta: dict, where: str) -> Qwen2Config:
                          "stacked")
     return model_config_from_dict(dict(meta.get("model", {})), f"{where}/meta")
 
-
-def config_json(config: Any) -> dict:
-    """The experiment config as JSON-safe data for the `meta` item."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))

@@ -112,9 +112,9 @@ class Run:
         return to_global_batch(host_batch, self.objective.batch_keys, self.data_sharding)
 
     def save(self, step: int, force: bool = False) -> bool:
-        return self.checkpointer.save(
-            step, self.state.params, self.state.opt_state, self.train_it.get_state(), self.meta,
-            json.loads(json.dumps(dataclasses.asdict(self.config), default=str)), force=force)
+        config = json.loads(json.dumps(dataclasses.asdict(self.config), default=str))
+        return self.checkpointer.save(step, self.state.params, self.state.opt_state,
+                                      self.train_it.get_state(), self.meta, config, force=force)
 
 
 def to_global_batch(batch: dict, keys: tuple[str, ...], sharding: Any) -> dict:
