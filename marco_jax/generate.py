@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_model(args.checkpoint, **({"dtype": args.dtype} if args.dtype else {}))
     except (FileNotFoundError, ValueError) as e:  # not a converted checkpoint / run workdir
-        print(f"error: --checkpoint {args.checkpoint}: {e}", file=sys.stderr)
+        print(f"error: --checkpoint: {e}", file=sys.stderr)
         return 2
     try:
         texts = generate_text(model, get_tokenizer(), args.prompt,

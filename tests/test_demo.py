@@ -63,7 +63,7 @@ def test_demo_base_then_continual_pretraining_writes_per_group_curve(tmp_path):
     if low:
         label = next(g for g in groups if g.startswith("low-resource ("))
         assert label == f"low-resource ({len(low)} task{'s' * (len(low) > 1)})"
-        assert [s for s, _ in groups[label]] == [2, 4]
+        assert [s for s, _ in groups[label]] == [0, 2, 4]  # step 0: the base weights
         want = np.mean([recs[4][f"eval_loss/{t}"] for t in low])
         assert abs(groups[label][-1][1] - want) < 1e-9
 

@@ -69,7 +69,8 @@ def test_chat_prompt_matches_transformers(checkpoint, capsys):
 
 def test_errors_are_reported(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path), "--prompt", "x"]) == 2
-    assert "no model_config.json" in capsys.readouterr().err
+    assert "neither a converted checkpoint (model_config.json) nor a training workdir" in \
+        capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path), "--prompt", "x", "--system", "s"]) == 2
     assert "--system needs --chat" in capsys.readouterr().err
 

@@ -30,7 +30,7 @@ def test_demo_cli_writes_checkpoint_metrics_tensorboard_and_curve(tmp_path):
            "--config.train.init_from=",
            "--workdir", "run", "--config.train.steps=6", "--config.data.seq_len=32",
            "--config.train.log_every=2", "--config.train.eval_every=3",
-           "--config.checkpoint.every=3"]
+           "--config.checkpoint.every=3", "--config.checkpoint.keep=2"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "done: step 6" in out.stdout
