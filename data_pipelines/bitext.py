@@ -166,14 +166,11 @@ def build_bitext_pipeline(p: beam.Pipeline, cfg: BitextConfig, pairs: tuple[str,
         kept = ms.kept
         rejected.append(ms[REJECTED])
 
-    names = list(pairs)
-    parts = kept | "ByPair" >> beam.Partition(lambda q, n: names.index(q["lang"]), len(names))
-    for name, part in zip(names, parts, strict=True):
-        sinks.write_partition(
-            part, f"{cfg.output}/{name}/part", cfg.format, cfg.num_shards,
-            to_example=lambda q: sinks.tf_example(
-                {k: v for k, v in output_pair(q).items() if k != "id"}),
-            to_json=output_pair, label=f"Write_{name}_")
+    sinks.write_partitioned(
+        kept, cfg.output, tuple(pairs), lambda q: q["lang"], cfg.format, cfg.num_shards,
+        to_example=lambda q: sinks.tf_example(
+            {k: v for k, v in output_pair(q).items() if k != "id"}),
+        to_json=output_pair)
     return account_and_report(kept, rejected, n_input, STEPS, cfg.output, cfg.rejected_sample,
                               partitions=pairs)
 

@@ -35,7 +35,7 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--token_counter", default="qwen2", choices=TOKEN_COUNTERS)
     ap.add_argument("--format", default="tfrecord", choices=FORMATS)
     ap.add_argument("--num_shards", type=int, default=0,
-                    help="per language (pair); 0 = runner decides")
+                    help="per language (pair); 0 = one per 100000 records (at least one)")
     ap.add_argument("--rejected_sample", type=float, default=1.0,
                     help="fraction of rejected records written to out/rejected (all are counted)")
 

@@ -45,7 +45,7 @@ class WebConfig:
     near_dedup: bool = True
     minhash: MinHashConfig = MinHashConfig()
     format: str = "tfrecord"
-    num_shards: int = 0  # 0: let the runner choose
+    num_shards: int = 0  # 0: one shard per sinks.AUTO_SHARD_RECORDS records of a language
     rejected_sample: float = 1.0  # fraction of rejected records written to out/rejected/
     overwrite: bool = False  # replace a non-empty output (see output_dir.py)
 
@@ -152,13 +152,10 @@ def build_web_pipeline(p: beam.Pipeline, cfg: WebConfig):
         nd = kept | "NearDedup" >> NearDedup(cfg.minhash)
         kept = nd.kept
         rejected.append(nd[REJECTED])
-    langs = list(cfg.languages)
-    parts = kept | "ByLanguage" >> beam.Partition(lambda d, n: langs.index(d["lang"]), len(langs))
-    for lang, part in zip(langs, parts, strict=True):
-        sinks.write_partition(
-            part, f"{cfg.output}/{lang}/part", cfg.format, cfg.num_shards,
-            to_example=lambda d: sinks.tf_example(
-                {"text": d["text"], "lang": d["lang"], "id": d["id"]}),
-            to_json=output_doc, label=f"Write_{lang}_")
+    sinks.write_partitioned(
+        kept, cfg.output, cfg.languages, lambda d: d["lang"], cfg.format, cfg.num_shards,
+        to_example=lambda d: sinks.tf_example(
+            {"text": d["text"], "lang": d["lang"], "id": d["id"]}),
+        to_json=output_doc)
     return account_and_report(kept, rejected, n_input, cfg.steps, cfg.output,
                               cfg.rejected_sample, partitions=cfg.languages)
