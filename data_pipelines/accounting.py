@@ -19,7 +19,7 @@ REJECTED = "rejected"  # the tag of every step's rejected output
 
 def reject(record: dict, step: str, reason: str, detail: str = "") -> TaggedOutput:
     """`record` rejected at `step` for `reason`, as a tagged output of a multi-output DoFn."""
-    rec = {k: v for k, v in record.items() if k != "raw"}
+    rec = {k: v for k, v in record.items() if k not in ("raw", "minhash")}
     rec.update(step=step, reason=reason, detail=detail)
     rec.setdefault("lang", "und")
     rec.setdefault("tokens", 0)

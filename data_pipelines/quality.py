@@ -4,12 +4,15 @@ tokenizers (`words.py`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from datatrove.data import Document
 from datatrove.pipeline.filters import (
     FineWebQualityFilter,
     GopherQualityFilter,
     GopherRepetitionFilter,
 )
+from datatrove.utils.word_tokenizers import WordTokenizer
 
 from data_pipelines.thresholds import thresholds_for
 from data_pipelines.words import word_tokenizer
@@ -23,20 +26,23 @@ class QualityFilters:
     Filters are built lazily per language, so a worker only loads the segmenters it needs.
     """
 
-    def __init__(self, steps: tuple[str, ...] = QUALITY_STEPS, overrides: dict | None = None):
+    def __init__(self, steps: tuple[str, ...] = QUALITY_STEPS, overrides: dict | None = None,
+                 tokenizer_for: Callable[[str], WordTokenizer] = word_tokenizer):
         """`overrides`: {lang or "*": {filter: {kwarg: value}}} on top of the defaults
-        (`thresholds.thresholds_for`)."""
+        (`thresholds.thresholds_for`). `tokenizer_for`: lang -> word tokenizer (the benchmark
+        passes datatrove's stock ones)."""
         unknown = set(steps) - set(QUALITY_STEPS)
         if unknown:
             raise ValueError(f"unknown quality filter(s) {sorted(unknown)}; known: {QUALITY_STEPS}")
         self.steps = steps
         self.overrides = overrides or {}
+        self.tokenizer_for = tokenizer_for
         self._by_lang: dict[str, list] = {}
 
     def filters_for(self, lang: str) -> list[tuple[str, object]]:
         if lang not in self._by_lang:
             t = thresholds_for(lang, self.overrides)
-            tok = word_tokenizer(lang)
+            tok = self.tokenizer_for(lang)
             built = {
                 "gopher_repetition": GopherRepetitionFilter(language=tok, **t.gopher_repetition),
                 "fineweb_quality": FineWebQualityFilter(language=tok, **t.fineweb_quality),

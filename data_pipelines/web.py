@@ -16,7 +16,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from data_pipelines import sinks
 from data_pipelines.accounting import REJECTED, account_and_report, reject
-from data_pipelines.dedup import ExactDedup, NearDedup
+from data_pipelines.dedup import MINHASH_FIELD, ExactDedup, NearDedup
 from data_pipelines.minhash import MinHashConfig
 from data_pipelines.quality import QUALITY_STEPS
 from data_pipelines.records import read_raw
@@ -44,6 +44,9 @@ class WebConfig:
     exact_dedup: bool = True
     near_dedup: bool = True
     minhash: MinHashConfig = MinHashConfig()
+    # lid.176 labels most Malay "id": a second model decides ms vs id (see ms_id.py)
+    ms_id_second_opinion: bool = True
+    batch_size: int = 64  # documents per call of the per-document DoFn
     format: str = "tfrecord"
     num_shards: int = 0  # 0: one shard per sinks.AUTO_SHARD_RECORDS records of a language
     rejected_sample: float = 1.0  # fraction of rejected records written to out/rejected/
@@ -56,7 +59,10 @@ class WebConfig:
 
 
 class CleanDocFn(beam.DoFn):
-    """The per-document steps, fused in one DoFn (one pass, no shuffle)."""
+    """The per-document steps, fused in one DoFn over batches of raw lines (no shuffle, no
+    per-step Beam overhead): parse, normalise, PII, token count, LID (+ the ms/id second
+    opinion for the batch's ms/id documents), quality filters, perplexity, and the MinHash band
+    keys, from the same word tokenization as the quality filters."""
 
     def __init__(self, cfg: WebConfig):
         self.cfg = cfg
@@ -73,6 +79,11 @@ class CleanDocFn(beam.DoFn):
         self.count_tokens = make_token_counter(self.cfg.token_counter)
         self.lid = LanguageIdentifier(self.cfg.lid_model)
         self.quality = QualityFilters(self.cfg.quality_steps, self.cfg.threshold_overrides)
+        self.ms_id = None
+        if self.cfg.ms_id_second_opinion and {"ms", "id"} & set(self.cfg.languages):
+            from data_pipelines.ms_id import MsIdDetector
+
+            self.ms_id = MsIdDetector()
         self.ppl = None
         if self.cfg.perplexity_model:
             from data_pipelines.perplexity import make_scorer
@@ -87,20 +98,39 @@ class CleanDocFn(beam.DoFn):
         t = thresholds_for(lang)
         return t.glotlid if self.lid.backend == "glotlid" else t.lid176
 
-    def process(self, raw):
+    def process(self, batch):
         from data_pipelines.records import parse_web_document
 
-        doc, bad = parse_web_document(raw, self.cfg.text_field, self.cfg.declared_lang_field)
-        if bad is not None:
-            yield TaggedOutput(REJECTED, bad)
-            return
-        text = self.normalize(doc["text"])
-        if not text:
-            yield reject(doc, "normalize", "empty_after_normalization")
-            return
-        doc["text"] = self.scrub(text)
-        doc["tokens"] = self.count_tokens(doc["text"])
-        lang, score = self.lid.predict(doc["text"])
+        docs = []
+        for raw in batch:
+            doc, bad = parse_web_document(raw, self.cfg.text_field, self.cfg.declared_lang_field)
+            if bad is not None:
+                yield TaggedOutput(REJECTED, bad)
+                continue
+            text = self.normalize(doc["text"])
+            if not text:
+                yield reject(doc, "normalize", "empty_after_normalization")
+                continue
+            doc["text"] = self.scrub(text)
+            doc["tokens"] = self.count_tokens(doc["text"])
+            docs.append(doc)
+        for doc, (lang, score) in zip(docs, self.identify([d["text"] for d in docs]), strict=True):
+            yield from self.after_lid(doc, lang, score)
+
+    def identify(self, texts: list[str]) -> list[tuple[str, float]]:
+        if self.ms_id is None:
+            return [top[0] if top else ("und", 0.0) for top in self.lid.predict_batch(texts)]
+        from data_pipelines.ms_id import resolve
+
+        preds = self.lid.predict_batch(texts, k=2)
+        if self.lid.backend == "glotlid":  # GlotLID separates zsm_Latn from ind_Latn itself
+            return [top[0] if top else ("und", 0.0) for top in preds]
+        return resolve(texts, preds, self.ms_id)
+
+    def after_lid(self, doc: dict, lang: str, score: float):
+        from data_pipelines.minhash import band_digests, signature_of_words
+        from data_pipelines.words import words_of
+
         declared = doc.pop("declared_lang", None)
         if declared is not None and lang in self.cfg.lid_accept.get(declared, ()):
             doc["lid_label"] = lang  # e.g. lid.176 says "id" for a document declared Malay
@@ -123,6 +153,9 @@ class CleanDocFn(beam.DoFn):
             if limit is not None and ppl > limit:
                 yield reject(doc, "perplexity", "above_max", f"{ppl:.1f}>{limit}")
                 return
+        if self.cfg.near_dedup:  # the words the quality filters just used (words_of's cache)
+            sig = signature_of_words(words_of(doc["text"], lang), self.cfg.minhash)
+            doc[MINHASH_FIELD] = band_digests(sig, self.cfg.minhash)
         yield doc
 
 
@@ -142,7 +175,9 @@ def output_doc(doc: dict) -> dict:
 def build_web_pipeline(p: beam.Pipeline, cfg: WebConfig):
     """Adds the whole job to `p`; returns the PCollection holding the report dict."""
     raw, n_input = read_raw(p, cfg.input)
-    cleaned = raw | "Clean" >> beam.ParDo(CleanDocFn(cfg)).with_outputs(REJECTED, main="kept")
+    cleaned = (raw | "Batch" >> beam.BatchElements(min_batch_size=cfg.batch_size,
+                                                   max_batch_size=cfg.batch_size)
+               | "Clean" >> beam.ParDo(CleanDocFn(cfg)).with_outputs(REJECTED, main="kept"))
     kept, rejected = cleaned.kept, [cleaned[REJECTED]]
     if cfg.exact_dedup:
         ex = kept | "ExactDedup" >> ExactDedup(exact_key, "exact_dedup", "exact_duplicate")
