@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from marco_jax.config import load_config_file, to_experiment
-from marco_jax.model.attention import compile_target, splash_cost
+from marco_jax.model.attention import splash_cost
 from marco_jax.model.config import get_preset
+from marco_jax.model.target import compile_target
 from marco_jax.parallel.topologies import GIB, parse_slice, topology_devices
 from marco_jax.train.aot_fit import (
     _cost_flops,

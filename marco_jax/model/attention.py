@@ -2,9 +2,10 @@
 
 All take q [B, T, H, D] and k/v [B, S, K, D] with H a multiple of K (grouped-query attention:
 query head h reads kv head h // (H / K)) and return [B, T, H, D]:
-- `xla`: einsums with fp32 scores and an explicit [B, T, S] mask. The only path that serves the
-  KV cache (prefill and decode steps write at arbitrary slots of a left-padded cache), so
-  decoding uses it whatever `attention_impl` says.
+- `xla`: einsums with fp32 scores and an explicit [B, T, S] mask (on CPU, self-attention runs
+  over causal query blocks, `causal_block_attention`). The only path that serves the KV cache
+  (prefill and decode steps write at arbitrary slots of a left-padded cache), so decoding uses it
+  whatever `attention_impl` says.
 - `dot_product_attention`: `jax.nn.dot_product_attention` (XLA) with the same mask.
 - `splash`: the Pallas TPU splash-attention kernel (block-sparse causal mask, segment ids for
   packed rows, GQA natively), under `shard_map` over the mesh: rows over the `batch` rule's axes
@@ -12,22 +13,19 @@ query head h reads kv head h // (H / K)) and return [B, T, H, D]:
   in Pallas interpret mode (slow; what the CPU parity tests use).
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` on a CUDA GPU (bf16/fp16).
 
-`auto` resolves per platform (`marco_jax.model.config.resolve_attention_impl`). The platform is
-the default backend, or the one set with `compile_target` (the AOT tool compiles TPU programs on
-a CPU host and must get the TPU kernel, not interpret mode).
+`auto` resolves per platform (`marco_jax.model.config.resolve_attention_impl`) for the platform
+being traced (`marco_jax.model.target`: the AOT tool compiles TPU programs on a CPU host and must
+get the TPU kernel, not interpret mode).
 """
 
 from __future__ import annotations
-
-import contextlib
-import contextvars
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
 from marco_jax.model.config import resolve_attention_impl
+from marco_jax.model.target import target_platform
 from marco_jax.parallel.rules import logical_to_spec
 
 # Finite, so fully-masked rows (padding queries) give a uniform softmax instead of NaN.
@@ -36,23 +34,8 @@ MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 SPLASH_BLOCKS = (512, 256, 128)
 Q_AXES = ("batch", "length", "heads", "head_dim")
 KV_AXES = ("batch", "length", "kv_heads", "head_dim")
-
-_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "attention_target_platform", default=None)
-
-
-@contextlib.contextmanager
-def compile_target(platform: str) -> Iterator[None]:
-    """Trace attention for `platform` ("tpu", "gpu", "cpu") instead of the default backend."""
-    token = _TARGET_PLATFORM.set(platform)
-    try:
-        yield
-    finally:
-        _TARGET_PLATFORM.reset(token)
-
-
-def target_platform() -> str:
-    return _TARGET_PLATFORM.get() or jax.default_backend()
+# Query block of the CPU training path (`causal_block_attention`).
+CPU_QUERY_BLOCK = 128
 
 
 def resolve(impl: str, dtype: jnp.dtype | str, seq_len: int) -> str:
@@ -173,10 +156,33 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
         return splash_attention(q, k, v, segment_ids)
     if impl == "cudnn":
         return cudnn_attention(q, k, v, segment_ids)
+    if impl == "xla" and target_platform() == "cpu" and _causal_blocks(q.shape[1]) > 1:
+        return causal_block_attention(q, k, v, segment_ids)
     mask = self_attention_mask(segment_ids)
     if impl == "dot_product_attention":
         return dot_product_attention(q, k, v, mask)
     return xla_attention(q, k, v, mask)
+
+
+def _causal_blocks(seq_len: int) -> int:
+    return seq_len // CPU_QUERY_BLOCK if seq_len % CPU_QUERY_BLOCK == 0 else 1
+
+
+def causal_block_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                           segment_ids: jax.Array) -> jax.Array:
+    """`xla_attention` over query blocks of `CPU_QUERY_BLOCK`, each against the keys up to its
+    end only: the causal upper triangle of blocks is never computed (4 blocks at T=512: 62.5% of
+    the score work), and the smaller score tiles stay in cache. Measured on a 2-core CPU, q
+    [8, 512, 6, 64]: forward 47 vs 182 ms, forward+backward 101 vs 183-311 ms. Equal to
+    `xla_attention` on every query with at least one visible key; a padding query (segment 0,
+    no visible key, no loss) averages the values of its block's prefix instead of the row."""
+    block, outs = CPU_QUERY_BLOCK, []
+    for i in range(_causal_blocks(q.shape[1])):
+        start, end = i * block, (i + 1) * block
+        mask = attention_mask(segment_ids[:, start:end], segment_ids[:, :end],
+                              jnp.arange(start, end), jnp.arange(end))
+        outs.append(xla_attention(q[:, start:end], k[:, :end], v[:, :end], mask))
+    return jnp.concatenate(outs, axis=1)
 
 
 # Matmuls per visited [block, block] tile of each splash kernel: the forward does QK^T and PV; the

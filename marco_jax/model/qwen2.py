@@ -15,6 +15,7 @@ Layout choices (one home for each; `convert/` maps HF tensors onto exactly these
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -25,6 +26,7 @@ from jax.ad_checkpoint import checkpoint_name
 from marco_jax.model.attention import attend, attention_mask, xla_attention
 from marco_jax.model.config import Qwen2Config
 from marco_jax.model.kv_cache import KVCache
+from marco_jax.model.target import target_platform
 from marco_jax.parallel.constraints import RESIDUAL, constrain
 
 
@@ -37,6 +39,17 @@ def _param(rngs: nnx.Rngs, init: Callable, shape: tuple[int, ...], axes: tuple[s
 
 def _normal(stddev: float) -> Callable:
     return jax.nn.initializers.normal(stddev)
+
+
+def _flat_matmul(x: jax.Array, kernel: jax.Array, contract_dims: int) -> jax.Array:
+    """The Linear contraction as one 2-D matmul. XLA:CPU runs the backward pass of an N-D
+    dot_general through transposing copies of the activations (measured 1.5-1.7x slower than the
+    2-D form on the MLP of a 384-wide model); TPU/GPU compilers do not, and keep the N-D form so
+    the sharding of batch and length axes is untouched."""
+    k_in = math.prod(kernel.shape[:contract_dims])
+    lead, out = x.shape[: x.ndim - contract_dims], kernel.shape[contract_dims:]
+    y = x.reshape(-1, k_in) @ kernel.reshape(k_in, -1)
+    return y.reshape(*lead, *out)
 
 
 class Linear(nnx.Module):
@@ -55,9 +68,13 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel.value.astype(self.dtype)
-        contract = "abcd"[: self.contract_dims]
-        out = "wxyz"[: kernel.ndim - self.contract_dims]
-        y = jnp.einsum(f"...{contract},{contract}{out}->...{out}", x.astype(self.dtype), kernel)
+        x = x.astype(self.dtype)
+        if target_platform() == "cpu":
+            y = _flat_matmul(x, kernel, self.contract_dims)
+        else:
+            contract = "abcd"[: self.contract_dims]
+            out = "wxyz"[: kernel.ndim - self.contract_dims]
+            y = jnp.einsum(f"...{contract},{contract}{out}->...{out}", x, kernel)
         if self.bias is not None:
             y = y + self.bias.value.astype(self.dtype)
         return y

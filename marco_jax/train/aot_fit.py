@@ -26,9 +26,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from marco_jax.config import Experiment
-from marco_jax.model.attention import compile_target
 from marco_jax.model.config import Qwen2Config, from_experiment
 from marco_jax.model.init import abstract_model
+from marco_jax.model.target import compile_target
 from marco_jax.parallel import (
     batch_sharding,
     build_mesh,

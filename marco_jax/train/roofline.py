@@ -28,8 +28,9 @@ from collections.abc import Callable
 from typing import Any
 
 from marco_jax.config import Experiment
-from marco_jax.model.attention import KV_AXES, Q_AXES, compile_target, splash_cost
+from marco_jax.model.attention import KV_AXES, Q_AXES, splash_cost
 from marco_jax.model.config import Qwen2Config, from_experiment
+from marco_jax.model.target import compile_target
 from marco_jax.parallel import build_mesh, data_parallel_size, logical_to_spec
 
 _SPLASH_CALL = re.compile(r"^\s*(?:ROOT\s+)?%?splash_mha_(fwd|dq|dkv)\w*(?:\.\d+)?\s*=.*"
