@@ -18,6 +18,7 @@ from marco_jax.model import attention
 from marco_jax.model.config import get_preset, resolve_attention_impl
 from marco_jax.model.kv_cache import KVCache
 from marco_jax.model.qwen2 import init_model
+from marco_jax.model.target import compile_target
 from marco_jax.parallel import build_mesh
 from marco_jax.parallel.constraints import trace_under_mesh
 
@@ -65,6 +66,28 @@ def test_splash_equals_xla_forward_and_gradients_packed_gqa():
         np.testing.assert_allclose(a, b, atol=5e-5, err_msg=f"d{name}")
 
 
+def test_cpu_causal_blocks_equal_full_mask_forward_and_gradients():
+    t = 512  # 4 query blocks of 128; documents cross block boundaries
+    assert attention._causal_blocks(t) == 4
+    q, k, v = _qkv(2, t, 6, 2, 32, seed=1)
+    segments = _packed_segments(t)
+    real = (segments != 0)[:, :, None, None]
+    mask = attention.self_attention_mask(segments)
+    ref = attention.xla_attention(q, k, v, mask)
+    out = attention.attend(q, k, v, segments, "xla")  # CPU: the blocked path
+    np.testing.assert_array_equal(out, attention.causal_block_attention(q, k, v, segments))
+    np.testing.assert_allclose(np.where(real, out, 0), np.where(real, ref, 0), atol=1e-5)
+
+    probe = jax.random.normal(jax.random.PRNGKey(8), q.shape)
+    g_ref = jax.grad(_real_weighted_loss(lambda *a: attention.xla_attention(*a, mask),
+                                         segments, probe), argnums=(0, 1, 2))(q, k, v)
+    g_blk = jax.grad(_real_weighted_loss(
+        lambda *a: attention.causal_block_attention(*a, segments), segments, probe),
+        argnums=(0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", g_blk, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, err_msg=f"d{name}")
+
+
 def _model_loss(model, tokens, positions, segments):
     logits = model(tokens, positions, segments)
     logp = jax.nn.log_softmax(logits[:, :-1])
@@ -74,8 +97,8 @@ def _model_loss(model, tokens, positions, segments):
 
 
 def _packed_batch(t=128):
-    seg = np.stack([np.concatenate([np.full(50, 1), np.full(78, 2)]),
-                    np.concatenate([np.zeros(30), np.full(98, 1)])]).astype(np.int32)
+    seg = np.stack([np.concatenate([np.full(50, 1), np.full(t - 50, 2)]),
+                    np.concatenate([np.zeros(30), np.full(t - 30, 1)])]).astype(np.int32)
     pos = np.zeros_like(seg)
     for r in range(2):
         for s in np.unique(seg[r]):
@@ -104,6 +127,19 @@ def test_splash_in_scanned_remat_model_equals_xla():
     loss_s, grads_s = _loss_and_grads(_model("splash"), batch)
     np.testing.assert_allclose(loss_s, loss_x, rtol=1e-5)
     for a, b in zip(grads_s, grads_x, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-4)
+
+
+def test_cpu_layouts_equal_the_accelerator_trace():
+    """On CPU the model runs Linear as 2-D matmuls and attention over causal query blocks; traced
+    for TPU (executed here) it keeps the N-D einsums and the full mask. Same loss and gradients."""
+    batch = _packed_batch(t=256)
+    model = _model("xla")
+    loss_cpu, grads_cpu = _loss_and_grads(model, batch)
+    with compile_target("tpu"):
+        loss_acc, grads_acc = _loss_and_grads(model, batch)
+    np.testing.assert_allclose(loss_cpu, loss_acc, rtol=1e-5)
+    for a, b in zip(grads_cpu, grads_acc, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-4)
 
 
@@ -160,7 +196,7 @@ def test_auto_resolves_per_platform_and_cudnn_refuses_off_gpu():
     seg = jnp.ones((1, 128), jnp.int32)
     with pytest.raises(ValueError, match="'cudnn' needs a CUDA GPU; this trace targets 'cpu'"):
         attention.attend(q, k, v, seg, "cudnn")
-    with attention.compile_target("tpu"):
+    with compile_target("tpu"):
         assert attention.resolve("auto", jnp.bfloat16, 4096) == "splash"
     with pytest.raises(ValueError, match="multiple of 128"):
         attention.splash_block(200, interpret=False)
