@@ -49,7 +49,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from marco_jax.config.schema import OptimSection  # noqa: E402
+from marco_jax.config.schema import OptimSection, TrainSection  # noqa: E402
 from marco_jax.model.config import get_preset  # noqa: E402
 from marco_jax.model.qwen2 import init_model  # noqa: E402
 from marco_jax.train.flops import measure_matmul_flops  # noqa: E402
@@ -177,7 +177,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (compile etc.)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--loss-chunk", type=int, default=64)
+    p.add_argument("--loss-chunk", type=int, default=TrainSection.loss_chunk,
+                   help="sequence chunk of the fused loss (default: the config default)")
     p.add_argument("--shapes", default=",".join(SHAPES),
                    help=f"comma-separated, of {', '.join(SHAPES)}")
     p.add_argument("--skip-torch", action="store_true")
