@@ -52,12 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(str(e))
     print("\n".join(report.lines()))
     if args.json:
+        costed = bool(report.compiled_flops_per_chip)
+        derived = ("step_seconds", "tokens_per_second_per_chip", "roofline_seconds",
+                   "roofline_tokens_per_second_per_chip", "model_flops_utilisation_ceiling")
         payload = dataclasses.asdict(report) | {
             "total_bytes": report.total_bytes, "tokens_per_step": report.tokens_per_step,
-            "step_seconds": report.step_seconds if report.compiled_flops_per_chip else None,
-            "tokens_per_second_per_chip": (report.tokens_per_second_per_chip
-                                           if report.compiled_flops_per_chip else None),
-            "topology": topology}
+            "topology": topology} | {k: getattr(report, k) if costed else None for k in derived}
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=2)
     return 0 if report.fits else 1

@@ -3,6 +3,7 @@ a tiny config fits a v5p-8 with figures that agree with hand counts; an oversize
 CLI with exit status 1."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -96,10 +97,20 @@ def test_cli_exits_nonzero_when_the_config_does_not_fit(tmp_path):
         "    c.train.loss_chunk = 0  # whole-sequence logits: 131k tokens x 152k vocab\n"
         "    c.topology = 'v5litepod-1'\n"
         "    return c\n")
-    run = subprocess.run([sys.executable, "-m", "marco_jax.aot", "--config", str(cfg_file)],
+    out_json = tmp_path / "fit.json"
+    run = subprocess.run([sys.executable, "-m", "marco_jax.aot", "--config", str(cfg_file),
+                          "--json", str(out_json)],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 1, run.stdout + run.stderr[-3000:]
     assert "fits         NO" in run.stdout
+    report = json.loads(out_json.read_text())
+    assert report["fits"] is False and report["tokens_per_step"] == 131_072
+    if report["compiled_flops_per_chip"]:  # the roofline travels with the JSON
+        assert report["roofline_seconds"] == pytest.approx(max(
+            report["compiled_flops_per_chip"] / report["peak_flops_per_chip"],
+            report["step_bytes_per_chip"] / report["hbm_bytes_per_s"]))
+    else:
+        assert report["roofline_seconds"] is None
     assert "v5litepod-1" in run.stdout and "131,072 tokens per step" in run.stdout
     bad = subprocess.run([sys.executable, "-m", "marco_jax.aot", "--config", str(cfg_file),
                           "--topology", "v7-8"], capture_output=True, text=True, cwd=ROOT,

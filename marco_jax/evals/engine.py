@@ -137,10 +137,13 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, last
         i, _, _, done, _ = carry
         return (i < steps) & ~jnp.all(done)
 
+    weights = model.decode_weights()  # once, outside the loop
+
     def body(carry):
         i, cache, last, done, out = carry
         pos = (lengths + step + i - 1)[:, None]
-        logits, cache = model.decode_step(last[:, None], pos, jnp.ones_like(pos), cache)
+        logits, cache = model.decode_step(last[:, None], pos, jnp.ones_like(pos), cache,
+                                          weights)
         nxt = _pick(logits[:, 0], jax.random.fold_in(key, step + i), sampling, vocab_limit)
         nxt = jnp.where(done, pad_id, nxt)
         out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], i, axis=1)

@@ -81,11 +81,14 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: j
         step, _, _, _, done, _, _ = carry
         return (step < max_new_tokens) & ~jnp.all(done)
 
+    weights = model.decode_weights()  # once, outside the loop
+
     def body(carry):
         step, out, cache, last, done, n_out, rng = carry
         rng, step_rng = jax.random.split(rng)
         pos = (lengths + step - 1)[:, None]
-        logits, cache = model.decode_step(last[:, None], pos, jnp.ones_like(pos), cache)
+        logits, cache = model.decode_step(last[:, None], pos, jnp.ones_like(pos), cache,
+                                          weights)
         nxt = jnp.where(done, pad_id, next_token(logits[:, 0], step_rng))
         out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], step, axis=1)
         n_out = n_out + (~done).astype(jnp.int32)

@@ -15,8 +15,9 @@ Layout choices (one home for each; `convert/` maps HF tensors onto exactly these
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -206,7 +207,11 @@ class Qwen2Model(nnx.Module):
         self.norm = RMSNorm(config, rngs)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+                 cache: KVCache | None = None,
+                 layer_states: Sequence[nnx.State] | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
+        """`layer_states`: each layer's params as separate arrays (`DecodeWeights`); the layers
+        then run unrolled over them instead of over the stacked params."""
         cfg = self.config
         x = constrain(self.embed_tokens(tokens).astype(cfg.jnp_dtype), RESIDUAL)
         cos, sin = rope_cos_sin(positions, cfg.dim_per_head, cfg.rope_theta)
@@ -229,7 +234,7 @@ class Qwen2Model(nnx.Module):
         one_layer = _remat(one_layer, cfg.remat_policy, cfg.scan_layers)
         layer_kvs = None if cache is None else (cache.k, cache.v)
 
-        if cfg.scan_layers:
+        if cfg.scan_layers and layer_states is None:
             def body(h, xs):
                 layer_state, layer_kv = xs
                 return one_layer(h, layer_state, layer_kv)
@@ -239,7 +244,9 @@ class Qwen2Model(nnx.Module):
             for i in range(cfg.num_hidden_layers):
                 pick = lambda a, i=i: a[i]  # noqa: E731
                 kv_i = None if layer_kvs is None else jax.tree.map(pick, layer_kvs)
-                x, kv = one_layer(x, jax.tree.map(pick, stacked), kv_i)
+                state_i = (jax.tree.map(pick, stacked) if layer_states is None
+                           else layer_states[i])
+                x, kv = one_layer(x, state_i, kv_i)
                 outs.append(kv)
             new_kvs = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
@@ -249,6 +256,15 @@ class Qwen2Model(nnx.Module):
         new_cache = KVCache(k=new_kvs[0], v=new_kvs[1], segment_ids=cache_segment_ids,
                             end=cache.end + tokens.shape[1])
         return x, new_cache
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeWeights:
+    """`Qwen2ForCausalLM.decode_weights()`: the lm head [embed, vocab] and, where it pays,
+    per-layer params (None: the layers scan over the stacked params)."""
+    head: jax.Array
+    layers: tuple[nnx.State, ...] | None
 
 
 class Qwen2ForCausalLM(nnx.Module):
@@ -290,11 +306,31 @@ class Qwen2ForCausalLM(nnx.Module):
         hidden, _ = self.hidden(tokens, positions, segment_ids)
         return self.logits(hidden)
 
+    def decode_weights(self) -> DecodeWeights:
+        """Loop-invariant weight layouts for `decode_step`, built once before a decode loop: the
+        lm head as a contiguous [embed, vocab] matrix (a tied head is the embedding transposed;
+        read in place every step, it is a transposed GEMV: 1.95 vs 1.29 ms at batch 1 on a 2-core
+        CPU, vocab 32,000 x 384) and, on CPU, each layer's params as separate arrays (XLA:CPU
+        copies a slice of the stacked params before every matmul, i.e. the whole model per step).
+        """
+        layers = None
+        if target_platform() == "cpu":
+            _, stacked = nnx.split(self.model.layers)
+            layers = tuple(jax.tree.map(lambda a, i=i: a[i], stacked)
+                           for i in range(self.config.num_hidden_layers))
+        return DecodeWeights(head=self.lm_head_kernel(), layers=layers)
+
     def decode_step(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                    cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """Prefill (len > 1) or one decoding step; writes k/v at slots [cache.end, +len)."""
-        hidden, cache = self.hidden(tokens, positions, segment_ids, cache)
-        return self.logits(hidden), cache
+                    cache: KVCache, weights: DecodeWeights | None = None
+                    ) -> tuple[jax.Array, KVCache]:
+        """Prefill (len > 1) or one decoding step; writes k/v at slots [cache.end, +len).
+        `weights`: `decode_weights()`, computed outside the decode loop."""
+        if weights is None:
+            hidden, cache = self.hidden(tokens, positions, segment_ids, cache)
+            return self.logits(hidden), cache
+        hidden, cache = self.model(tokens, positions, segment_ids, cache, weights.layers)
+        return jnp.einsum("...e,ev->...v", hidden, weights.head,
+                          preferred_element_type=jnp.float32), cache
 
 
 def init_model(config: Qwen2Config, seed: int = 0) -> Qwen2ForCausalLM:
