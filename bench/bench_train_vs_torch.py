@@ -28,12 +28,11 @@ PyTorch materialises the full [8, 512, 151936] fp32 logits, their softmax and gr
 of traffic per step) and pays the framework's eager overheads; marco_jax computes the head's
 gradient inside the forward pass, one sequence chunk at a time (marco_jax.train.loss).
 
-Layer-heavy, same VM (2026-12-02, one run each, load from other jobs present): with the default
---loss-chunk 64, marco_jax 347 tokens/s scanned / 430 unrolled vs PyTorch 955 (0.36x / 0.45x:
-we lose); with --loss-chunk 512 (one chunk per row) 761 / 826 vs 842 (0.90x / 0.98x). So most of
-the loss on this shape is the chunked-loss scan over small [8, 64, 32000] chunks; the rest is the
-layer scan (unrolled layers are ~8% faster on CPU). Vocab-heavy in the same first run: 665 vs 315
-tokens/s (2.11x).
+Both shapes, one run on the quiet 2-core VM (2026-12-03, `--steps 5`, loss chunk 256): vocab-heavy
+787 vs 535 tokens/s (1.47x); layer-heavy 823 scanned / 838 unrolled vs PyTorch 856 (0.96x /
+0.98x: we still lose by a little). Before this session's CPU layouts (2-D Linear matmuls, causal
+query-block attention; see marco_jax/model/qwen2.py and attention.py) the layer-heavy shape ran at
+0.36x-0.58x; at --loss-chunk 64 the fused head is ~2x slower than at 128-256 on this CPU.
 """
 
 from __future__ import annotations
