@@ -198,7 +198,9 @@ def lower_train_step(config: Experiment, devices: list[Any], objective: Any = No
             objective_batch(objective, b, t, batch_sharding(mesh))]
     if reference:
         args.append(with_shardings(state.params, param_shardings))
-    return jitted.lower(*args), mesh, model_cfg
+    with compile_target(devices[0].platform):  # the slice's kernels and layouts, not this host's
+        lowered = jitted.lower(*args)
+    return lowered, mesh, model_cfg
 
 
 def _cost_flops(compiled: Any) -> float:
@@ -218,8 +220,7 @@ def check_fit(config: Experiment, tpu_slice: TpuSlice, headroom: float = DEFAULT
     """Compile the config's train step for `tpu_slice` and report whether it fits per chip."""
     devices = topology_devices(tpu_slice)
     t0 = time.perf_counter()
-    with compile_target(devices[0].platform):  # attention kernels for the slice, not this host
-        lowered, mesh, model_cfg = lower_train_step(config, devices)
+    lowered, mesh, model_cfg = lower_train_step(config, devices)
     b, t = config.data.global_batch_size, config.data.seq_len
     report = FitReport(
         slice_desc=tpu_slice.describe(), mesh=dict(mesh.shape), global_batch=b, seq_len=t,

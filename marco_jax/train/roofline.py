@@ -30,7 +30,6 @@ from typing import Any
 from marco_jax.config import Experiment
 from marco_jax.model.attention import KV_AXES, Q_AXES, splash_cost
 from marco_jax.model.config import Qwen2Config, from_experiment
-from marco_jax.model.target import compile_target
 from marco_jax.parallel import build_mesh, data_parallel_size, logical_to_spec
 
 _SPLASH_CALL = re.compile(r"^\s*(?:ROOT\s+)?%?splash_mha_(fwd|dq|dkv)\w*(?:\.\d+)?\s*=.*"
@@ -109,8 +108,7 @@ def count_step_cost(config: Experiment, devices: list[Any], lower: Callable[...,
     heads = local_heads(model_cfg, mesh)
     points: dict[int, tuple[float, float, float]] = {}
     for layers in (1, 2):
-        with compile_target(devices[0].platform):
-            lowered = lower(counting_config(config, layers, rows * dp), devices)[0]
+        lowered = lower(counting_config(config, layers, rows * dp), devices)[0]
         compiled = lowered.compile()
         flops, nbytes = _cost(compiled)
         kf, kb = kernel_cost(compiled.as_text(), model_cfg, rows, heads, config.data.seq_len)
