@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
 
 import apache_beam as beam
@@ -113,7 +114,7 @@ class _ShardWriter:
 
         self._ar.close()
         with open(self._local, "rb") as src, FileSystems.create(self.path) as dst:
-            dst.write(src.read())
+            shutil.copyfileobj(src, dst, 16 << 20)  # streamed: a shard can exceed memory
         os.unlink(self._local)
 
 

@@ -17,9 +17,11 @@ from apache_beam.pvalue import TaggedOutput
 from data_pipelines import sinks
 from data_pipelines.accounting import REJECTED, account_and_report, reject
 from data_pipelines.dedup import MINHASH_FIELD, ExactDedup, NearDedup
-from data_pipelines.minhash import MinHashConfig
+from data_pipelines.minhash import MinHashConfig, band_digests, signature_of_words
+from data_pipelines.ms_id import resolve
 from data_pipelines.quality import QUALITY_STEPS
 from data_pipelines.records import read_raw
+from data_pipelines.words import words_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,17 +122,12 @@ class CleanDocFn(beam.DoFn):
     def identify(self, texts: list[str]) -> list[tuple[str, float]]:
         if self.ms_id is None:
             return [top[0] if top else ("und", 0.0) for top in self.lid.predict_batch(texts)]
-        from data_pipelines.ms_id import resolve
-
         preds = self.lid.predict_batch(texts, k=2)
         if self.lid.backend == "glotlid":  # GlotLID separates zsm_Latn from ind_Latn itself
             return [top[0] if top else ("und", 0.0) for top in preds]
         return resolve(texts, preds, self.ms_id)
 
     def after_lid(self, doc: dict, lang: str, score: float):
-        from data_pipelines.minhash import band_digests, signature_of_words
-        from data_pipelines.words import words_of
-
         declared = doc.pop("declared_lang", None)
         if declared is not None and lang in self.cfg.lid_accept.get(declared, ()):
             doc["lid_label"] = lang  # e.g. lid.176 says "id" for a document declared Malay

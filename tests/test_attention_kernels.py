@@ -46,24 +46,31 @@ def _real_weighted_loss(fn, segments, probe):
     return loss
 
 
+def _assert_equals_full_mask(kernel, q, k, v, segments, *, fwd_atol, grad_atol, probe_seed):
+    """`kernel(q, k, v, segments)` equals `xla_attention` with the full mask on real queries,
+    forward and d(q, k, v) of a random probe of the output."""
+    real = (segments != 0)[:, :, None, None]
+    mask = attention.self_attention_mask(segments)
+    ref = attention.xla_attention(q, k, v, mask)
+    out = kernel(q, k, v, segments)
+    np.testing.assert_allclose(np.where(real, out, 0), np.where(real, ref, 0), atol=fwd_atol)
+
+    probe = jax.random.normal(jax.random.PRNGKey(probe_seed), q.shape)
+    g_ref = jax.grad(_real_weighted_loss(lambda *a: attention.xla_attention(*a, mask),
+                                         segments, probe), argnums=(0, 1, 2))(q, k, v)
+    g_kernel = jax.grad(_real_weighted_loss(lambda *a: kernel(*a, segments), segments, probe),
+                        argnums=(0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", g_kernel, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, atol=grad_atol, err_msg=f"d{name}")
+
+
 def test_splash_equals_xla_forward_and_gradients_packed_gqa():
     t = 256
     q, k, v = _qkv(2, t, 4, 2, 64)
     segments = _packed_segments(t)
-    real = (segments != 0)[:, :, None, None]
-    mask = attention.self_attention_mask(segments)
-    ref = attention.xla_attention(q, k, v, mask)
-    out = attention.splash_attention(q, k, v, segments)  # interpret mode on CPU
-    np.testing.assert_allclose(np.where(real, out, 0), np.where(real, ref, 0), atol=2e-5)
-
-    probe = jax.random.normal(jax.random.PRNGKey(7), q.shape)
-    g_ref = jax.grad(_real_weighted_loss(lambda *a: attention.xla_attention(*a, mask),
-                                         segments, probe), argnums=(0, 1, 2))(q, k, v)
-    g_splash = jax.grad(_real_weighted_loss(
-        lambda *a: attention.splash_attention(*a, segments), segments, probe),
-        argnums=(0, 1, 2))(q, k, v)
-    for name, a, b in zip("qkv", g_splash, g_ref, strict=True):
-        np.testing.assert_allclose(a, b, atol=5e-5, err_msg=f"d{name}")
+    # interpret mode on CPU
+    _assert_equals_full_mask(attention.splash_attention, q, k, v, segments, fwd_atol=2e-5,
+                             grad_atol=5e-5, probe_seed=7)
 
 
 def test_cpu_causal_blocks_equal_full_mask_forward_and_gradients():
@@ -71,21 +78,10 @@ def test_cpu_causal_blocks_equal_full_mask_forward_and_gradients():
     assert attention._causal_blocks(t) == 4
     q, k, v = _qkv(2, t, 6, 2, 32, seed=1)
     segments = _packed_segments(t)
-    real = (segments != 0)[:, :, None, None]
-    mask = attention.self_attention_mask(segments)
-    ref = attention.xla_attention(q, k, v, mask)
     out = attention.attend(q, k, v, segments, "xla")  # CPU: the blocked path
     np.testing.assert_array_equal(out, attention.causal_block_attention(q, k, v, segments))
-    np.testing.assert_allclose(np.where(real, out, 0), np.where(real, ref, 0), atol=1e-5)
-
-    probe = jax.random.normal(jax.random.PRNGKey(8), q.shape)
-    g_ref = jax.grad(_real_weighted_loss(lambda *a: attention.xla_attention(*a, mask),
-                                         segments, probe), argnums=(0, 1, 2))(q, k, v)
-    g_blk = jax.grad(_real_weighted_loss(
-        lambda *a: attention.causal_block_attention(*a, segments), segments, probe),
-        argnums=(0, 1, 2))(q, k, v)
-    for name, a, b in zip("qkv", g_blk, g_ref, strict=True):
-        np.testing.assert_allclose(a, b, atol=2e-5, err_msg=f"d{name}")
+    _assert_equals_full_mask(attention.causal_block_attention, q, k, v, segments, fwd_atol=1e-5,
+                             grad_atol=2e-5, probe_seed=8)
 
 
 def _model_loss(model, tokens, positions, segments):

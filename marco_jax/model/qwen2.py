@@ -286,9 +286,10 @@ class Qwen2ForCausalLM(nnx.Module):
             return self.model.embed_tokens.embedding.value.T.astype(self.config.jnp_dtype)
         return self.lm_head.kernel.value.astype(self.config.jnp_dtype)
 
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        return jnp.einsum("...e,ev->...v", hidden, self.lm_head_kernel(),
-                          preferred_element_type=jnp.float32)
+    def logits(self, hidden: jax.Array, head: jax.Array | None = None) -> jax.Array:
+        """fp32 logits; `head` [embed, vocab] defaults to `lm_head_kernel()`."""
+        head = self.lm_head_kernel() if head is None else head
+        return jnp.einsum("...e,ev->...v", hidden, head, preferred_element_type=jnp.float32)
 
     def hidden(self, tokens: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None,
@@ -325,12 +326,9 @@ class Qwen2ForCausalLM(nnx.Module):
                     ) -> tuple[jax.Array, KVCache]:
         """Prefill (len > 1) or one decoding step; writes k/v at slots [cache.end, +len).
         `weights`: `decode_weights()`, computed outside the decode loop."""
-        if weights is None:
-            hidden, cache = self.hidden(tokens, positions, segment_ids, cache)
-            return self.logits(hidden), cache
-        hidden, cache = self.model(tokens, positions, segment_ids, cache, weights.layers)
-        return jnp.einsum("...e,ev->...v", hidden, weights.head,
-                          preferred_element_type=jnp.float32), cache
+        layers, head = (None, None) if weights is None else (weights.layers, weights.head)
+        hidden, cache = self.model(tokens, positions, segment_ids, cache, layers)
+        return self.logits(hidden, head), cache
 
 
 def init_model(config: Qwen2Config, seed: int = 0) -> Qwen2ForCausalLM:
