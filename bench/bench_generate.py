@@ -123,6 +123,13 @@ def main() -> None:
                    help="our weight dtypes to run (compute is fp32)")
     p.add_argument("--skip-hf", action="store_true")
     args = p.parse_args()
+    unknown = sorted(set(args.shapes.split(",")) - set(SHAPES))
+    if unknown:
+        p.error(f"--shapes {','.join(unknown)}: expected a comma list of {', '.join(SHAPES)}")
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        p.error(f"--batches {args.batches!r}: expected a comma list of integers, e.g. 1,8")
     bw = measure_read_bandwidth()
     print(f"{os.cpu_count()} CPU cores; measured read bandwidth {bw / 1e9:.1f} GB/s; prompt "
           f"{args.prompt_len} (left-padded rows), {args.new_tokens} new tokens, greedy")
@@ -134,7 +141,7 @@ def main() -> None:
               f"{cfg.tie_word_embeddings}")
         print(f"{'batch':>5} {'side':28s} {'decode tok/s':>12} {'% roofline':>10} "
               f"{'vs hf':>6}  tokens")
-        for batch in (int(b) for b in args.batches.split(",")):
+        for batch in batches:
             rng = np.random.default_rng(batch)
             tokens = rng.integers(3, cfg.vocab_size, (batch, args.prompt_len)).astype(np.int32)
             lengths = rng.integers(args.prompt_len // 2, args.prompt_len + 1, batch)
