@@ -75,37 +75,34 @@ def mean_loss(sums: dict) -> float:
     return float(sums["loss_sum"]) / max(float(sums["weight"]), 1.0)
 
 
-def bench_jax(model_cfg, tokens: np.ndarray, steps: int, warmup: int, loss_chunk: int):
+def make_jax_step(model_cfg, tokens: np.ndarray, warmup: int, loss_chunk: int):
+    """Compiles and warms the trainer's step; returns (one timed step, record)."""
     b, t1 = tokens.shape
     graphdef, state = nnx.split(init_model(model_cfg, seed=0))
-    tx = make_optimizer(OPTIM, steps + warmup)
-    st = TrainState.create(nnx.to_pure_dict(state), tx)
+    tx = make_optimizer(OPTIM, 1000)
+    holder = {"st": TrainState.create(nnx.to_pure_dict(state), tx)}
     step = jax.jit(make_train_step(graphdef, tx, LanguageModeling((), loss_chunk),
-                                   make_schedule(OPTIM, steps + warmup)), donate_argnums=0)
+                                   make_schedule(OPTIM, 1000)), donate_argnums=0)
     t = t1 - 1
     batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
              "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)),
              "segment_ids": np.ones((b, t), np.int32), "loss_mask": np.ones((b, t), np.int32),
              "source_ids": np.zeros((b, t), np.int32)}
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    def one() -> float:
+        holder["st"], m = step(holder["st"], batch)
+        return mean_loss(m)  # float() blocks until the step is done
+
     t0 = time.perf_counter()
-    st, m = step(st, batch)
-    first_loss = mean_loss(m)
-    compile_s = time.perf_counter() - t0
+    record = {"first_loss": one(), "compile_s": time.perf_counter() - t0, "times": []}
     for _ in range(warmup - 1):
-        st, m = step(st, batch)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        st, m = step(st, batch)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    return {"step_s": float(np.median(times)), "first_loss": first_loss,
-            "last_loss": mean_loss(m), "compile_s": compile_s}
+        one()
+    return one, record
 
 
-def bench_torch(model_cfg, tokens: np.ndarray, steps: int, warmup: int):
+def make_torch_step(model_cfg, tokens: np.ndarray, warmup: int):
+    """transformers + torch.optim.AdamW, warmed; returns (one timed step, record)."""
     import torch
     import transformers
 
@@ -126,16 +123,11 @@ def bench_torch(model_cfg, tokens: np.ndarray, steps: int, warmup: int):
         opt.zero_grad(set_to_none=True)
         return float(out.loss.detach())
 
-    first_loss = one()
+    record = {"first_loss": one(), "times": [], "threads": torch.get_num_threads(),
+              "version": torch.__version__}
     for _ in range(warmup - 1):
         one()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        loss = one()
-        times.append(time.perf_counter() - t0)
-    return {"step_s": float(np.median(times)), "first_loss": first_loss, "last_loss": loss,
-            "threads": torch.get_num_threads(), "version": torch.__version__}
+    return one, record
 
 
 def bench_shape(name: str, args: argparse.Namespace, peak: float) -> None:
@@ -149,14 +141,22 @@ def bench_shape(name: str, args: argparse.Namespace, peak: float) -> None:
     print(f"\n== {name}: {n / 1e6:.1f}M params, vocab {model_cfg.vocab_size}, hidden "
           f"{model_cfg.hidden_size}, {model_cfg.num_hidden_layers} layers, batch {args.batch} x "
           f"seq {args.seq}, AdamW, fp32; {flops_tok / 1e6:.1f} MFLOP/token (6N + attention)")
-    rows = [("marco_jax", bench_jax(model_cfg, tokens, args.steps, args.warmup,
-                                    args.loss_chunk))]
+    sides = [("marco_jax", make_jax_step(model_cfg, tokens, args.warmup, args.loss_chunk))]
     if name == "layer-heavy":
-        rows.append(("marco_jax unrolled", bench_jax(model_cfg.replace(scan_layers=False), tokens,
-                                                     args.steps, args.warmup, args.loss_chunk)))
+        sides.append(("marco_jax unrolled", make_jax_step(model_cfg.replace(scan_layers=False),
+                                                          tokens, args.warmup, args.loss_chunk)))
     if not args.skip_torch:
-        rows.append(("torch+transformers", bench_torch(model_cfg, tokens, args.steps,
-                                                       args.warmup)))
+        sides.append(("torch+transformers", make_torch_step(model_cfg, tokens, args.warmup)))
+    # Interleaved: one step of each side per round, so load drift on a shared machine hits all
+    # sides alike instead of whichever ran last.
+    for _ in range(args.steps):
+        for _label, (one, record) in sides:
+            t0 = time.perf_counter()
+            record["last_loss"] = one()
+            record["times"].append(time.perf_counter() - t0)
+    rows = [(label, record) for label, (_one, record) in sides]
+    for _label, r in rows:
+        r["step_s"] = float(np.median(r["times"]))
     print(f"{'framework':20s} {'step s':>8s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'MFU':>6s} "
           f"{'loss 1st->last':>16s}")
     for label, r in rows:
