@@ -27,7 +27,7 @@ def _common(base_module, size: str):
     c.model.param_dtype = "float32"
     c.model.dtype = "bfloat16"
     c.model.remat_policy = "full"
-    c.model.attention_impl = "dot_product_attention"
+    c.model.attention_impl = "auto"  # splash on TPU, cuDNN on GPU (bf16), XLA elsewhere
     c.topology = topology
     c.mesh.ici.data, c.mesh.ici.fsdp, c.mesh.ici.tensor = mesh
     c.data.seq_len = 4096
