@@ -28,11 +28,16 @@ PyTorch materialises the full [8, 512, 151936] fp32 logits, their softmax and gr
 of traffic per step) and pays the framework's eager overheads; marco_jax computes the head's
 gradient inside the forward pass, one sequence chunk at a time (marco_jax.train.loss).
 
-Both shapes, one run on the quiet 2-core VM (2026-12-03, `--steps 5`, loss chunk 256): vocab-heavy
-787 vs 535 tokens/s (1.47x); layer-heavy 823 scanned / 838 unrolled vs PyTorch 856 (0.96x /
-0.98x: we still lose by a little). Before this session's CPU layouts (2-D Linear matmuls, causal
-query-block attention; see marco_jax/model/qwen2.py and attention.py) the layer-heavy shape ran at
-0.36x-0.58x; at --loss-chunk 64 the fused head is ~2x slower than at 128-256 on this CPU.
+The sides run interleaved, one step of each per round (median of the rounds), so load drift on a
+shared machine hits all of them alike.
+
+2026-12-03, quiet 2-core VM, loss chunk 256 (the config default), `--steps 5`: vocab-heavy 608 vs
+259 tokens/s (2.35x; 787 vs 535 = 1.47x in an earlier, non-interleaved run); layer-heavy marco_jax
+751 (scanned; on CPU the scan is unrolled) / 717 (`scan_layers=False`) vs PyTorch 655: 1.15x /
+1.09x; a second run (`--steps 7`): 757 / 741 vs 694, 1.09x / 1.07x. The 1.2x aim on the
+layer-heavy shape is not reached. History: 0.36x-0.58x before the CPU layouts (2-D Linear
+matmuls, causal query-block attention: marco_jax/model/qwen2.py and attention.py), 0.96x-0.98x
+before the unrolled scan; at --loss-chunk 64 the fused head is ~2x slower than at 128-256.
 """
 
 from __future__ import annotations
