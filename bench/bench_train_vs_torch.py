@@ -26,7 +26,7 @@ intensity and stream a [rows, 151936] fp32 logits/softmax block through memory, 
 over every logit; the transformer layers are too small (hidden 128) to reach matmul peak.
 PyTorch materialises the full [8, 512, 151936] fp32 logits, their softmax and gradient (~7.5 GB
 of traffic per step) and pays the framework's eager overheads; marco_jax computes the head's
-gradient inside the forward pass, one sequence chunk at a time (marco_jax.train.loss).
+gradient inside the forward pass, one sequence chunk at a time (marco_jax/model/logprobs.py).
 
 The sides run interleaved, one step of each per round (median of the rounds), so load drift on a
 shared machine hits all of them alike.
