@@ -81,6 +81,20 @@ def test_bad_sampling_params_are_rejected(kwargs):
         SamplingParams(**kwargs)
 
 
+def test_greedy_tokens_equal_numpy_argmax_on_ties_nans_and_infs():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((7, 1000)).astype(np.float32)
+    logits[1, [3, 500, 999]] = 9.0  # a three-way tie at the top: the first index wins
+    logits[2, [10, 20]] = np.nan  # NaN beats everything, the first NaN wins
+    logits[3, :] = -np.inf  # nothing finite: index 0
+    logits[4, 700] = np.inf
+    logits[5, :] = 1.5  # all equal
+    logits[6, 999] = 50.0  # the last index
+    greedy = sample_tokens(jnp.asarray(logits), jax.random.key(0), SamplingParams())
+    assert greedy.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(greedy), np.argmax(logits, axis=-1))
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     config = Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -58,8 +58,19 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
+def greedy_tokens(logits: jax.Array) -> jax.Array:
+    """argmax over the last axis as int32, with jnp.argmax's ties (first index) and NaNs (the
+    first NaN wins). Written as a max, then a min over the indices that reach it: XLA:CPU runs
+    argmax's (value, index) reduction 4x slower (2.7 vs 0.66 ms on [8, 151936] fp32), a sizeable
+    part of a small model's decode step."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    hits = (logits == top) | jnp.isnan(logits)
+    index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.min(jnp.where(hits, index, logits.shape[-1]), axis=-1)
+
+
 def sample_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams) -> jax.Array:
     """logits [B, V] -> int32 tokens [B]."""
     if params.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return greedy_tokens(logits)
     return jax.random.categorical(rng, filter_logits(logits, params), axis=-1).astype(jnp.int32)
