@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -113,6 +114,12 @@ def timed(fn, repeats: int = 2) -> tuple[object, float]:
     return out, best
 
 
+def bad_input(message: str) -> NoReturn:
+    """One line on stderr, exit status 2 (the project's rule for bad input)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default=",".join(SHAPES))
@@ -125,11 +132,11 @@ def main() -> None:
     args = p.parse_args()
     unknown = sorted(set(args.shapes.split(",")) - set(SHAPES))
     if unknown:
-        p.error(f"--shapes {','.join(unknown)}: expected a comma list of {', '.join(SHAPES)}")
+        bad_input(f"--shapes {','.join(unknown)}: expected a comma list of {', '.join(SHAPES)}")
     try:
         batches = [int(b) for b in args.batches.split(",")]
     except ValueError:
-        p.error(f"--batches {args.batches!r}: expected a comma list of integers, e.g. 1,8")
+        bad_input(f"--batches {args.batches!r}: expected a comma list of integers, e.g. 1,8")
     bw = measure_read_bandwidth()
     print(f"{os.cpu_count()} CPU cores; measured read bandwidth {bw / 1e9:.1f} GB/s; prompt "
           f"{args.prompt_len} (left-padded rows), {args.new_tokens} new tokens, greedy")

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -190,7 +191,9 @@ def main() -> None:
     shapes = [s for s in args.shapes.split(",") if s]
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
-        raise SystemExit(f"error: --shapes {unknown}: expected of {sorted(SHAPES)}")
+        print(f"error: --shapes {','.join(unknown)}: expected a comma list of "
+              f"{', '.join(SHAPES)}", file=sys.stderr)
+        raise SystemExit(2)
 
     peak = measure_matmul_flops(2048)
     print(f"{os.cpu_count()} CPU cores; measured fp32 matmul peak (jnp 2048^3): "
