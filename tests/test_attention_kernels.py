@@ -156,9 +156,12 @@ def test_splash_sharded_over_mesh_equals_xla():
     np.testing.assert_allclose(np.where(real, out, 0), np.where(real, ref, 0), atol=2e-5)
 
 
-def test_left_padded_decoding_with_splash_config_equals_full_forward():
+@pytest.mark.parametrize("per_layer", [True, False], ids=["cpu-cache", "stacked-cache"])
+def test_left_padded_decoding_with_splash_config_equals_full_forward(per_layer):
     """Prefill + decode steps use the XLA path (the splash kernel is self-attention over whole
-    blocks); their logits equal a full forward of the splash model on the same left-padded rows."""
+    blocks); their logits equal a full forward of the splash model on the same left-padded rows,
+    with either KV-cache layout (per-layer heads-major buffers, CPU's; one stacked array, the
+    accelerators')."""
     model = _model("splash")
     t, pad = 128, np.array([0, 37])
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 1000, (2, t)), jnp.int32)
@@ -167,7 +170,8 @@ def test_left_padded_decoding_with_splash_config_equals_full_forward():
     pos = jnp.asarray(np.maximum(slots[None] - pad[:, None], 0).astype(np.int32))
     full = model(tokens, pos, seg)
     prefill = 120
-    cache = KVCache.init(model.config, 2, t)
+    cache = KVCache.init(model.config, 2, t, per_layer=per_layer)
+    assert cache.per_layer == per_layer
     logits, cache = model.decode_step(tokens[:, :prefill], pos[:, :prefill], seg[:, :prefill],
                                       cache)
     steps = [logits[:, -1]]

@@ -56,16 +56,19 @@ def self_attention_mask(segment_ids: jax.Array) -> jax.Array:
     return attention_mask(segment_ids, segment_ids, slots, slots)
 
 
-def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped einsums, scores in fp32; mask [B, T, S]."""
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                  kv_heads_major: bool = False) -> jax.Array:
+    """Grouped einsums, scores in fp32; mask [B, T, S]. k/v [B, S, K, D], or [B, K, S, D] with
+    `kv_heads_major` (the CPU KV cache's layout: the einsums then need no transposed copy)."""
     b, t, h, d = q.shape
-    groups = h // k.shape[2]
-    qg = q.reshape(b, t, k.shape[2], groups, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    kv_heads = k.shape[1] if kv_heads_major else k.shape[2]
+    qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
+    kv = "bksd" if kv_heads_major else "bskd"
+    scores = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = scores * (d ** -0.5)
     scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
     return out.reshape(b, t, h, d)
 
 

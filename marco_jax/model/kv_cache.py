@@ -13,26 +13,45 @@ import jax
 import jax.numpy as jnp
 
 from marco_jax.model.config import Qwen2Config
+from marco_jax.model.target import target_platform
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    k: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
-    v: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
+    """`k`/`v`: one stacked [layers, batch, max_len, kv_heads, head_dim] array each (what the
+    layer scan carries on accelerators) or, on CPU (`per_layer`), a tuple of per-layer
+    heads-major [batch, kv_heads, max_len, head_dim] buffers. Measured on a 2-core CPU, batch-8
+    decoding (6 layers, 15 ms a step): XLA:CPU sliced each layer's cache out of the stacked
+    array and stacked the updated ones back (~2 ms a step), and copied every layer's K and V to
+    heads-major for the attention einsums (~1.6 ms a step)."""
+
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
     segment_ids: jax.Array  # [batch, max_len] int32, 0 = empty slot
     end: jax.Array  # [] int32, number of slots written so far
 
     @classmethod
     def init(cls, config: Qwen2Config, batch: int, max_len: int,
-             dtype: jnp.dtype | None = None) -> KVCache:
-        shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads,
-                 config.dim_per_head)
+             dtype: jnp.dtype | None = None, per_layer: bool | None = None) -> KVCache:
+        """`per_layer`: None means per-layer buffers when tracing for CPU."""
+        if per_layer is None:
+            per_layer = target_platform() == "cpu"
+        kv, d, layers = config.num_key_value_heads, config.dim_per_head, config.num_hidden_layers
         dtype = dtype or config.jnp_dtype
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                   segment_ids=jnp.zeros((batch, max_len), jnp.int32),
+
+        def buffers() -> jax.Array | tuple[jax.Array, ...]:
+            if per_layer:
+                return tuple(jnp.zeros((batch, kv, max_len, d), dtype) for _ in range(layers))
+            return jnp.zeros((layers, batch, max_len, kv, d), dtype)
+
+        return cls(k=buffers(), v=buffers(), segment_ids=jnp.zeros((batch, max_len), jnp.int32),
                    end=jnp.zeros((), jnp.int32))
 
     @property
+    def per_layer(self) -> bool:
+        return isinstance(self.k, tuple)
+
+    @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.segment_ids.shape[1]

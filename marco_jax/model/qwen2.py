@@ -138,7 +138,10 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
                  cache_kv: tuple[jax.Array, jax.Array] | None, cache_segment_ids: jax.Array | None,
-                 start: jax.Array | None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+                 start: jax.Array | None, cache_heads_major: bool = False
+                 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """`cache_kv`: this layer's [B, S, K, D] cache, or [B, K, S, D] with `cache_heads_major`
+        (`KVCache.per_layer`)."""
         q = apply_rope(self.q_proj(x), cos, sin)
         k = apply_rope(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
@@ -149,12 +152,16 @@ class Attention(nnx.Module):
             return self.o_proj(attend(q, k, v, segment_ids, self.impl)), None
         # KV cache (prefill / decode into a left-padded cache): the XLA path, whatever the impl.
         ck, cv = cache_kv
-        k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), start, axis=1)
-        v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), start, axis=1)
+        if cache_heads_major:
+            k, v, slot_axis = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), 2
+        else:
+            slot_axis = 1
+        k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), start, axis=slot_axis)
+        v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), start, axis=slot_axis)
         new_cache = (k, v)
         mask = attention_mask(segment_ids, cache_segment_ids, start + jnp.arange(x.shape[1]),
-                              jnp.arange(k.shape[1]))
-        out = xla_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+                              jnp.arange(k.shape[slot_axis]))
+        out = xla_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, cache_heads_major)
         return self.o_proj(out), new_cache
 
 
@@ -176,9 +183,10 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config, rngs, num_layers)
         self.mlp = MLP(config, rngs, num_layers)
 
-    def __call__(self, x, cos, sin, segment_ids, cache_kv, cache_segment_ids, start):
+    def __call__(self, x, cos, sin, segment_ids, cache_kv, cache_segment_ids, start,
+                 cache_heads_major=False):
         attn, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids,
-                                         cache_kv, cache_segment_ids, start)
+                                         cache_kv, cache_segment_ids, start, cache_heads_major)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, new_cache
@@ -224,17 +232,19 @@ class Qwen2Model(nnx.Module):
             cache_segment_ids = jax.lax.dynamic_update_slice_in_dim(
                 cache.segment_ids, segment_ids.astype(jnp.int32), start, axis=1)
 
+        per_layer_cache = cache is not None and cache.per_layer
+
         def one_layer(h, layer_state, layer_kv):
             # The residual stream is pinned at every layer boundary (identity without a mesh).
             layer = nnx.merge(graphdef, layer_state)
             h, kv = layer(constrain(h, RESIDUAL), cos, sin, segment_ids, layer_kv,
-                          cache_segment_ids, start)
+                          cache_segment_ids, start, per_layer_cache)
             return constrain(h, RESIDUAL), kv
 
         one_layer = _remat(one_layer, cfg.remat_policy, cfg.scan_layers)
         layer_kvs = None if cache is None else (cache.k, cache.v)
 
-        if cfg.scan_layers and layer_states is None:
+        if cfg.scan_layers and layer_states is None and not per_layer_cache:
             def body(h, xs):
                 layer_state, layer_kv = xs
                 return one_layer(h, layer_state, layer_kv)
@@ -248,12 +258,17 @@ class Qwen2Model(nnx.Module):
             outs = []
             for i in range(cfg.num_hidden_layers):
                 pick = lambda a, i=i: a[i]  # noqa: E731
-                kv_i = None if layer_kvs is None else jax.tree.map(pick, layer_kvs)
+                kv_i = None if cache is None else (cache.k[i], cache.v[i])
                 state_i = (jax.tree.map(pick, stacked) if layer_states is None
                            else layer_states[i])
                 x, kv = one_layer(x, state_i, kv_i)
                 outs.append(kv)
-            new_kvs = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+            if cache is None:
+                new_kvs = None
+            elif per_layer_cache:
+                new_kvs = (tuple(k for k, _ in outs), tuple(v for _, v in outs))
+            else:
+                new_kvs = jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
         x = self.norm(x)
         if cache is None:
