@@ -27,7 +27,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NoReturn
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_vs_torch import SHAPES  # noqa: E402
 
 from marco_jax.checkpoint import load_model  # noqa: E402
+from marco_jax.config.cli import fail  # noqa: E402
 from marco_jax.convert.hf_to_ours import convert_hf_to_orbax  # noqa: E402
 from marco_jax.infer import generate  # noqa: E402
 from marco_jax.model.config import Qwen2Config, get_preset  # noqa: E402
@@ -114,12 +114,6 @@ def timed(fn, repeats: int = 2) -> tuple[object, float]:
     return out, best
 
 
-def bad_input(message: str) -> NoReturn:
-    """One line on stderr, exit status 2 (the project's rule for bad input)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default=",".join(SHAPES))
@@ -132,11 +126,11 @@ def main() -> None:
     args = p.parse_args()
     unknown = sorted(set(args.shapes.split(",")) - set(SHAPES))
     if unknown:
-        bad_input(f"--shapes {','.join(unknown)}: expected a comma list of {', '.join(SHAPES)}")
+        fail(f"--shapes {','.join(unknown)}: expected a comma list of {', '.join(SHAPES)}")
     try:
         batches = [int(b) for b in args.batches.split(",")]
     except ValueError:
-        bad_input(f"--batches {args.batches!r}: expected a comma list of integers, e.g. 1,8")
+        fail(f"--batches {args.batches!r}: expected a comma list of integers, e.g. 1,8")
     bw = measure_read_bandwidth()
     print(f"{os.cpu_count()} CPU cores; measured read bandwidth {bw / 1e9:.1f} GB/s; prompt "
           f"{args.prompt_len} (left-padded rows), {args.new_tokens} new tokens, greedy")

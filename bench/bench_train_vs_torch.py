@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -54,6 +53,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from marco_jax.config.cli import fail  # noqa: E402
 from marco_jax.config.schema import OptimSection, TrainSection  # noqa: E402
 from marco_jax.model.config import get_preset  # noqa: E402
 from marco_jax.model.qwen2 import init_model  # noqa: E402
@@ -191,9 +191,7 @@ def main() -> None:
     shapes = [s for s in args.shapes.split(",") if s]
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
-        print(f"error: --shapes {','.join(unknown)}: expected a comma list of "
-              f"{', '.join(SHAPES)}", file=sys.stderr)
-        raise SystemExit(2)
+        fail(f"--shapes {','.join(unknown)}: expected a comma list of {', '.join(SHAPES)}")
 
     peak = measure_matmul_flops(2048)
     print(f"{os.cpu_count()} CPU cores; measured fp32 matmul peak (jnp 2048^3): "

@@ -242,9 +242,10 @@ class Qwen2Model(nnx.Module):
             return constrain(h, RESIDUAL), kv
 
         one_layer = _remat(one_layer, cfg.remat_policy, cfg.scan_layers)
-        layer_kvs = None if cache is None else (cache.k, cache.v)
 
         if cfg.scan_layers and layer_states is None and not per_layer_cache:
+            layer_kvs = None if cache is None else (cache.k, cache.v)
+
             def body(h, xs):
                 layer_state, layer_kv = xs
                 return one_layer(h, layer_state, layer_kv)
@@ -266,7 +267,7 @@ class Qwen2Model(nnx.Module):
             if cache is None:
                 new_kvs = None
             elif per_layer_cache:
-                new_kvs = (tuple(k for k, _ in outs), tuple(v for _, v in outs))
+                new_kvs = tuple(zip(*outs, strict=True))  # ((k per layer), (v per layer))
             else:
                 new_kvs = jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
