@@ -56,6 +56,7 @@ from flax import nnx  # noqa: E402
 from marco_jax.config.cli import fail  # noqa: E402
 from marco_jax.config.schema import OptimSection, TrainSection  # noqa: E402
 from marco_jax.model.config import get_preset  # noqa: E402
+from marco_jax.model.logprobs import weighted_nll_sum  # noqa: E402
 from marco_jax.model.qwen2 import init_model  # noqa: E402
 from marco_jax.train.flops import measure_matmul_flops  # noqa: E402
 from marco_jax.train.lm import LanguageModeling  # noqa: E402
@@ -136,6 +137,79 @@ def make_torch_step(model_cfg, tokens: np.ndarray, warmup: int):
     return one, record
 
 
+def make_jax_parts(model_cfg, tokens: np.ndarray, hidden: np.ndarray, loss_chunk: int) -> dict:
+    """`--parts`: the step's two halves as separate jitted gradients: the embedding + decoder
+    layers (d/dparams of a linear function of the final hidden states) and the lm head + loss
+    (the trainer's fused cross-entropy, d/dhidden and d/dkernel, on given hidden states)."""
+    graphdef, state = nnx.split(init_model(model_cfg, seed=0))
+    ids = jnp.asarray(tokens[:, :-1])
+    targets = jnp.asarray(tokens[:, 1:])
+    weights = jnp.ones(targets.shape, jnp.float32)
+
+    def layers_loss(st):
+        h, _ = nnx.merge(graphdef, st).hidden(ids)
+        return jnp.sum(h) * 1e-3
+
+    def head_loss(h, kernel):
+        return weighted_nll_sum(h, kernel, targets, weights, loss_chunk)[0]
+
+    layers = jax.jit(jax.grad(layers_loss))
+    head = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
+    h = jnp.asarray(hidden)
+    kernel = nnx.merge(graphdef, state).lm_head_kernel()
+    return {"layers": lambda: jax.block_until_ready(layers(state)),
+            "head+loss": lambda: jax.block_until_ready(head(h, kernel))}
+
+
+def make_torch_parts(model_cfg, tokens: np.ndarray, hidden: np.ndarray) -> dict:
+    """The same two halves in transformers: `model.model` (embedding + layers + final norm) and
+    `lm_head` + `loss_function` (what `Qwen2ForCausalLM(labels=...)` runs after the layers)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    hf = transformers.Qwen2Config(**{k: v for k, v in model_cfg.to_hf_dict().items()
+                                     if k not in ("architectures", "torch_dtype")})
+    model = transformers.Qwen2ForCausalLM(hf).float().train()
+    ids = torch.from_numpy(tokens[:, :-1].astype(np.int64))
+    h = torch.from_numpy(hidden.copy()).requires_grad_()
+
+    def layers():
+        (model.model(input_ids=ids).last_hidden_state.sum() * 1e-3).backward()
+        model.zero_grad(set_to_none=True)
+
+    def head():
+        logits = model.lm_head(h)
+        model.loss_function(logits, ids, vocab_size=hf.vocab_size).backward()
+        model.zero_grad(set_to_none=True)
+        h.grad = None
+
+    return {"layers": layers, "head+loss": head}
+
+
+def bench_parts(model_cfg, tokens: np.ndarray, args: argparse.Namespace) -> None:
+    """Ours vs transformers for each half of the step, interleaved (median of --steps)."""
+    hidden = np.random.default_rng(1).standard_normal(
+        (tokens.shape[0], tokens.shape[1] - 1, model_cfg.hidden_size)).astype(np.float32)
+    sides = {"marco_jax": make_jax_parts(model_cfg, tokens, hidden, args.loss_chunk),
+             "torch+transformers": make_torch_parts(model_cfg, tokens, hidden)}
+    times: dict[tuple[str, str], list[float]] = {}
+    for parts in sides.values():  # warm-up (compiles)
+        for fn in parts.values():
+            fn()
+    for _ in range(args.steps):
+        for side, parts in sides.items():
+            for part, fn in parts.items():
+                t0 = time.perf_counter()
+                fn()
+                times.setdefault((part, side), []).append(time.perf_counter() - t0)
+    print(f"{'part (fwd+bwd)':16s} {'marco_jax s':>12s} {'torch s':>9s} {'ratio':>7s}")
+    for part in ("layers", "head+loss"):
+        ours = float(np.median(times[(part, "marco_jax")]))
+        theirs = float(np.median(times[(part, "torch+transformers")]))
+        print(f"{part:16s} {ours:12.2f} {theirs:9.2f} {theirs / ours:6.2f}x")
+
+
 def bench_shape(name: str, args: argparse.Namespace, peak: float) -> None:
     preset, overrides = SHAPES[name]
     model_cfg = get_preset(preset, dtype="float32", param_dtype="float32", **overrides)
@@ -174,6 +248,8 @@ def bench_shape(name: str, args: argparse.Namespace, peak: float) -> None:
         for label, r in rows[:-1]:
             print(f"ratio {label} / torch tokens/s: {r['tps'] / torch_row['tps']:.2f}x "
                   f"(torch {torch_row['version']}, {torch_row['threads']} threads)")
+    if args.parts and not args.skip_torch:
+        bench_parts(model_cfg, tokens, args)
 
 
 def main() -> None:
@@ -187,6 +263,8 @@ def main() -> None:
     p.add_argument("--shapes", default=",".join(SHAPES),
                    help=f"comma-separated, of {', '.join(SHAPES)}")
     p.add_argument("--skip-torch", action="store_true")
+    p.add_argument("--parts", action="store_true",
+                   help="also time the layers and the lm head + loss separately, both sides")
     args = p.parse_args()
     shapes = [s for s in args.shapes.split(",") if s]
     unknown = [s for s in shapes if s not in SHAPES]

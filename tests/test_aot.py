@@ -22,12 +22,12 @@ from marco_jax.train.aot_fit import (
     lower_train_step,
 )
 from marco_jax.train.roofline import (
-    _cost,
     count_step_cost,
     counting_config,
     kernel_cost,
     local_heads,
     splash_calls,
+    xla_cost,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def test_counted_flops_and_bytes_equal_a_loop_free_compile_of_all_layers(impl):
     with compile_target("tpu"):
         lowered, mesh, model_cfg = lower_train_step(counting_config(config, 5, 6), devices)
     compiled = lowered.compile()
-    flops, nbytes = _cost(compiled)
+    flops, nbytes = xla_cost(compiled)
     kf, kb = kernel_cost(compiled.as_text(), model_cfg, 3, local_heads(model_cfg, mesh), 512)
     assert cost.flops == pytest.approx(2 * (flops + kf), rel=0.005)
     # XLA picks fusions per program, so bytes extrapolate less exactly than FLOPs.

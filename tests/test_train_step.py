@@ -2,6 +2,7 @@
 weight-decay mask, schedule, NaN guard."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -71,6 +72,56 @@ def test_chunked_loss_and_grads_match_full_logits():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     nll = weighted_nll_sum(h, k, t, w, 4)[1]
     np.testing.assert_allclose(nll, _reference_nll(h, k, t), rtol=1e-5)
+
+
+def _dot_output_dtypes(fn, *args):
+    """Output dtypes of every dot_general in fn's jaxpr (nested jaxprs included)."""
+    found = []
+
+    def walk(jaxpr):
+        found.extend(e.outvars[0].aval.dtype for e in jaxpr.eqns
+                     if e.primitive.name == "dot_general")
+        for sub in jax.extend.core.subjaxprs(jaxpr):
+            walk(sub)
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("logits_dtype", ["float32", "bfloat16"])
+def test_logits_dtype_rounds_the_stored_logits_only(logits_dtype):
+    """bf16 inputs whose products sum exactly in fp32, so the stored logits are exactly the fp32
+    logits rounded to `logits_dtype`: the losses must equal a float64 log-softmax of those, and
+    the custom-VJP gradient must equal the hand-written softmax - onehot gradient."""
+    rng = np.random.default_rng(3)
+    h = rng.integers(-2, 3, (2, 16, 8)).astype(np.float32)
+    k = (rng.integers(-64, 65, (8, VOCAB)) / 8).astype(np.float32)  # logits up to ~100
+    t = rng.integers(0, VOCAB, (2, 16)).astype(np.int32)
+    w = rng.integers(0, 2, (2, 16)).astype(np.float32)
+    exact = np.einsum("bte,ev->btv", h.astype(np.float64), k.astype(np.float64))
+    stored = np.asarray(jnp.asarray(exact, jnp.float32).astype(logits_dtype), np.float64)
+    lse = np.log(np.sum(np.exp(stored - stored.max(-1, keepdims=True)), -1)) + stored.max(-1)
+    nll_ref = lse - np.take_along_axis(stored, t[..., None], -1)[..., 0]
+    hb, kb = jnp.asarray(h, jnp.bfloat16), jnp.asarray(k, jnp.bfloat16)
+    fused = lambda h, k: weighted_nll_sum(h, k, t, w, 4, logits_dtype)  # noqa: E731
+    loss, nll = fused(hb, kb)
+    np.testing.assert_allclose(nll, nll_ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(loss, np.sum(nll_ref * w), rtol=1e-5)
+    remat = token_nll(hb, kb, t, 4, logits_dtype)
+    np.testing.assert_allclose(remat, nll_ref, rtol=1e-5, atol=1e-4)
+    if logits_dtype == "bfloat16":  # the rounding is large enough to see: the test can fail
+        exact_lse = np.log(np.sum(np.exp(exact - exact.max(-1, keepdims=True)), -1))
+        exact_nll = exact_lse + exact.max(-1) - np.take_along_axis(exact, t[..., None], -1)[..., 0]
+        assert np.max(np.abs(exact_nll - nll_ref)) > 1e-2
+    # The matmul writes its logits in logits_dtype (what sets the head's HBM bytes).
+    assert jnp.dtype(logits_dtype) in _dot_output_dtypes(lambda h, k: fused(h, k)[0], hb, kb)
+    # Gradient: w * (softmax(stored) - onehot), through the kernel, in bf16 matmuls.
+    p = np.exp(stored - lse[..., None])
+    d_logits = (p - np.eye(VOCAB)[t]) * w[..., None]
+    dh_ref = np.einsum("btv,ev->bte", d_logits, k)
+    dk_ref = np.einsum("bte,btv->ev", h, d_logits)
+    dh, dk = jax.jit(jax.grad(lambda h, k: fused(h, k)[0], argnums=(0, 1)))(hb, kb)
+    np.testing.assert_allclose(np.asarray(dh, np.float64), dh_ref, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(dk, np.float64), dk_ref, rtol=2e-2, atol=2e-2)
 
 
 def test_per_source_sums_by_hand():

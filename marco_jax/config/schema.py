@@ -31,6 +31,9 @@ class ModelSection:
     # auto (splash on TPU, cudnn on GPU in bf16, xla on CPU) | xla | dot_product_attention |
     # splash | cudnn; decoding with a KV cache always uses xla (marco_jax/model/attention.py)
     attention_impl: str = "xla"
+    # float32 | bfloat16: the lm head's logits in the training losses (bfloat16 halves the
+    # head's HBM traffic, as MaxText and transformers do in bf16; the softmax math stays fp32)
+    logits_dtype: str = "float32"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_qkv_proj")
 # "auto": per platform (`resolve_attention_impl`); kernels in marco_jax/model/attention.py.
 ATTENTION_IMPLS = ("auto", "xla", "dot_product_attention", "splash", "cudnn")
+LOGITS_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,9 @@ class Qwen2Config:
     remat_policy: str = "none"
     scan_layers: bool = True
     attention_impl: str = "xla"
+    # dtype of the lm head's logits in the training losses (marco_jax/model/logprobs.py):
+    # float32, or bfloat16 to halve the head's HBM traffic (softmax math stays fp32).
+    logits_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads and self.head_dim is None:
@@ -62,6 +66,8 @@ class Qwen2Config:
             )
         for name in ("param_dtype", "dtype"):
             jnp.dtype(getattr(self, name))  # raises on an unknown dtype name
+        if self.logits_dtype not in LOGITS_DTYPES:
+            raise ValueError(f"logits_dtype={self.logits_dtype!r}; expected one of {LOGITS_DTYPES}")
 
     @property
     def dim_per_head(self) -> int:
@@ -225,7 +231,8 @@ def resolve_attention_impl(impl: str, platform: str, dtype: str, seq_len: int) -
     return "xla"
 
 
-RUNTIME_FIELDS = ("param_dtype", "dtype", "remat_policy", "scan_layers", "attention_impl")
+RUNTIME_FIELDS = ("param_dtype", "dtype", "remat_policy", "scan_layers", "attention_impl",
+                  "logits_dtype")
 
 
 def from_experiment(model_section: Any) -> Qwen2Config:

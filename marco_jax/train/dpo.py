@@ -74,7 +74,8 @@ def segment_logps(model: Qwen2ForCausalLM, batch: Mapping[str, jax.Array], num_s
     (index 0 = padding). Differentiable in the model's parameters."""
     hidden, _ = model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"])
     hidden = constrain(hidden, RESIDUAL)
-    logp = -token_nll(hidden, model.lm_head_kernel(), batch["targets"], chunk)
+    logp = -token_nll(hidden, model.lm_head_kernel(), batch["targets"], chunk,
+                      model.config.logits_dtype)
     mask = batch["loss_mask"].astype(jnp.float32)
     onehot = jax.nn.one_hot(batch["segment_ids"], num_segments + 1, dtype=jnp.float32)
     return (jnp.einsum("bt,bts->bs", logp * mask, onehot),

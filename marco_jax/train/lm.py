@@ -57,7 +57,7 @@ class LanguageModeling:
         hidden = constrain(hidden, RESIDUAL)
         mask = batch["loss_mask"].astype(jnp.float32)
         loss_sum, nll = weighted_nll_sum(hidden, model.lm_head_kernel(), batch["targets"], mask,
-                                         self.loss_chunk)
+                                         self.loss_chunk, model.config.logits_dtype)
         sums = {"weight": jnp.sum(mask)}
         if self.source_names:
             sums["source_loss_sum"], sums["source_tokens"] = per_source_sums(

@@ -44,7 +44,9 @@ class StepCost:
     points: dict[int, tuple[float, float, float]]  # layers -> (flops, bytes, kernel flops)
 
 
-def _cost(compiled: Any) -> tuple[float, float]:
+def xla_cost(compiled: Any) -> tuple[float, float]:
+    """(FLOPs, bytes accessed) of a compiled module as XLA counts them (loop bodies once,
+    Pallas kernels opaque)."""
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
@@ -110,7 +112,7 @@ def count_step_cost(config: Experiment, devices: list[Any], lower: Callable[...,
     for layers in (1, 2):
         lowered = lower(counting_config(config, layers, rows * dp), devices)[0]
         compiled = lowered.compile()
-        flops, nbytes = _cost(compiled)
+        flops, nbytes = xla_cost(compiled)
         kf, kb = kernel_cost(compiled.as_text(), model_cfg, rows, heads, config.data.seq_len)
         points[layers] = (flops + kf, nbytes + kb, kf)
     n = model_cfg.num_hidden_layers

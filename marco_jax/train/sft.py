@@ -41,7 +41,7 @@ class SFTObjective:
         hidden = constrain(hidden, RESIDUAL)
         mask = batch["loss_mask"].astype(jnp.float32)
         loss_sum, nll = weighted_nll_sum(hidden, model.lm_head_kernel(), batch["targets"], mask,
-                                         self.loss_chunk)
+                                         self.loss_chunk, model.config.logits_dtype)
         sums = {"weight": jnp.sum(mask), "sequences": _count_sequences(batch["segment_ids"], mask)}
         if self.languages:
             sums["language_loss_sum"], sums["language_tokens"] = per_source_sums(
