@@ -28,7 +28,7 @@ from marco_jax.model.attention import attend, attention_mask, xla_attention
 from marco_jax.model.config import Qwen2Config
 from marco_jax.model.kv_cache import KVCache
 from marco_jax.model.target import target_platform
-from marco_jax.parallel.constraints import EMBED_LOOKUP, RESIDUAL, constrain
+from marco_jax.parallel.constraints import RESIDUAL, constrain
 
 
 def _param(rngs: nnx.Rngs, init: Callable, shape: tuple[int, ...], axes: tuple[str, ...],
@@ -88,13 +88,7 @@ class Embed(nnx.Module):
                                 config, None)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        # Under a mesh the lookup reads the table split on its embed columns (MaxText's layout):
-        # each chip gathers its columns for every token and the residual constraint regroups the
-        # rows; the gradient is a scatter-add into the chip's [vocab, embed / fsdp] slice. Read
-        # in the parameters' vocab-split layout, the gather needs the whole table on every chip
-        # and its gradient a dense [vocab, embed] fp32 all-reduce (7B, v5p-128: ~12 GB of HBM
-        # traffic per micro-step, `bench/bench_bytes_vs_maxtext.py`).
-        return jnp.take(constrain(self.embedding.value, EMBED_LOOKUP), tokens, axis=0)
+        return jnp.take(self.embedding.value, tokens, axis=0)
 
 
 class RMSNorm(nnx.Module):

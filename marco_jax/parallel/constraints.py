@@ -22,9 +22,6 @@ from marco_jax.parallel.rules import LOGICAL_AXIS_RULES, Rules, logical_to_spec
 # The residual stream / hidden state [batch, length, embed]: rows over data x fsdp (the `batch`
 # rule claims fsdp first, so `embed` stays whole unless the rows cannot be split that far).
 RESIDUAL = ("batch", "length", "embed")
-# The embedding table as the token lookup reads it: split on its embed columns, every vocab row on
-# every chip (see `qwen2.Embed`).
-EMBED_LOOKUP = (None, "embed")
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None],
