@@ -30,6 +30,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from marco_jax.model.target import target_platform
+
 
 def _chunks(x: jax.Array, chunk: int) -> jax.Array:
     """[B, T, ...] -> [T // chunk, B, chunk, ...] (T must be a multiple of chunk)."""
@@ -113,16 +115,24 @@ def _fwd(hidden, kernel, targets, weights, chunk, logits_dtype):
     def body(d_kernel, xs):
         h, t, w = xs
         logits = _chunk_logits(h, kernel, logits_dtype)
-        # One exp pass serves both the logsumexp and the softmax.
-        shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-        e = jnp.exp(shifted)
-        total = jnp.sum(e, axis=-1)
-        target = jnp.take_along_axis(shifted, t[..., None], axis=-1)[..., 0]
-        nll = jnp.log(total) - target
-        # d(sum w*nll)/dlogits = w * (softmax - onehot(target))
+        peak = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
         onehot = jnp.arange(vocab, dtype=t.dtype) == t[..., None]
-        d_logits = (e * (w / total)[..., None]) - onehot * w[..., None]
-        d_logits = d_logits.astype(h.dtype)
+        # d(sum w*nll)/dlogits = w * (softmax - onehot(target))
+        if target_platform() == "cpu":  # one exp pass: exp is dear on CPU
+            shifted = logits - peak
+            e = jnp.exp(shifted)
+            total = jnp.sum(e, axis=-1)
+            nll = jnp.log(total) - jnp.take_along_axis(shifted, t[..., None], axis=-1)[..., 0]
+            weighted_softmax = e * (w / total)[..., None]
+        else:
+            # Every pass reads the stored logits: the target logit by a masked sum (a gather
+            # made XLA materialise an fp32 copy of the chunk to gather from; 7B: an
+            # [8, 4096, 152064] fp32 write and its reads per micro-step) and the softmax
+            # recomputed rather than kept.
+            lse = jnp.log(jnp.sum(jnp.exp(logits - peak), axis=-1)) + peak[..., 0]
+            nll = lse - jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
+            weighted_softmax = jnp.exp(logits - lse[..., None]) * w[..., None]
+        d_logits = (weighted_softmax - onehot * w[..., None]).astype(h.dtype)
         d_h = jnp.einsum("bcv,ev->bce", d_logits, kernel)
         d_kernel = d_kernel + jnp.einsum("bce,bcv->ev", h, d_logits,
                                          preferred_element_type=jnp.float32)
