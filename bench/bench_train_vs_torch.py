@@ -118,15 +118,22 @@ def make_jax_step(model_cfg, tokens: np.ndarray, warmup: int, loss_chunk: int):
     return one, record
 
 
-def make_torch_step(model_cfg, tokens: np.ndarray, warmup: int):
-    """transformers + torch.optim.AdamW, warmed; returns (one timed step, record)."""
+def make_hf_model(model_cfg):
+    """A random transformers.Qwen2ForCausalLM of the same shape, fp32, in train mode (seed 0)."""
     import torch
     import transformers
 
     torch.manual_seed(0)
     hf = transformers.Qwen2Config(**{k: v for k, v in model_cfg.to_hf_dict().items()
                                      if k not in ("architectures", "torch_dtype")})
-    model = transformers.Qwen2ForCausalLM(hf).float().train()
+    return transformers.Qwen2ForCausalLM(hf).float().train()
+
+
+def make_torch_step(model_cfg, tokens: np.ndarray, warmup: int):
+    """transformers + torch.optim.AdamW, warmed; returns (one timed step, record)."""
+    import torch
+
+    model = make_hf_model(model_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
                             weight_decay=0.1)
     ids = torch.from_numpy(tokens[:, :-1].astype(np.int64))
@@ -175,12 +182,8 @@ def make_torch_parts(model_cfg, tokens: np.ndarray, hidden: np.ndarray) -> dict:
     """The same two halves in transformers: `model.model` (embedding + layers + final norm) and
     `lm_head` + `loss_function` (what `Qwen2ForCausalLM(labels=...)` runs after the layers)."""
     import torch
-    import transformers
 
-    torch.manual_seed(0)
-    hf = transformers.Qwen2Config(**{k: v for k, v in model_cfg.to_hf_dict().items()
-                                     if k not in ("architectures", "torch_dtype")})
-    model = transformers.Qwen2ForCausalLM(hf).float().train()
+    model = make_hf_model(model_cfg)
     ids = torch.from_numpy(tokens[:, :-1].astype(np.int64))
     h = torch.from_numpy(hidden.copy()).requires_grad_()
 
@@ -190,7 +193,7 @@ def make_torch_parts(model_cfg, tokens: np.ndarray, hidden: np.ndarray) -> dict:
 
     def head():
         logits = model.lm_head(h)
-        model.loss_function(logits, ids, vocab_size=hf.vocab_size).backward()
+        model.loss_function(logits, ids, vocab_size=model.config.vocab_size).backward()
         model.zero_grad(set_to_none=True)
         h.grad = None
 
