@@ -1,0 +1,315 @@
+"""Training MFU and greedy decoding on one accelerator, in one run, beside the peers: the
+prepared device check for a GPU (or TPU) host.
+
+    python bench/bench_device.py [--sizes 0.5b,1.5b] [--rows 16] [--steps 6]
+        [--decode-sizes 0.5b,1.5b] [--decode-batches 1,8,64] [--prompt-len 128]
+        [--new-tokens 128] [--remat POLICY] [--skip-hf] [--json out.json] [--smoke]
+
+Training: each size's shipped stage-I CPT config (configs/cpt_<size>_stage1.py: Qwen2 dims, fp32
+params + AdamW, bf16 compute, bf16 logits, the config's remat policy and loss chunk, attention
+`auto`, i.e. cuDNN on a GPU, splash on a TPU) on one device, random init, `--rows` x 4096 random
+tokens per step, no accumulation (the rows are the micro-batch). Printed: compile seconds, step
+seconds (median of `--steps`), tokens/s and MFU = model FLOPs per token (6N + causal attention,
+`Qwen2Config.train_flops_per_token`, the trainer's own figure) x tokens/s / the chip's published
+dense bf16 peak (`marco_jax.train.flops.PEAK_FLOPS`; H100/H200 989 TFLOP/s). Recompute is not
+model work, so full remat caps MFU near 75% of the hardware's rate.
+
+Peer for training (printed beside ours): MaxText's published GPU figure, Llama2-7B on one A3 VM
+(8 x H100-80GB), 492 TFLOP/s per chip = 49.7% of 989 (bf16, 4 x 4096 rows per device, fsdp 8,
+cudnn_flash_te attention, remat `minimal_flash`, unscanned layers; MaxText/configs/a3/llama_2_7b/
+README.md and 1vm.sh). MaxText publishes no Qwen2-0.5B/1.5B GPU figure; small models reach a
+lower MFU than 7B on the same chip (smaller matmuls), so the comparison is a bar, not like for like.
+
+Decoding: a random `transformers.Qwen2ForCausalLM` of the size's dims in bf16 is saved and
+converted with our converter, so both sides decode the same weights; left-padded random prompts,
+greedy, no stop token, `--new-tokens` per row. Ours: `marco_jax.infer.generate`, bf16 weights and
+compute (compile excluded, best of 2). transformers' `generate` runs beside it when torch sees a
+GPU (else, or with `--skip-hf`, ours alone; without transformers ours decodes random weights of
+its own). Token agreement is reported, not asserted (bf16 kernels differ). Roofline: every step
+reads all weights once plus the filled KV cache, at the device bandwidth measured here (a jitted
+sum over 4 GiB of bf16), so tokens/s <= batch x bandwidth / bytes per step.
+
+`--smoke` shrinks every model to a 2-layer toy and the sequence to 128, so the script runs on a
+CPU in seconds (how it is tested; its figures mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from marco_jax.config import load_config_file
+from marco_jax.config.cli import fail
+from marco_jax.model.config import Qwen2Config, from_experiment
+from marco_jax.model.qwen2 import init_model
+from marco_jax.train.flops import peak_flops_per_device
+from marco_jax.train.lm import LanguageModeling
+from marco_jax.train.optimizer import make_optimizer, make_schedule
+from marco_jax.train.state import TrainState
+from marco_jax.train.step import make_train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = ("0.5b", "1.5b", "7b", "72b")
+MAXTEXT_GPU = {"system": "MaxText Llama2-7B, 1 x A3 (8 x H100-80GB)", "tflops_per_chip": 492.0,
+               "peak_tflops": 989.0}
+SMOKE_DIMS = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "bos_token_id": 1, "eos_token_id": 2}
+
+
+def size_config(size: str, smoke: bool, remat: str | None):
+    """(experiment config, model config) of the shipped stage-I config of `size`."""
+    exp = load_config_file(ROOT / "configs" / f"cpt_{size}_stage1.py")
+    model = from_experiment(exp.model)
+    if smoke:
+        model = model.replace(**SMOKE_DIMS)
+    if remat:
+        model = model.replace(remat_policy=remat)
+    return exp, model
+
+
+def lm_batch(tokens: np.ndarray) -> dict:
+    b, t1 = tokens.shape
+    t = t1 - 1
+    batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
+             "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)),
+             "segment_ids": np.ones((b, t), np.int32), "loss_mask": np.ones((b, t), np.int32),
+             "source_ids": np.zeros((b, t), np.int32)}
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def bench_train(size: str, args: argparse.Namespace, peak: float) -> dict:
+    exp, cfg = size_config(size, args.smoke, args.remat)
+    seq = 128 if args.smoke else exp.data.seq_len
+    graphdef, state = nnx.split(init_model(cfg, seed=0))
+    tx = make_optimizer(exp.optim, exp.train.steps)
+    train_state = TrainState.create(nnx.to_pure_dict(state), tx)
+    del state
+    objective = LanguageModeling((), exp.train.loss_chunk)
+    step = jax.jit(make_train_step(graphdef, tx, objective,
+                                   make_schedule(exp.optim, exp.train.steps)), donate_argnums=0)
+    rng = np.random.default_rng(0)
+    batch = lm_batch(rng.integers(0, cfg.vocab_size, (args.rows, seq + 1)).astype(np.int32))
+    t0 = time.perf_counter()
+    train_state, m = step(train_state, batch)
+    first_loss = float(m["loss_sum"]) / float(m["weight"])
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        train_state, m = step(train_state, batch)
+        float(m["loss_sum"])  # blocks until the step is done
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    tokens_per_s = args.rows * seq / step_s
+    flops_per_token = cfg.train_flops_per_token(seq)
+    return {"size": size, "params": cfg.num_params(), "rows": args.rows, "seq_len": seq,
+            "remat": cfg.remat_policy, "attention": cfg.attention_impl,
+            "compile_s": compile_s, "step_s": step_s, "tokens_per_s": tokens_per_s,
+            "model_flops_per_token": flops_per_token,
+            "mfu": flops_per_token * tokens_per_s / peak, "first_loss": first_loss,
+            "last_loss": float(m["loss_sum"]) / float(m["weight"])}
+
+
+def measure_bandwidth(gib: float) -> float:
+    """Bytes/s of a jitted sum over `gib` GiB of bf16 (best of 5)."""
+    x = jnp.ones((int(gib * 2**30) // 2,), jnp.bfloat16)
+    f = jax.jit(lambda v: jnp.sum(v, dtype=jnp.float32))
+    f(x).block_until_ready()
+    best = min(_seconds(lambda: f(x).block_until_ready()) for _ in range(5))
+    return x.nbytes / best
+
+
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def decode_bytes_per_step(cfg: Qwen2Config, batch: int, slots: int, itemsize: int) -> float:
+    """Bytes one decode step reads: the weights (an untied embedding only for the fed rows) and
+    the whole KV cache (our cache attends over all its slots, masked)."""
+    embed = cfg.vocab_size * cfg.hidden_size
+    weights = cfg.num_params() - (0 if cfg.tie_word_embeddings else embed - batch * cfg.hidden_size)
+    kv = 2 * cfg.num_hidden_layers * batch * slots * cfg.num_key_value_heads * cfg.dim_per_head
+    return (weights + kv) * itemsize
+
+
+def decode_models(cfg: Qwen2Config, tmp: Path, use_hf: bool):
+    """(our model, transformers model or None) with the same random bf16 weights."""
+    from marco_jax.checkpoint import load_model
+
+    if not use_hf:
+        return init_model(cfg.replace(dtype="bfloat16", param_dtype="bfloat16"), seed=0), None
+    import torch
+    import transformers
+
+    from marco_jax.convert.hf_to_ours import convert_hf_to_orbax
+
+    torch.manual_seed(0)
+    hf_cfg = transformers.Qwen2Config(**{k: v for k, v in cfg.to_hf_dict().items()
+                                         if k not in ("architectures", "torch_dtype")})
+    hf = transformers.Qwen2ForCausalLM(hf_cfg).to(torch.bfloat16).eval()
+    with torch.no_grad():  # peaked attention, so the next token depends on the context
+        for name, p in hf.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(10.0)
+    hf.save_pretrained(tmp / "hf", safe_serialization=True)
+    convert_hf_to_orbax(tmp / "hf", tmp / "ours", dtype="bfloat16")
+    ours = load_model(tmp / "ours", dtype="bfloat16", param_dtype="bfloat16")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return ours, hf.to(device)
+
+
+def hf_generate(hf, tokens: np.ndarray, lengths: np.ndarray, new: int) -> np.ndarray:
+    import torch
+
+    device = next(hf.parameters()).device
+    ids = torch.from_numpy(tokens.astype(np.int64)).to(device)
+    mask = torch.from_numpy((np.arange(tokens.shape[1])[None] >= tokens.shape[1]
+                             - lengths[:, None]).astype(np.int64)).to(device)
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
+                          min_new_tokens=new, do_sample=False, top_k=None, top_p=None,
+                          pad_token_id=0, eos_token_id=None)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out[:, tokens.shape[1]:].cpu().numpy()
+
+
+def best_of(fn, repeats: int = 2):
+    out, best = None, float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def bench_decode(size: str, args: argparse.Namespace, bandwidth: float, use_hf: bool) -> list:
+    from marco_jax.infer import generate
+
+    _, cfg = size_config(size, args.smoke, None)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_device_") as tmp:
+        ours, hf = decode_models(cfg, Path(tmp), use_hf)
+    for batch in args.decode_batches:
+        rng = np.random.default_rng(batch)
+        p = args.prompt_len
+        tokens = rng.integers(3, cfg.vocab_size, (batch, p)).astype(np.int32)
+        lengths = rng.integers(p // 2, p + 1, batch)
+        lengths[0] = p
+        tokens[np.arange(p)[None] < p - lengths[:, None]] = 0
+        n_new = batch * args.new_tokens
+        roof = batch * bandwidth / decode_bytes_per_step(cfg, batch, p + args.new_tokens - 1, 2)
+        run = functools.partial(generate, ours, tokens, args.new_tokens, prompt_lengths=lengths,
+                                eos_ids=())
+        run()  # compile
+        out, s = best_of(lambda: np.asarray(run().tokens))  # noqa: B023
+        row = {"size": size, "batch": batch, "ours_tokens_per_s": n_new / s,
+               "ours_roofline": n_new / s / roof}
+        if hf is not None:
+            hf_generate(hf, tokens, lengths, 2)  # warm-up
+            ref, hs = best_of(functools.partial(hf_generate, hf, tokens, lengths,
+                                                args.new_tokens))
+            row.update(hf_tokens_per_s=n_new / hs, hf_roofline=n_new / hs / roof,
+                       tokens_equal=float(np.mean(out == ref)))
+        rows.append(row)
+    return rows
+
+
+def parse_list(flag: str, value: str, allowed=None, cast=str) -> list:
+    try:
+        items = [cast(v) for v in value.split(",") if v]
+    except ValueError:
+        fail(f"{flag} {value!r}: expected a comma list of integers, e.g. 1,8")
+    bad = [v for v in items if allowed is not None and v not in allowed]
+    if bad or not items:
+        fail(f"{flag} {value!r}: expected a comma list of {', '.join(allowed)}")
+    return items
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="0.5b,1.5b")
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--remat", default=None, help="override the configs' remat policy")
+    p.add_argument("--decode-sizes", default="0.5b,1.5b")
+    p.add_argument("--decode-batches", default="1,8,64")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    sizes = parse_list("--sizes", args.sizes, SIZES) if args.sizes else []
+    decode_sizes = parse_list("--decode-sizes", args.decode_sizes, SIZES) if args.decode_sizes \
+        else []
+    args.decode_batches = parse_list("--decode-batches", args.decode_batches, cast=int)
+    if args.rows < 1 or args.steps < 1:
+        fail(f"--rows {args.rows} / --steps {args.steps}: expected integers >= 1")
+
+    device = jax.devices()[0]
+    peak, peak_from = peak_flops_per_device()
+    print(f"device: {device.device_kind} ({device.platform}), {jax.device_count()} device(s); "
+          f"peak {peak / 1e12:.3g} TFLOP/s ({peak_from}); jax {jax.__version__}")
+    result = {"device": device.device_kind, "platform": device.platform, "peak_flops": peak,
+              "train": [], "decode": [], "maxtext_gpu": MAXTEXT_GPU}
+    if sizes:
+        print(f"\n== training, one device, fp32 params + AdamW, bf16 compute, {args.rows} rows "
+              f"per step, median of {args.steps} steps")
+        print(f"{'size':>5} {'remat':>24} {'attention':>9} {'compile s':>9} {'step s':>7} "
+              f"{'tokens/s':>9} {'MFU':>6}  loss first -> last")
+        for size in sizes:
+            r = bench_train(size, args, peak)
+            result["train"].append(r)
+            print(f"{size:>5} {r['remat']:>24} {r['attention']:>9} {r['compile_s']:9.1f} "
+                  f"{r['step_s']:7.3f} {r['tokens_per_s']:9.0f} {r['mfu']:6.1%}  "
+                  f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}")
+        m = MAXTEXT_GPU
+        print(f"{'peer':>5} {m['system']}: {m['tflops_per_chip']:.0f} TFLOP/s per chip = "
+              f"{m['tflops_per_chip'] / m['peak_tflops']:.1%} MFU (published)")
+    if decode_sizes:
+        use_hf = not args.skip_hf and _has_transformers()
+        bw = measure_bandwidth(0.0625 if args.smoke else 4.0)
+        result["bandwidth"] = bw
+        print(f"\n== greedy decode, bf16 weights, prompt {args.prompt_len} (left-padded), "
+              f"{args.new_tokens} new tokens; measured bandwidth {bw / 1e9:.0f} GB/s")
+        print(f"{'size':>5} {'batch':>5} {'ours tok/s':>10} {'roofline':>8} {'hf tok/s':>9} "
+              f"{'roofline':>8} {'ours/hf':>7} {'tokens equal':>12}")
+        for size in decode_sizes:
+            for r in bench_decode(size, args, bw, use_hf):
+                result["decode"].append(r)
+                hf = (f"{r['hf_tokens_per_s']:9.1f} {r['hf_roofline']:8.1%} "
+                      f"{r['ours_tokens_per_s'] / r['hf_tokens_per_s']:6.2f}x "
+                      f"{r['tokens_equal']:12.1%}" if "hf_tokens_per_s" in r
+                      else f"{'-':>9} {'-':>8} {'-':>7} {'-':>12}")
+                print(f"{size:>5} {r['batch']:5d} {r['ours_tokens_per_s']:10.1f} "
+                      f"{r['ours_roofline']:8.1%} {hf}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+def _has_transformers() -> bool:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The prepared accelerator check (bench/bench_device.py) in its CPU smoke mode: it must still run
+when a session finally gets a device, and its MFU and FLOPs figures must be the hand formula."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_device.py"
+
+
+def _run(monkeypatch, *args: str) -> int:
+    """bench_device.main() in this process with `args` as its command line; the exit code."""
+    spec = importlib.util.spec_from_file_location("bench_device", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [str(BENCH), *args])
+    try:
+        module.main()
+    except SystemExit as e:
+        return int(e.code)
+    return 0
+
+
+def _hand_flops_per_token(seq: int) -> float:
+    # bench_device.SMOKE_DIMS, counted by hand: tied embedding (one lm-head matmul), per layer
+    # q/k/v (with biases) + o + gate/up/down + 2 norms, final norm; attention causal half.
+    v, e, i, layers, h, k, d = 512, 64, 128, 2, 4, 2, 16
+    layer = e * h * d + h * d + 2 * (e * k * d + k * d) + h * d * e + 3 * e * i + 2 * e
+    n = v * e + layers * layer + e
+    return 6.0 * n + 6.0 * layers * seq * h * d
+
+
+def test_smoke_run_reports_the_hand_counted_mfu_and_decodes_the_same_weights(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    out = tmp_path / "r.json"
+    rc = _run(monkeypatch, "--smoke", "--sizes", "0.5b", "--rows", "2", "--steps", "2",
+              "--decode-sizes", "0.5b", "--decode-batches", "2", "--prompt-len", "16",
+              "--new-tokens", "8", "--json", str(out))
+    assert rc == 0
+    res = json.loads(out.read_text())
+    (train,) = res["train"]
+    assert train["seq_len"] == 128 and train["rows"] == 2
+    assert train["model_flops_per_token"] == pytest.approx(_hand_flops_per_token(128), rel=1e-9)
+    assert train["tokens_per_s"] == pytest.approx(2 * 128 / train["step_s"], rel=1e-9)
+    assert train["mfu"] == pytest.approx(
+        train["model_flops_per_token"] * train["tokens_per_s"] / res["peak_flops"], rel=1e-9)
+    # Random init: the first loss is close to a uniform guess over the 512-token vocabulary.
+    assert abs(train["first_loss"] - math.log(512)) < 0.1
+    (dec,) = res["decode"]
+    assert dec["batch"] == 2 and dec["ours_tokens_per_s"] > 0 and res["bandwidth"] > 0
+    # Same converted weights on both sides: greedy tokens agree (different weights: ~1/512).
+    assert dec["tokens_equal"] >= 0.75
+
+
+@pytest.mark.parametrize("flag,value", [("--sizes", "3b"), ("--decode-batches", "x")])
+def test_bad_flags_get_one_line_and_exit_2(monkeypatch, capsys, flag, value):
+    assert _run(monkeypatch, flag, value) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and value in err
