@@ -11,10 +11,10 @@ from flax import nnx
 
 from marco_jax.config.schema import Experiment, OptimSection, TrainSection
 from marco_jax.model.config import get_preset
-from marco_jax.model.logprobs import token_nll, weighted_nll_sum
+from marco_jax.model.logprobs import per_source_sums, token_nll, weighted_nll_sum
 from marco_jax.model.qwen2 import init_model
 from marco_jax.model.target import compile_target
-from marco_jax.train.lm import LanguageModeling, per_source_sums
+from marco_jax.train.lm import LanguageModeling
 from marco_jax.train.optimizer import decay_mask, make_optimizer, make_schedule
 from marco_jax.train.state import TrainState
 from marco_jax.train.step import make_train_step

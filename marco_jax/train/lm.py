@@ -16,20 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from marco_jax.model.logprobs import weighted_nll_sum
+from marco_jax.model.logprobs import per_source_sums, weighted_nll_sum
 from marco_jax.model.qwen2 import Qwen2ForCausalLM
 from marco_jax.parallel.constraints import RESIDUAL, constrain
 from marco_jax.train.objective import Batch, Sums
 
 LM_BATCH_KEYS = ("tokens", "targets", "positions", "segment_ids", "loss_mask", "source_ids")
-
-
-def per_source_sums(nll: jax.Array, mask: jax.Array, source_ids: jax.Array,
-                    num_sources: int) -> tuple[jax.Array, jax.Array]:
-    """Per-source (loss sum, token count), each [num_sources]; source id -1 counts nowhere."""
-    onehot = (source_ids[..., None] == jnp.arange(num_sources)).astype(jnp.float32)
-    w = mask.astype(jnp.float32)[..., None] * onehot
-    return jnp.sum(nll[..., None] * w, axis=(0, 1)), jnp.sum(w, axis=(0, 1))
 
 
 def perplexity(loss: float) -> float:
