@@ -274,16 +274,19 @@ def get_config():
 
 
 @pytest.mark.slow  # every task of the demo suite and of our fixtures through the model (~1 min)
-def test_every_task_runs_through_the_suite(checkpoints, tmp_path):
+def test_every_task_runs_through_the_suite(checkpoints, shared_data, tmp_path):
     from marco_jax.evals.suite import load_suite_config
 
     _, ours = checkpoints
     fixture_config = tmp_path / "eval_fixtures.py"
     fixture_config.write_text(FIXTURE_SUITE.format(root=str(FIXTURES)))
     demo = Path(__file__).resolve().parents[1] / "configs" / "eval_demo.py"
-    for config, out in ((demo, tmp_path / "demo"), (fixture_config, tmp_path / "fixtures")):
+    # The demo's data_root is ../shared/data beside the repository; MARCO_SHARED_DATA may differ.
+    runs = ((demo, tmp_path / "demo", ["--data-root", str(shared_data)]),
+            (fixture_config, tmp_path / "fixtures", []))
+    for config, out, extra in runs:
         assert main(["--config", str(config), "--checkpoint", str(ours), "--out", str(out),
-                     "--limit", "1", "--no-progress"]) == 0
+                     "--limit", "1", "--no-progress", *extra]) == 0
         labels = [t.label for t in load_suite_config(config).tasks]
         assert sorted(p.stem for p in (out / "tasks").glob("*.json")) == sorted(labels)
         for label in labels:
