@@ -174,8 +174,11 @@ def test_counted_flops_and_bytes_equal_a_loop_free_compile_of_all_layers(impl):
     flops, nbytes = xla_cost(compiled)
     kf, kb = kernel_cost(compiled.as_text(), model_cfg, 3, local_heads(model_cfg, mesh), 512)
     assert cost.flops == pytest.approx(2 * (flops + kf), rel=0.005)
-    # XLA picks fusions per program, so bytes extrapolate less exactly than FLOPs (xla: -5.3%
-    # since the fused cross-entropy recomputes its softmax off CPU, -4% or less before).
+    # Bytes extrapolate less exactly than FLOPs on this toy (xla: -5.3%): its per-layer bytes grow
+    # with the layer count (2.06e8 -> 2.32e8 from the 2nd to the 5th layer) because the TPU
+    # compiler prefetches whole stacked [layers, ...] toy-sized params into VMEM (copy-start of
+    # f32[L, 64, 176]). At real sizes the count is linear: 7B at MaxText's settings, 1-4 layers,
+    # per-layer bytes 4.887e10 / 4.929e10 / 4.867e10 (+-0.7%), FLOPs exactly linear.
     assert cost.bytes == pytest.approx(2 * (nbytes + kb), rel=0.06)
     if impl == "splash":
         assert splash_calls(compiled.as_text()) == {"fwd": 10, "dq": 5, "dkv": 5}
