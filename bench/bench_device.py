@@ -3,7 +3,8 @@ prepared device check for a GPU (or TPU) host.
 
     python bench/bench_device.py [--sizes 0.5b,1.5b] [--rows 16] [--steps 6]
         [--decode-sizes 0.5b,1.5b] [--decode-batches 1,8,64] [--prompt-len 128]
-        [--new-tokens 128] [--remat POLICY] [--skip-hf] [--json out.json] [--smoke]
+        [--new-tokens 128] [--remat POLICY] [--attention auto,xla] [--skip-hf] [--json out.json]
+        [--smoke]
 
 Training: each size's shipped stage-I CPT config (configs/cpt_<size>_stage1.py: Qwen2 dims, fp32
 params + AdamW, bf16 compute, bf16 logits, the config's remat policy and loss chunk, attention
@@ -12,7 +13,11 @@ tokens per step, no accumulation (the rows are the micro-batch). Printed: compil
 seconds (median of `--steps`), tokens/s and MFU = model FLOPs per token (6N + causal attention,
 `Qwen2Config.train_flops_per_token`, the trainer's own figure) x tokens/s / the chip's published
 dense bf16 peak (`marco_jax.train.flops.PEAK_FLOPS`; H100/H200 989 TFLOP/s). Recompute is not
-model work, so full remat caps MFU near 75% of the hardware's rate.
+model work, so full remat caps MFU near 75% of the hardware's rate. `--attention` trains each
+size once per listed implementation: on a GPU `auto` is cuDNN, which receives our packed-row
+(segment-id) mask as a dense [B, 1, T, T] bias; jax's cuDNN wrapper then also computes that bias's
+gradient (`should_export_dbias` is always true in jax 0.10), so `--attention auto,xla` shows what
+that costs against XLA's own attention.
 
 Peer for training (printed beside ours): MaxText's published GPU figure, Llama2-7B on one A3 VM
 (8 x H100-80GB), 492 TFLOP/s per chip = 49.7% of 989 (bf16, 4 x 4096 rows per device, fsdp 8,
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import statistics
 import sys
@@ -56,7 +62,8 @@ from flax import nnx
 
 from marco_jax.config import load_config_file
 from marco_jax.config.cli import fail
-from marco_jax.model.config import Qwen2Config, from_experiment
+from marco_jax.config.schema import CHOICES
+from marco_jax.model.config import Qwen2Config, from_experiment, resolve_attention_impl
 from marco_jax.model.qwen2 import init_model
 from marco_jax.train.flops import peak_flops_per_device
 from marco_jax.train.lm import LanguageModeling
@@ -73,7 +80,7 @@ SMOKE_DIMS = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
               "bos_token_id": 1, "eos_token_id": 2}
 
 
-def size_config(size: str, smoke: bool, remat: str | None):
+def size_config(size: str, smoke: bool, remat: str | None = None, attention: str | None = None):
     """(experiment config, model config) of the shipped stage-I config of `size`."""
     exp = load_config_file(ROOT / "configs" / f"cpt_{size}_stage1.py")
     model = from_experiment(exp.model)
@@ -81,6 +88,8 @@ def size_config(size: str, smoke: bool, remat: str | None):
         model = model.replace(**SMOKE_DIMS)
     if remat:
         model = model.replace(remat_policy=remat)
+    if attention:
+        model = model.replace(attention_impl=attention)
     return exp, model
 
 
@@ -94,8 +103,8 @@ def lm_batch(tokens: np.ndarray) -> dict:
     return {k: jnp.asarray(v) for k, v in batch.items()}
 
 
-def bench_train(size: str, args: argparse.Namespace, peak: float) -> dict:
-    exp, cfg = size_config(size, args.smoke, args.remat)
+def bench_train(size: str, attention: str, args: argparse.Namespace, peak: float) -> dict:
+    exp, cfg = size_config(size, args.smoke, args.remat, attention)
     seq = 128 if args.smoke else exp.data.seq_len
     graphdef, state = nnx.split(init_model(cfg, seed=0))
     tx = make_optimizer(exp.optim, exp.train.steps)
@@ -120,7 +129,9 @@ def bench_train(size: str, args: argparse.Namespace, peak: float) -> dict:
     tokens_per_s = args.rows * seq / step_s
     flops_per_token = cfg.train_flops_per_token(seq)
     return {"size": size, "params": cfg.num_params(), "rows": args.rows, "seq_len": seq,
-            "remat": cfg.remat_policy, "attention": cfg.attention_impl,
+            "remat": cfg.remat_policy,
+            "attention": resolve_attention_impl(cfg.attention_impl, jax.devices()[0].platform,
+                                                cfg.dtype, seq),
             "compile_s": compile_s, "step_s": step_s, "tokens_per_s": tokens_per_s,
             "model_flops_per_token": flops_per_token,
             "mfu": flops_per_token * tokens_per_s / peak, "first_loss": first_loss,
@@ -205,7 +216,7 @@ def best_of(fn, repeats: int = 2):
 def bench_decode(size: str, args: argparse.Namespace, bandwidth: float, use_hf: bool) -> list:
     from marco_jax.infer import generate
 
-    _, cfg = size_config(size, args.smoke, None)
+    _, cfg = size_config(size, args.smoke)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_device_") as tmp:
         ours, hf = decode_models(cfg, Path(tmp), use_hf)
@@ -251,6 +262,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=16)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--remat", default=None, help="override the configs' remat policy")
+    p.add_argument("--attention", default="auto", help="comma list of attention_impl to train")
     p.add_argument("--decode-sizes", default="0.5b,1.5b")
     p.add_argument("--decode-batches", default="1,8,64")
     p.add_argument("--prompt-len", type=int, default=128)
@@ -263,6 +275,9 @@ def main() -> None:
     decode_sizes = parse_list("--decode-sizes", args.decode_sizes, SIZES) if args.decode_sizes \
         else []
     args.decode_batches = parse_list("--decode-batches", args.decode_batches, cast=int)
+    attentions = parse_list("--attention", args.attention, CHOICES["model.attention_impl"])
+    if args.remat and args.remat not in CHOICES["model.remat_policy"]:
+        fail(f"--remat {args.remat!r}: expected one of {', '.join(CHOICES['model.remat_policy'])}")
     if args.rows < 1 or args.steps < 1:
         fail(f"--rows {args.rows} / --steps {args.steps}: expected integers >= 1")
 
@@ -275,12 +290,12 @@ def main() -> None:
     if sizes:
         print(f"\n== training, one device, fp32 params + AdamW, bf16 compute, {args.rows} rows "
               f"per step, median of {args.steps} steps")
-        print(f"{'size':>5} {'remat':>24} {'attention':>9} {'compile s':>9} {'step s':>7} "
+        print(f"{'size':>5} {'remat':>24} {'attention':>21} {'compile s':>9} {'step s':>7} "
               f"{'tokens/s':>9} {'MFU':>6}  loss first -> last")
-        for size in sizes:
-            r = bench_train(size, args, peak)
+        for size, attention in itertools.product(sizes, attentions):
+            r = bench_train(size, attention, args, peak)
             result["train"].append(r)
-            print(f"{size:>5} {r['remat']:>24} {r['attention']:>9} {r['compile_s']:9.1f} "
+            print(f"{size:>5} {r['remat']:>24} {r['attention']:>21} {r['compile_s']:9.1f} "
                   f"{r['step_s']:7.3f} {r['tokens_per_s']:9.0f} {r['mfu']:6.1%}  "
                   f"{r['first_loss']:.3f} -> {r['last_loss']:.3f}")
         m = MAXTEXT_GPU
