@@ -30,11 +30,13 @@ SIZES = {  # preset, global batch (rows), TPU slice the step is AOT-checked for
 }
 # Per size, set by the AOT fit check (`python -m marco_jax.aot`, bench/bench_aot_fit.py): gradient
 # accumulation steps (micro-batch rows per chip = batch / (data x fsdp) / accum), the remat policy
-# and the in-slice mesh (data, fsdp, tensor). 7B spends the HBM splash attention frees on saving
-# the layers' weight matmuls (`dots_with_no_batch_dims`) at 4 rows per chip per micro-step: fewer
-# compiled FLOPs per step than full remat (see the README's Scale section).
-ACCUM = {"0.5b": 4, "1.5b": 2, "7b": 4, "72b": 4}
-REMAT = {"0.5b": "full", "1.5b": "full", "7b": "dots_with_no_batch_dims", "72b": "full"}
+# and the in-slice mesh (data, fsdp, tensor). 0.5B/1.5B/7B spend the HBM splash attention frees
+# on saving the layers' weight matmuls (`dots_with_no_batch_dims`: no forward recompute of them)
+# at 16 / 8 / 4 rows per chip per micro-step: fewer FLOPs per step than full remat (see the
+# README's Scale section). 72B keeps full remat (its saved matmul outputs would not fit).
+ACCUM = {"0.5b": 4, "1.5b": 4, "7b": 4, "72b": 4}
+REMAT = {"0.5b": "dots_with_no_batch_dims", "1.5b": "dots_with_no_batch_dims",
+         "7b": "dots_with_no_batch_dims", "72b": "full"}
 MESH_ICI = {"0.5b": (1, -1, 1), "1.5b": (1, -1, 1), "7b": (1, -1, 1), "72b": (1, 64, 4)}
 BUCKET = "gs://YOUR_BUCKET/marco"  # edit, or override each path on the command line
 

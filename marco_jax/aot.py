@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(report.lines()))
     if args.json:
         costed = bool(report.compiled_flops_per_chip)
-        derived = ("step_seconds", "tokens_per_second_per_chip", "roofline_seconds",
+        derived = ("step_seconds", "tokens_per_second_per_chip", "roofline_flops_per_chip",
+                   "roofline_seconds",
                    "roofline_tokens_per_second_per_chip", "model_flops_utilisation_ceiling")
         payload = dataclasses.asdict(report) | {
             "total_bytes": report.total_bytes, "tokens_per_step": report.tokens_per_step,

@@ -16,6 +16,7 @@ from marco_jax.model.config import get_preset
 from marco_jax.model.target import compile_target
 from marco_jax.parallel.topologies import GIB, parse_slice, topology_devices
 from marco_jax.train.aot_fit import (
+    FitReport,
     _cost_flops,
     check_fit,
     counted_flops_per_chip,
@@ -106,8 +107,10 @@ def test_cli_exits_nonzero_when_the_config_does_not_fit(tmp_path):
     report = json.loads(out_json.read_text())
     assert report["fits"] is False and report["tokens_per_step"] == 131_072
     if report["compiled_flops_per_chip"]:  # the roofline travels with the JSON
+        assert report["roofline_flops_per_chip"] == max(
+            report["compiled_flops_per_chip"], report["model_flops_per_step"] / report["chips"])
         assert report["roofline_seconds"] == pytest.approx(max(
-            report["compiled_flops_per_chip"] / report["peak_flops_per_chip"],
+            report["roofline_flops_per_chip"] / report["peak_flops_per_chip"],
             report["step_bytes_per_chip"] / report["hbm_bytes_per_s"]))
     else:
         assert report["roofline_seconds"] is None
@@ -141,6 +144,26 @@ def test_shipped_config_fits_its_topology(size):
     config = load_config_file(ROOT / "configs" / f"cpt_{size}_stage1.py")
     report = check_fit(config, parse_slice(config.topology))
     assert report.fits, "\n".join(report.lines())
+
+
+def test_roofline_charges_at_least_the_model_flops():
+    """Where XLA's count is below the model's 6N + attention (the sharded 0.5B layout), the
+    roofline and the step time at the stated MFU charge the model's FLOPs and say so; otherwise
+    the compiled count."""
+    report = FitReport(slice_desc="v5p-16", mesh={"fsdp": 8}, global_batch=8, seq_len=4096,
+                       capacity_bytes=95 * 2**30, headroom=0.05, fits=True, chips=8,
+                       peak_flops_per_chip=459e12, hbm_bytes_per_s=2765e9,
+                       compiled_flops_per_chip=2e14, step_bytes_per_chip=1e12,
+                       model_flops_per_step=8 * 3e14)
+    assert report.flops_floored and report.roofline_flops_per_chip == 3e14
+    assert report.roofline_seconds == pytest.approx(3e14 / 459e12)
+    assert report.step_seconds == pytest.approx(3e14 / (459e12 * report.mfu))
+    assert "model FLOPs: the compiled count is below them" in "\n".join(report.lines())
+    report.compiled_flops_per_chip = 4e14
+    assert not report.flops_floored
+    assert report.roofline_seconds == pytest.approx(max(4e14 / 459e12, 1e12 / 2765e9))
+    report.step_bytes_per_chip = 3e12  # bytes-bound
+    assert report.roofline_seconds == pytest.approx(3e12 / 2765e9)
 
 
 def test_chips_carry_published_hbm_bandwidth():
@@ -198,6 +221,7 @@ def test_counted_flops_roofline_of_splash_beats_xla_on_bytes():
                for impl in ("xla", "splash")}
     for r in reports.values():
         assert r.fits and not r.error
+        assert not r.flops_floored  # full remat compiles more than the model's FLOPs here
         assert r.roofline_seconds == pytest.approx(max(
             r.compiled_flops_per_chip / 459e12, r.step_bytes_per_chip / 2765e9))
         assert r.roofline_tokens_per_second_per_chip == pytest.approx(
