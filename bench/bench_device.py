@@ -1,7 +1,7 @@
 """Training MFU and greedy decoding on one accelerator, in one run, beside the peers: the
 prepared device check for a GPU (or TPU) host.
 
-    python bench/bench_device.py [--sizes 0.5b,1.5b] [--rows 16] [--steps 6]
+    python bench/bench_device.py [--sizes 0.5b,1.5b] [--rows 8] [--steps 6]
         [--decode-sizes 0.5b,1.5b] [--decode-batches 1,8,64] [--prompt-len 128]
         [--new-tokens 128] [--remat POLICY] [--attention auto,xla] [--skip-hf] [--json out.json]
         [--smoke]
@@ -13,7 +13,8 @@ tokens per step, no accumulation (the rows are the micro-batch). Printed: compil
 seconds (median of `--steps`), tokens/s and MFU = model FLOPs per token (6N + causal attention,
 `Qwen2Config.train_flops_per_token`, the trainer's own figure) x tokens/s / the chip's published
 dense bf16 peak (`marco_jax.train.flops.PEAK_FLOPS`; H100/H200 989 TFLOP/s). Recompute is not
-model work, so full remat caps MFU near 75% of the hardware's rate. `--attention` trains each
+model work (full remat would cap MFU near 75% of the hardware's rate; the shipped configs save
+the weight matmuls and recompute the rest). `--attention` trains each
 size once per listed implementation: on a GPU `auto` is cuDNN, which receives our packed-row
 (segment-id) mask as a dense [B, 1, T, T] bias; jax's cuDNN wrapper then also computes that bias's
 gradient (`should_export_dbias` is always true in jax 0.10), so `--attention auto,xla` shows what
@@ -259,7 +260,7 @@ def parse_list(flag: str, value: str, allowed=None, cast=str) -> list:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="0.5b,1.5b")
-    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--rows", type=int, default=8)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--remat", default=None, help="override the configs' remat policy")
     p.add_argument("--attention", default="auto", help="comma list of attention_impl to train")

@@ -11,8 +11,8 @@ warmup or schedule shape; our choices, for every size unless the size file says 
 - AdamW b1 0.9, b2 0.95, eps 1e-8, weight decay 0.1, clip 1.0;
 - linear warmup of 500 steps (stage I) / 200 (stage II) -- continued training re-warms the
   moments from zero -- then cosine decay to 10% of peak over the stage;
-- params fp32, compute bf16 (logits stored in bf16), full remat of each layer unless REMAT
-  relaxes it (AOT-checked).
+- params fp32, compute bf16 (logits stored in bf16); each layer's weight matmuls are saved for
+  the backward pass and the rest is rematerialised (REMAT, AOT-checked per size).
 """
 
 import math
@@ -30,13 +30,13 @@ SIZES = {  # preset, global batch (rows), TPU slice the step is AOT-checked for
 }
 # Per size, set by the AOT fit check (`python -m marco_jax.aot`, bench/bench_aot_fit.py): gradient
 # accumulation steps (micro-batch rows per chip = batch / (data x fsdp) / accum), the remat policy
-# and the in-slice mesh (data, fsdp, tensor). 0.5B/1.5B/7B spend the HBM splash attention frees
-# on saving the layers' weight matmuls (`dots_with_no_batch_dims`: no forward recompute of them)
-# at 16 / 8 / 4 rows per chip per micro-step: fewer FLOPs per step than full remat (see the
-# README's Scale section). 72B keeps full remat (its saved matmul outputs would not fit).
-ACCUM = {"0.5b": 4, "1.5b": 4, "7b": 4, "72b": 4}
-REMAT = {"0.5b": "dots_with_no_batch_dims", "1.5b": "dots_with_no_batch_dims",
-         "7b": "dots_with_no_batch_dims", "72b": "full"}
+# and the in-slice mesh (data, fsdp, tensor). Every size spends the HBM splash attention frees on
+# saving the layers' weight matmuls (`dots_with_no_batch_dims`: no forward recompute of them) at
+# 16 / 8 / 4 / 2 rows per chip per micro-step (0.5B / 1.5B / 7B / 72B): fewer FLOPs per step than
+# full remat, still inside the 95 GiB of a v5p chip (72B at 4 rows: 95.2 GiB, does not fit). See
+# the README's Scale section.
+ACCUM = {"0.5b": 4, "1.5b": 4, "7b": 4, "72b": 8}
+REMAT = dict.fromkeys(("0.5b", "1.5b", "7b", "72b"), "dots_with_no_batch_dims")
 MESH_ICI = {"0.5b": (1, -1, 1), "1.5b": (1, -1, 1), "7b": (1, -1, 1), "72b": (1, 64, 4)}
 BUCKET = "gs://YOUR_BUCKET/marco"  # edit, or override each path on the command line
 
