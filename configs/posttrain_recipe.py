@@ -26,7 +26,9 @@ def _common(base_module, size: str):
     c.model.preset = preset
     c.model.param_dtype = "float32"
     c.model.dtype = "bfloat16"
-    c.model.remat_policy = "full"
+    # Save the layers' weight matmuls, recompute the rest: 16-18% fewer FLOPs per step than full
+    # remat, 26-52 GiB of a v5p chip's 95 (AOT-checked, README's Post-training table).
+    c.model.remat_policy = "dots_with_no_batch_dims"
     c.model.attention_impl = "auto"  # splash on TPU, cuDNN on GPU (bf16), XLA elsewhere
     c.topology = topology
     c.mesh.ici.data, c.mesh.ici.fsdp, c.mesh.ici.tensor = mesh
