@@ -72,6 +72,17 @@ from marco_jax.train.optimizer import make_optimizer, make_schedule
 from marco_jax.train.state import TrainState
 from marco_jax.train.step import make_train_step
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    best_of,
+    decode_bytes_per_step,
+    hf_generate,
+    left_padded_prompts,
+    measure_read_bandwidth,
+    parse_list,
+    peaked_hf_model,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = ("0.5b", "1.5b", "7b", "72b")
 MAXTEXT_GPU = {"system": "MaxText Llama2-7B, 1 x A3 (8 x H100-80GB)", "tflops_per_chip": 492.0,
@@ -139,30 +150,6 @@ def bench_train(size: str, attention: str, args: argparse.Namespace, peak: float
             "last_loss": float(m["loss_sum"]) / float(m["weight"])}
 
 
-def measure_bandwidth(gib: float) -> float:
-    """Bytes/s of a jitted sum over `gib` GiB of bf16 (best of 5)."""
-    x = jnp.ones((int(gib * 2**30) // 2,), jnp.bfloat16)
-    f = jax.jit(lambda v: jnp.sum(v, dtype=jnp.float32))
-    f(x).block_until_ready()
-    best = min(_seconds(lambda: f(x).block_until_ready()) for _ in range(5))
-    return x.nbytes / best
-
-
-def _seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def decode_bytes_per_step(cfg: Qwen2Config, batch: int, slots: int, itemsize: int) -> float:
-    """Bytes one decode step reads: the weights (an untied embedding only for the fed rows) and
-    the whole KV cache (our cache attends over all its slots, masked)."""
-    embed = cfg.vocab_size * cfg.hidden_size
-    weights = cfg.num_params() - (0 if cfg.tie_word_embeddings else embed - batch * cfg.hidden_size)
-    kv = 2 * cfg.num_hidden_layers * batch * slots * cfg.num_key_value_heads * cfg.dim_per_head
-    return (weights + kv) * itemsize
-
-
 def decode_models(cfg: Qwen2Config, tmp: Path, use_hf: bool):
     """(our model, transformers model or None) with the same random bf16 weights."""
     from marco_jax.checkpoint import load_model
@@ -170,48 +157,15 @@ def decode_models(cfg: Qwen2Config, tmp: Path, use_hf: bool):
     if not use_hf:
         return init_model(cfg.replace(dtype="bfloat16", param_dtype="bfloat16"), seed=0), None
     import torch
-    import transformers
 
     from marco_jax.convert.hf_to_ours import convert_hf_to_orbax
 
-    torch.manual_seed(0)
-    hf_cfg = transformers.Qwen2Config(**{k: v for k, v in cfg.to_hf_dict().items()
-                                         if k not in ("architectures", "torch_dtype")})
-    hf = transformers.Qwen2ForCausalLM(hf_cfg).to(torch.bfloat16).eval()
-    with torch.no_grad():  # peaked attention, so the next token depends on the context
-        for name, p in hf.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(10.0)
+    hf = peaked_hf_model(cfg, torch.bfloat16)
     hf.save_pretrained(tmp / "hf", safe_serialization=True)
     convert_hf_to_orbax(tmp / "hf", tmp / "ours", dtype="bfloat16")
     ours = load_model(tmp / "ours", dtype="bfloat16", param_dtype="bfloat16")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return ours, hf.to(device)
-
-
-def hf_generate(hf, tokens: np.ndarray, lengths: np.ndarray, new: int) -> np.ndarray:
-    import torch
-
-    device = next(hf.parameters()).device
-    ids = torch.from_numpy(tokens.astype(np.int64)).to(device)
-    mask = torch.from_numpy((np.arange(tokens.shape[1])[None] >= tokens.shape[1]
-                             - lengths[:, None]).astype(np.int64)).to(device)
-    with torch.no_grad():
-        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
-                          min_new_tokens=new, do_sample=False, top_k=None, top_p=None,
-                          pad_token_id=0, eos_token_id=None)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out[:, tokens.shape[1]:].cpu().numpy()
-
-
-def best_of(fn, repeats: int = 2):
-    out, best = None, float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
 
 
 def bench_decode(size: str, args: argparse.Namespace, bandwidth: float, use_hf: bool) -> list:
@@ -222,14 +176,10 @@ def bench_decode(size: str, args: argparse.Namespace, bandwidth: float, use_hf: 
     with tempfile.TemporaryDirectory(prefix="bench_device_") as tmp:
         ours, hf = decode_models(cfg, Path(tmp), use_hf)
     for batch in args.decode_batches:
-        rng = np.random.default_rng(batch)
-        p = args.prompt_len
-        tokens = rng.integers(3, cfg.vocab_size, (batch, p)).astype(np.int32)
-        lengths = rng.integers(p // 2, p + 1, batch)
-        lengths[0] = p
-        tokens[np.arange(p)[None] < p - lengths[:, None]] = 0
+        tokens, lengths = left_padded_prompts(cfg.vocab_size, batch, args.prompt_len)
         n_new = batch * args.new_tokens
-        roof = batch * bandwidth / decode_bytes_per_step(cfg, batch, p + args.new_tokens - 1, 2)
+        slots = args.prompt_len + args.new_tokens - 1
+        roof = batch * bandwidth / decode_bytes_per_step(cfg, batch, slots, 2, 2)
         run = functools.partial(generate, ours, tokens, args.new_tokens, prompt_lengths=lengths,
                                 eos_ids=())
         run()  # compile
@@ -244,17 +194,6 @@ def bench_decode(size: str, args: argparse.Namespace, bandwidth: float, use_hf: 
                        tokens_equal=float(np.mean(out == ref)))
         rows.append(row)
     return rows
-
-
-def parse_list(flag: str, value: str, allowed=None, cast=str) -> list:
-    try:
-        items = [cast(v) for v in value.split(",") if v]
-    except ValueError:
-        fail(f"{flag} {value!r}: expected a comma list of integers, e.g. 1,8")
-    bad = [v for v in items if allowed is not None and v not in allowed]
-    if bad or not items:
-        fail(f"{flag} {value!r}: expected a comma list of {', '.join(allowed)}")
-    return items
 
 
 def main() -> None:
@@ -304,7 +243,7 @@ def main() -> None:
               f"{m['tflops_per_chip'] / m['peak_tflops']:.1%} MFU (published)")
     if decode_sizes:
         use_hf = not args.skip_hf and _has_transformers()
-        bw = measure_bandwidth(0.0625 if args.smoke else 4.0)
+        bw = measure_read_bandwidth(0.0625 if args.smoke else 4.0, "bfloat16")
         result["bandwidth"] = bw
         print(f"\n== greedy decode, bf16 weights, prompt {args.prompt_len} (left-padded), "
               f"{args.new_tokens} new tokens; measured bandwidth {bw / 1e9:.0f} GB/s")

@@ -54,7 +54,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -62,6 +64,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import random_hf_model  # noqa: E402
 
 from marco_jax.config.cli import fail  # noqa: E402
 from marco_jax.config.schema import OptimSection, TrainSection  # noqa: E402
@@ -121,12 +126,8 @@ def make_jax_step(model_cfg, tokens: np.ndarray, warmup: int, loss_chunk: int):
 def make_hf_model(model_cfg):
     """A random transformers.Qwen2ForCausalLM of the same shape, fp32, in train mode (seed 0)."""
     import torch
-    import transformers
 
-    torch.manual_seed(0)
-    hf = transformers.Qwen2Config(**{k: v for k, v in model_cfg.to_hf_dict().items()
-                                     if k not in ("architectures", "torch_dtype")})
-    return transformers.Qwen2ForCausalLM(hf).float().train()
+    return random_hf_model(model_cfg, torch.float32).train()
 
 
 def make_torch_step(model_cfg, tokens: np.ndarray, warmup: int):

@@ -1,0 +1,110 @@
+"""What the benches share: timing, the measured read bandwidth and the bytes a decode step must
+read, the random transformers peer model (bench_train_vs_torch, bench_generate, bench_device),
+left-padded prompts, transformers' `generate`, and comma-list flags. No platform is forced here
+(the CPU benches pin it themselves)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from marco_jax.config.cli import fail
+from marco_jax.model.config import Qwen2Config
+
+
+def best_of(fn: Callable[[], Any], repeats: int = 2) -> tuple[Any, float]:
+    """(last result, fastest wall seconds) of `repeats` calls."""
+    out, best = None, float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def measure_read_bandwidth(gib: float = 1.0, dtype: str = "float32") -> float:
+    """Bytes/s of a jitted sum (fp32 accumulation) over `gib` GiB of `dtype` (best of 5)."""
+    x = jnp.ones((int(gib * 2**30) // jnp.dtype(dtype).itemsize,), dtype)
+    f = jax.jit(lambda v: jnp.sum(v, dtype=jnp.float32))
+    f(x).block_until_ready()
+    _, best = best_of(lambda: f(x).block_until_ready(), repeats=5)
+    return x.nbytes / best
+
+
+def decode_bytes_per_step(cfg: Qwen2Config, batch: int, cache_slots: int, weight_bytes: int,
+                          kv_bytes: int) -> float:
+    """Bytes one decode step must read: the weights (an untied embedding only for the fed rows)
+    and the whole KV cache (our cache attends over all its slots, masked)."""
+    embed = cfg.vocab_size * cfg.hidden_size
+    weights = cfg.num_params() - (0 if cfg.tie_word_embeddings else embed - batch * cfg.hidden_size)
+    kv = (2 * cfg.num_hidden_layers * batch * cache_slots * cfg.num_key_value_heads
+          * cfg.dim_per_head)
+    return weights * weight_bytes + kv * kv_bytes
+
+
+def random_hf_model(cfg: Qwen2Config, torch_dtype: Any):
+    """A random `transformers.Qwen2ForCausalLM` of `cfg`'s shape (torch seed 0) in `torch_dtype`."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    hf_cfg = transformers.Qwen2Config(**{k: v for k, v in cfg.to_hf_dict().items()
+                                         if k not in ("architectures", "torch_dtype")})
+    return transformers.Qwen2ForCausalLM(hf_cfg).to(torch_dtype)
+
+
+def peaked_hf_model(cfg: Qwen2Config, torch_dtype: Any):
+    """`random_hf_model` in eval mode with q/k scaled 10x: peaked attention, so the next token
+    depends on the context (decoding benches)."""
+    import torch
+
+    hf = random_hf_model(cfg, torch_dtype).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(10.0)
+    return hf
+
+
+def left_padded_prompts(vocab: int, batch: int, prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [batch, prompt_len] int32, lengths [batch]): random prompts of prompt_len / 2 to
+    prompt_len tokens (row 0 full), left-padded with 0; seeded by the batch size."""
+    rng = np.random.default_rng(batch)
+    tokens = rng.integers(3, vocab, (batch, prompt_len)).astype(np.int32)
+    lengths = rng.integers(prompt_len // 2, prompt_len + 1, batch)
+    lengths[0] = prompt_len
+    tokens[np.arange(prompt_len)[None] < prompt_len - lengths[:, None]] = 0
+    return tokens, lengths
+
+
+def hf_generate(hf, tokens: np.ndarray, lengths: np.ndarray, new_tokens: int) -> np.ndarray:
+    """transformers' greedy `generate` of exactly `new_tokens` per row, on the model's device."""
+    import torch
+
+    device = next(hf.parameters()).device
+    ids = torch.from_numpy(tokens.astype(np.int64)).to(device)
+    mask = torch.from_numpy((np.arange(tokens.shape[1])[None] >= tokens.shape[1]
+                             - lengths[:, None]).astype(np.int64)).to(device)
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens, do_sample=False, top_k=None, top_p=None,
+                          pad_token_id=0, eos_token_id=None)
+    return out[:, tokens.shape[1]:].cpu().numpy()  # .cpu() waits for a GPU's work
+
+
+def parse_list(flag: str, value: str, allowed: Sequence[str] | None = None,
+               cast: Callable[[str], Any] = str) -> list:
+    """A comma-list flag, or one line on stderr and exit 2."""
+    try:
+        items = [cast(v) for v in value.split(",") if v]
+    except ValueError:
+        fail(f"{flag} {value!r}: expected a comma list of integers, e.g. 1,8")
+    if not items or (allowed is not None and any(v not in allowed for v in items)):
+        expected = ", ".join(allowed) if allowed is not None else "values"
+        fail(f"{flag} {value!r}: expected a comma list of {expected}")
+    return items
