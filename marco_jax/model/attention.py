@@ -63,13 +63,33 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     b, t, h, d = q.shape
     kv_heads = k.shape[1] if kv_heads_major else k.shape[2]
     qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
-    kv = "bksd" if kv_heads_major else "bskd"
-    scores = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32)
+    if kv_heads_major:
+        return _heads_major_attention(qg, k, v, mask)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = scores * (d ** -0.5)
     scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, d)
+
+
+def _heads_major_attention(qg: jax.Array, k: jax.Array, v: jax.Array,
+                           mask: jax.Array) -> jax.Array:
+    """`xla_attention` over a heads-major cache as two plain batched matmuls, batch (row, kv
+    head), the group's queries [G*T] as rows. The einsum form left t and g as separate free axes
+    and XLA:CPU ran its probs @ v as a strided Eigen dot: 3.43 vs 0.67 ms per batch-8 decode step
+    over 6 layers (2-core CPU, 255 slots)."""
+    b, t, kv_heads, g, d = qg.shape
+    s = k.shape[2]
+    rows = jnp.transpose(qg, (0, 2, 3, 1, 4)).reshape(b, kv_heads, g * t, d)
+    batch_dims = ((0, 1), (0, 1))
+    scores = jax.lax.dot_general(rows, k, (((3,), (3,)), batch_dims),
+                                 preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores.reshape(b, kv_heads, g, t, s), MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, g * t, s)
+    out = jax.lax.dot_general(probs, v, (((3,), (2,)), batch_dims))  # [B, K, G*T, D]
+    return jnp.transpose(out.reshape(b, kv_heads, g, t, d), (0, 3, 1, 2, 4)).reshape(
+        b, t, kv_heads * g, d)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
