@@ -28,12 +28,14 @@ lower MFU than 7B on the same chip (smaller matmuls), so the comparison is a bar
 
 Decoding: a random `transformers.Qwen2ForCausalLM` of the size's dims in bf16 is saved and
 converted with our converter, so both sides decode the same weights; left-padded random prompts,
-greedy, no stop token, `--new-tokens` per row. Ours: `marco_jax.infer.generate`, bf16 weights and
-compute (compile excluded, best of 2). transformers' `generate` runs beside it when torch sees a
-GPU (else, or with `--skip-hf`, ours alone; without transformers ours decodes random weights of
-its own). Token agreement is reported, not asserted (bf16 kernels differ). Roofline: every step
-reads all weights once plus the filled KV cache, at the device bandwidth measured here (a jitted
-sum over 4 GiB of bf16), so tokens/s <= batch x bandwidth / bytes per step.
+greedy, no stop token. Ours: `marco_jax.infer.generate`, bf16 weights and compute (compile
+excluded). Each side is timed at 1 and at `--new-tokens` new tokens per row (best of 2): the
+first run is the prefill, each further token's step is the difference over the extra tokens, and
+tokens/s = batch / step. transformers' `generate` runs beside it, timed the same way, when torch
+sees a GPU (else, or with `--skip-hf`, ours alone; without transformers ours decodes random
+weights of its own). Token agreement is reported, not asserted (bf16 kernels differ). Roofline:
+every step reads all weights once plus the KV cache, at the device bandwidth measured here (a
+jitted sum over 4 GiB of bf16), so a step takes >= bytes per step / bandwidth.
 
 `--smoke` shrinks every model to a 2-layer toy and the sequence to 128, so the script runs on a
 CPU in seconds (how it is tested; its figures mean nothing).
@@ -41,7 +43,7 @@ CPU in seconds (how it is tested; its figures mean nothing).
 On a host whose Python already has jax (with its CUDA/TPU plugin), flax, optax, orbax, torch and
 transformers, only ml-collections is missing: `pip install ml-collections==1.1.0` (or its wheel
 from `pip download --no-deps`), then `PYTHONPATH=. python bench/bench_device.py --json out.json`.
-Budget: two training compiles and 6 decode compiles; minutes, not tens of minutes, on an H100.
+Budget: two training compiles and 12 decode compiles; minutes, not tens of minutes, on an H100.
 """
 
 from __future__ import annotations
@@ -74,13 +76,13 @@ from marco_jax.train.step import make_train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    best_of,
     decode_bytes_per_step,
     hf_generate,
     left_padded_prompts,
     measure_read_bandwidth,
     parse_list,
     peaked_hf_model,
+    time_decode,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,30 +170,37 @@ def decode_models(cfg: Qwen2Config, tmp: Path, use_hf: bool):
     return ours, hf.to(device)
 
 
-def bench_decode(size: str, args: argparse.Namespace, bandwidth: float, use_hf: bool) -> list:
+def _ours_tokens(model, tokens: np.ndarray, lengths: np.ndarray, new_tokens: int) -> np.ndarray:
     from marco_jax.infer import generate
 
+    return np.asarray(generate(model, tokens, new_tokens, prompt_lengths=lengths,
+                               eos_ids=()).tokens)
+
+
+def bench_decode(size: str, args: argparse.Namespace, bandwidth: float, use_hf: bool) -> list:
     _, cfg = size_config(size, args.smoke)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_device_") as tmp:
         ours, hf = decode_models(cfg, Path(tmp), use_hf)
     for batch in args.decode_batches:
         tokens, lengths = left_padded_prompts(cfg.vocab_size, batch, args.prompt_len)
-        n_new = batch * args.new_tokens
         slots = args.prompt_len + args.new_tokens - 1
-        roof = batch * bandwidth / decode_bytes_per_step(cfg, batch, slots, 2, 2)
-        run = functools.partial(generate, ours, tokens, args.new_tokens, prompt_lengths=lengths,
-                                eos_ids=())
-        run()  # compile
-        out, s = best_of(lambda: np.asarray(run().tokens))  # noqa: B023
-        row = {"size": size, "batch": batch, "ours_tokens_per_s": n_new / s,
-               "ours_roofline": n_new / s / roof}
+        roof_step = decode_bytes_per_step(cfg, batch, slots, 2, 2) / bandwidth
+        run = functools.partial(_ours_tokens, ours, tokens, lengths)
+        run(1), run(args.new_tokens)  # compile both lengths
+        t = time_decode(run, args.new_tokens)
+        row = {"size": size, "batch": batch, "ours_prefill_s": t.prefill_s,
+               "ours_step_s": t.step_s, "ours_tokens_per_s": batch / t.step_s,
+               "ours_roofline": roof_step / t.step_s,
+               "ours_end_to_end_tokens_per_s": t.end_to_end_tokens_per_s()}
         if hf is not None:
-            hf_generate(hf, tokens, lengths, 2)  # warm-up
-            ref, hs = best_of(functools.partial(hf_generate, hf, tokens, lengths,
-                                                args.new_tokens))
-            row.update(hf_tokens_per_s=n_new / hs, hf_roofline=n_new / hs / roof,
-                       tokens_equal=float(np.mean(out == ref)))
+            run_hf = functools.partial(hf_generate, hf, tokens, lengths)
+            run_hf(2)  # warm-up
+            h = time_decode(run_hf, args.new_tokens)
+            row.update(hf_prefill_s=h.prefill_s, hf_step_s=h.step_s,
+                       hf_tokens_per_s=batch / h.step_s, hf_roofline=roof_step / h.step_s,
+                       hf_end_to_end_tokens_per_s=h.end_to_end_tokens_per_s(),
+                       tokens_equal=float(np.mean(t.tokens == h.tokens)))
         rows.append(row)
     return rows
 
@@ -247,17 +256,21 @@ def main() -> None:
         result["bandwidth"] = bw
         print(f"\n== greedy decode, bf16 weights, prompt {args.prompt_len} (left-padded), "
               f"{args.new_tokens} new tokens; measured bandwidth {bw / 1e9:.0f} GB/s")
-        print(f"{'size':>5} {'batch':>5} {'ours tok/s':>10} {'roofline':>8} {'hf tok/s':>9} "
-              f"{'roofline':>8} {'ours/hf':>7} {'tokens equal':>12}")
+        print("decode tok/s = batch / per-token step time (prefill apart); roofline = weights + "
+              "KV cache bytes per step / bandwidth, over the step time")
+        print(f"{'size':>5} {'batch':>5} {'prefill ms':>10} {'ours tok/s':>10} {'roofline':>8} "
+              f"{'hf prefill':>10} {'hf tok/s':>9} {'roofline':>8} {'ours/hf':>7} "
+              f"{'tokens equal':>12}")
         for size in decode_sizes:
             for r in bench_decode(size, args, bw, use_hf):
                 result["decode"].append(r)
-                hf = (f"{r['hf_tokens_per_s']:9.1f} {r['hf_roofline']:8.1%} "
+                hf = (f"{r['hf_prefill_s'] * 1e3:10.1f} {r['hf_tokens_per_s']:9.1f} "
+                      f"{r['hf_roofline']:8.1%} "
                       f"{r['ours_tokens_per_s'] / r['hf_tokens_per_s']:6.2f}x "
                       f"{r['tokens_equal']:12.1%}" if "hf_tokens_per_s" in r
-                      else f"{'-':>9} {'-':>8} {'-':>7} {'-':>12}")
-                print(f"{size:>5} {r['batch']:5d} {r['ours_tokens_per_s']:10.1f} "
-                      f"{r['ours_roofline']:8.1%} {hf}")
+                      else f"{'-':>10} {'-':>9} {'-':>8} {'-':>7} {'-':>12}")
+                print(f"{size:>5} {r['batch']:5d} {r['ours_prefill_s'] * 1e3:10.1f} "
+                      f"{r['ours_tokens_per_s']:10.1f} {r['ours_roofline']:8.1%} {hf}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 

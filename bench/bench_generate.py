@@ -11,11 +11,17 @@ A random `transformers.Qwen2ForCausalLM` is saved and converted with our convert
 decode the same fp32 weights; prompts are left-padded (lengths between half and all of
 --prompt-len), no stop token, and the generated tokens are asserted identical (fp32 weights).
 
+Each side decodes 1 and --new-tokens tokens per row (best of 2 each): "prefill ms" is the first
+run (prompt + first token), "step ms" each further token ((T(n) - T(1)) / (n - 1)), "decode
+tok/s" = batch / step, and "end-to-end tok/s" the full run's new tokens over its wall time.
+
 Roofline: a decode step must read every weight once (the embedding's rows for the fed tokens
 only, unless it is tied to the lm head) and the filled part of the KV cache; at the bandwidth
-measured here (a jitted reduction over a 1 GiB fp32 array) that bounds tokens/s at
-batch x bandwidth / bytes per step. `--param-dtype bfloat16` stores our weights in bf16 (compute
-stays fp32), halving the weight bytes; its tokens are checked against the fp32 run's count only.
+measured here (a jitted reduction over a 1 GiB fp32 array) that bounds the step time at
+bytes per step / bandwidth; "% roofline" is that bound over the measured step time. The prefill
+is compute-bound and is reported beside it, not folded in. `--param-dtype bfloat16` stores our
+weights in bf16 (compute stays fp32), halving the weight bytes; its tokens are checked against
+the fp32 run's count only.
 """
 
 from __future__ import annotations
@@ -35,13 +41,14 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_vs_torch import SHAPES  # noqa: E402
 from common import (  # noqa: E402
-    best_of,
+    DecodeTiming,
     decode_bytes_per_step,
     hf_generate,
     left_padded_prompts,
     measure_read_bandwidth,
     parse_list,
     peaked_hf_model,
+    time_decode,
 )
 
 from marco_jax.checkpoint import load_model  # noqa: E402
@@ -66,6 +73,14 @@ def ours_generate(model, tokens: np.ndarray, lengths: np.ndarray, new_tokens: in
                                eos_ids=()).tokens)
 
 
+def show_row(batch: int, side: str, t: DecodeTiming, roof_step: float, vs: str,
+             same: str) -> None:
+    """`roof_step`: the roofline's seconds per decode step."""
+    print(f"{batch:5d} {side:28s} {t.prefill_s * 1e3:10.1f} {t.step_s * 1e3:8.2f} "
+          f"{batch / t.step_s:12.1f} {roof_step / t.step_s:10.1%} {vs:>6} "
+          f"{t.end_to_end_tokens_per_s():16.1f}  {same}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default=",".join(SHAPES))
@@ -87,34 +102,31 @@ def main() -> None:
         print(f"\n== {name}: {cfg.num_params() / 1e6:.1f}M params, vocab {cfg.vocab_size}, "
               f"hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, tied "
               f"{cfg.tie_word_embeddings}")
-        print(f"{'batch':>5} {'side':28s} {'decode tok/s':>12} {'% roofline':>10} "
-              f"{'vs hf':>6}  tokens")
+        print(f"{'batch':>5} {'side':28s} {'prefill ms':>10} {'step ms':>8} {'decode tok/s':>12} "
+              f"{'% roofline':>10} {'vs hf':>6} {'end-to-end tok/s':>16}  tokens")
         for batch in batches:
             tokens, lengths = left_padded_prompts(cfg.vocab_size, batch, args.prompt_len)
             slots = args.prompt_len + args.new_tokens - 1
-            n_new = batch * args.new_tokens
-            ref = None
+            ref = hf_step = None
             if not args.skip_hf:
-                hf_generate(hf, tokens, lengths, 2)  # warm-up
-                ref, hf_s = best_of(functools.partial(hf_generate, hf, tokens, lengths,
-                                                     args.new_tokens))
-                roof = batch * bw / decode_bytes_per_step(cfg, batch, slots, 4, 4)
-                print(f"{batch:5d} {'transformers generate fp32':28s} {n_new / hf_s:12.1f} "
-                      f"{n_new / hf_s / roof:10.1%} {'':>6}")
-                hf_tps = n_new / hf_s
+                run_hf = functools.partial(hf_generate, hf, tokens, lengths)
+                run_hf(2)  # warm-up
+                t = time_decode(run_hf, args.new_tokens)
+                ref, hf_step = t.tokens, t.step_s
+                show_row(batch, "transformers generate fp32", t,
+                         decode_bytes_per_step(cfg, batch, slots, 4, 4) / bw, "", "")
             for dtype in args.param_dtype.split(","):
                 model = load_model(tmp / name / "ours", dtype="float32", param_dtype=dtype)
-                run = functools.partial(ours_generate, model, tokens, lengths, args.new_tokens)
-                run()  # compile
-                mine, s = best_of(run)
-                roof = batch * bw / decode_bytes_per_step(cfg, batch, slots,
-                                                          jnp.dtype(dtype).itemsize, 4)
+                run = functools.partial(ours_generate, model, tokens, lengths)
+                run(1), run(args.new_tokens)  # compile both lengths
+                t = time_decode(run, args.new_tokens)
                 same = "-" if ref is None else (
-                    "identical" if np.array_equal(mine, ref)
-                    else f"{np.mean(mine == ref):.1%} equal")
-                vs = "" if ref is None else f"{n_new / s / hf_tps:5.2f}x"
-                print(f"{batch:5d} {'marco_jax ' + dtype:28s} {n_new / s:12.1f} "
-                      f"{n_new / s / roof:10.1%} {vs:>6}  {same}")
+                    "identical" if np.array_equal(t.tokens, ref)
+                    else f"{np.mean(t.tokens == ref):.1%} equal")
+                vs = "" if hf_step is None else f"{hf_step / t.step_s:5.2f}x"
+                roof_step = decode_bytes_per_step(cfg, batch, slots, jnp.dtype(dtype).itemsize,
+                                                  4) / bw
+                show_row(batch, "marco_jax " + dtype, t, roof_step, vs, same)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""What the benches share: timing, the measured read bandwidth and the bytes a decode step must
-read, the random transformers peer model (bench_train_vs_torch, bench_generate, bench_device),
-left-padded prompts, transformers' `generate`, and comma-list flags. No platform is forced here
-(the CPU benches pin it themselves)."""
+"""What the benches share: timing (decode split into prefill and per-token steps), the measured
+read bandwidth and the bytes a decode step must read, the random transformers peer model
+(bench_train_vs_torch, bench_generate, bench_device), left-padded prompts, transformers'
+`generate`, and comma-list flags. No platform is forced here (the CPU benches pin it
+themselves)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -25,6 +27,31 @@ def best_of(fn: Callable[[], Any], repeats: int = 2) -> tuple[Any, float]:
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return out, best
+
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    """One side's greedy decode of `new_tokens` per row, split as serving benches report it:
+    `prefill_s` (the prompt plus the first token: time to first token) and `step_s` (each
+    further token: (T(new_tokens) - T(1)) / (new_tokens - 1))."""
+    tokens: Any  # [batch, new_tokens] of the full run
+    prefill_s: float
+    step_s: float
+    total_s: float
+
+    def end_to_end_tokens_per_s(self) -> float:
+        """New tokens over the full run's wall time, prefill included."""
+        return np.asarray(self.tokens).size / self.total_s
+
+
+def time_decode(run: Callable[[int], Any], new_tokens: int, repeats: int = 2) -> DecodeTiming:
+    """`run(n)` decodes n new tokens per row (compiled/warmed up by the caller for n=1 and
+    n=new_tokens); the best of `repeats` wall times at each length."""
+    if new_tokens < 2:
+        raise ValueError(f"new_tokens={new_tokens}: the step time needs at least 2")
+    _, first = best_of(lambda: run(1), repeats)
+    out, total = best_of(lambda: run(new_tokens), repeats)
+    return DecodeTiming(out, first, max(total - first, 0.0) / (new_tokens - 1), total)
 
 
 def measure_read_bandwidth(gib: float = 1.0, dtype: str = "float32") -> float:

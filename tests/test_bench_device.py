@@ -27,13 +27,20 @@ def _run(monkeypatch, *args: str) -> int:
     return 0
 
 
+# bench_device.SMOKE_DIMS: vocab, embed, mlp, layers, heads, kv heads, head dim.
+V, E, MLP, LAYERS, H, K, D = 512, 64, 128, 2, 4, 2, 16
+
+
+def _hand_params() -> int:
+    # Counted by hand: tied embedding, per layer q/k/v (with biases) + o + gate/up/down + 2 norms,
+    # final norm.
+    layer = E * H * D + H * D + 2 * (E * K * D + K * D) + H * D * E + 3 * E * MLP + 2 * E
+    return V * E + LAYERS * layer + E
+
+
 def _hand_flops_per_token(seq: int) -> float:
-    # bench_device.SMOKE_DIMS, counted by hand: tied embedding (one lm-head matmul), per layer
-    # q/k/v (with biases) + o + gate/up/down + 2 norms, final norm; attention causal half.
-    v, e, i, layers, h, k, d = 512, 64, 128, 2, 4, 2, 16
-    layer = e * h * d + h * d + 2 * (e * k * d + k * d) + h * d * e + 3 * e * i + 2 * e
-    n = v * e + layers * layer + e
-    return 6.0 * n + 6.0 * layers * seq * h * d
+    # One lm-head matmul (tied); attention causal half.
+    return 6.0 * _hand_params() + 6.0 * LAYERS * seq * H * D
 
 
 def test_smoke_run_reports_the_hand_counted_mfu_and_decodes_the_same_weights(tmp_path, monkeypatch):

@@ -161,3 +161,34 @@ def test_changing_stop_ids_or_pad_does_not_recompile(tiny_model):
     assert _decode_jit._cache_size() == compiled
     generate(tiny_model, prompts, 6, eos_ids=(3,), pad_id=0)  # a new length is a new program
     assert _decode_jit._cache_size() == compiled + 1
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_decode_head_is_built_once_per_params_and_follows_updates(tiny_model, tied, monkeypatch):
+    """The decode head (a tied head's transpose) is kept between calls on the same params, and a
+    params update (what training does) is decoded with the new params, as a fresh model would."""
+    import sys
+
+    from flax import nnx
+
+    gen = sys.modules["marco_jax.infer.generate"]  # the package re-exports a function of that name
+    # A wide init, so two seeds decode different tokens.
+    model = init_model(tiny_model.config.replace(tie_word_embeddings=tied, initializer_range=0.5),
+                       seed=0)
+    builds = []
+    build = gen._decode_head_jit
+    monkeypatch.setattr(gen, "_decode_head_jit", lambda *a: builds.append(1) or build(*a))
+    prompts = np.array([[5, 6, 7, 8, 9], [0, 0, 4, 3, 2]])
+    lengths = np.array([5, 3])
+    first = np.asarray(generate(model, prompts, 6, prompt_lengths=lengths, eos_ids=()).tokens)
+    again = np.asarray(generate(model, prompts, 6, prompt_lengths=lengths, eos_ids=()).tokens)
+    assert len(builds) == 1
+    np.testing.assert_array_equal(first, again)
+
+    other = init_model(model.config, seed=7)
+    nnx.update(model, nnx.state(other))
+    updated = np.asarray(generate(model, prompts, 6, prompt_lengths=lengths, eos_ids=()).tokens)
+    fresh = np.asarray(generate(other, prompts, 6, prompt_lengths=lengths, eos_ids=()).tokens)
+    assert len(builds) == 3  # the updated model, then `other`
+    np.testing.assert_array_equal(updated, fresh)
+    assert not np.array_equal(updated, first)

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from marco_jax.data.tokenizer import Qwen2Tokenizer, get_tokenizer
 from marco_jax.evals.batching import Batch, normalize_buckets, plan_batches
+from marco_jax.infer.generate import decode_head
 from marco_jax.infer.sampling import SamplingParams, sample_tokens
 from marco_jax.infer.text import prompt_ids, stop_ids
 from marco_jax.model.kv_cache import KVCache
@@ -122,9 +123,9 @@ def _prefill(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: 
     return first, cache
 
 
-def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, last: jax.Array,
-                  lengths: jax.Array, done: jax.Array, step: jax.Array, seed: jax.Array,
-                  stop_token_ids: jax.Array, pad_id: jax.Array, *, steps: int,
+def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array, cache: KVCache,
+                  last: jax.Array, lengths: jax.Array, done: jax.Array, step: jax.Array,
+                  seed: jax.Array, stop_token_ids: jax.Array, pad_id: jax.Array, *, steps: int,
                   sampling: SamplingParams, vocab_limit: int | None
                   ) -> tuple[jax.Array, KVCache, jax.Array, jax.Array]:
     """Up to `steps` more tokens; `step` = tokens generated so far (`last` is token step-1).
@@ -137,7 +138,7 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, last
         i, _, _, done, _ = carry
         return (i < steps) & ~jnp.all(done)
 
-    weights = model.decode_weights()  # once, outside the loop
+    weights = model.decode_weights(head)  # once, outside the loop
 
     def body(carry):
         i, cache, last, done, out = carry
@@ -194,7 +195,11 @@ class Engine:
                                 static_argnames=("cache_len", "sampling", "vocab_limit"))
         self._decode_chunk = jax.jit(trace_under_mesh(_decode_chunk, mesh), static_argnums=(0,),
                                      static_argnames=("steps", "sampling", "vocab_limit"),
-                                     donate_argnums=(2,))
+                                     donate_argnums=(3,))
+        # The decode head, built on the first generation and kept: it is a transposed copy of a
+        # tied embedding, too slow to redo for every chunk (`marco_jax.infer.generate`).
+        self._decode_head = jax.jit(trace_under_mesh(decode_head, mesh), static_argnums=(0,))
+        self._head: jax.Array | None = None
 
     # -- plumbing: placing inputs, gathering outputs, splitting work over processes -------------
     def _put(self, array: np.ndarray) -> jax.Array:
@@ -441,9 +446,11 @@ class Engine:
             done[r] = ended[r] or self._hit_stop(generated[r], stop)
         last, lengths = self._put(first.astype(np.int32)), self._put(mask.sum(axis=1))
         step = 1
+        if self._head is None and max_new_tokens > 1:
+            self._head = self._decode_head(self._graphdef, self._state)
         while step < max_new_tokens and not done.all():
             chunk, cache, last, _ = self._decode_chunk(
-                self._graphdef, self._state, cache, last, lengths, self._put(done),
+                self._graphdef, self._state, self._head, cache, last, lengths, self._put(done),
                 np.int32(step), seed, stop_arr, np.int32(pad_id), steps=steps,
                 sampling=sampling, vocab_limit=self.vocab_limit)
             chunk = self._get(chunk)

@@ -328,19 +328,28 @@ class Qwen2ForCausalLM(nnx.Module):
         hidden, _ = self.hidden(tokens, positions, segment_ids)
         return self.logits(hidden)
 
-    def decode_weights(self) -> DecodeWeights:
+    def decode_weights(self, head: jax.Array | None = None) -> DecodeWeights:
         """Loop-invariant weight layouts for `decode_step`, built once before a decode loop: the
         lm head as a contiguous [embed, vocab] matrix (a tied head is the embedding transposed;
         read in place every step, it is a transposed GEMV: 1.95 vs 1.29 ms at batch 1 on a 2-core
         CPU, vocab 32,000 x 384) and, on CPU, each layer's params as separate arrays (XLA:CPU
         copies a slice of the stacked params before every matmul, i.e. the whole model per step).
+        `head`: `lm_head_kernel()` computed earlier (the transpose is a slow copy: callers that
+        decode repeatedly with the same params keep it, see `marco_jax.infer.generate`).
         """
         layers = None
         if target_platform() == "cpu":
             _, stacked = nnx.split(self.model.layers)
             layers = tuple(jax.tree.map(lambda a, i=i: a[i], stacked)
                            for i in range(self.config.num_hidden_layers))
-        return DecodeWeights(head=self.lm_head_kernel(), layers=layers)
+        return DecodeWeights(head=self.lm_head_kernel() if head is None else head,
+                             layers=layers)
+
+    def lm_head_source(self) -> jax.Array:
+        """The parameter array `lm_head_kernel()` is derived from (the embedding when tied)."""
+        if self.lm_head is None:
+            return self.model.embed_tokens.embedding.value
+        return self.lm_head.kernel.value
 
     def decode_step(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
                     cache: KVCache, weights: DecodeWeights | None = None
