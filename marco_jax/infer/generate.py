@@ -67,8 +67,11 @@ def _head_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State)
     same model. A tied head's transpose is a slow copy (33 ms for tiny-20m's 151,936 x 128
     embedding on a 2-core CPU, four times its 128-token prefill); recomputed when the params are
     replaced (training, `nnx.update`: JAX arrays are immutable, so the same array object means
-    the same values). Costs one head-sized array per live model with a tied head."""
+    the same values). Costs one head-sized array per live model whose head is tied or stored in
+    another dtype than the compute dtype."""
     source, dtype = model.lm_head_source(), model.config.jnp_dtype
+    if model.lm_head is not None and source.dtype == dtype:
+        return source  # already [embed, vocab] in the compute dtype: nothing to build or keep
     held = _HEADS.get(model)
     if held is not None and held[0]() is source and held[1] == dtype:
         return held[2]
