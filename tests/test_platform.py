@@ -104,19 +104,3 @@ def test_jax_imported_first_still_quiet():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["cpu"]
     assert [line for line in proc.stderr.splitlines() if PROBE_LINE.search(line)] == []
-
-
-@needs_no_tpu
-def test_readme_train_command_prints_only_its_own_lines(tmp_path):
-    """README command 1's training part (2 steps): stderr holds no probe or TensorFlow line."""
-    for stage, extra in (("demo_base", []),
-                         ("demo", [f"--config.train.init_from={tmp_path / 'demo_base'}"])):
-        proc = subprocess.run(
-            [sys.executable, "-m", "marco_jax.train", "--config", f"configs/{stage}.py",
-             "--workdir", str(tmp_path / stage), "--config.train.steps=2",
-             "--config.train.eval_every=2", "--config.checkpoint.every=2", *extra],
-            env=_fresh_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert [line for line in proc.stderr.splitlines() if PROBE_LINE.search(line)] == []
-        assert "absl" not in proc.stderr, proc.stderr[-2000:]  # no Orbax chatter either
-        assert "step 2/2" in proc.stdout
