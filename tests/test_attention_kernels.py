@@ -51,15 +51,16 @@ def _assert_equals_full_mask(kernel, q, k, v, segments, *, fwd_atol, grad_atol, 
     forward and d(q, k, v) of a random probe of the output."""
     real = (segments != 0)[:, :, None, None]
     mask = attention.self_attention_mask(segments)
-    ref = attention.xla_attention(q, k, v, mask)
-    out = kernel(q, k, v, segments)
+    ref = jax.jit(attention.xla_attention)(q, k, v, mask)
+    out = jax.jit(kernel)(q, k, v, segments)
     np.testing.assert_allclose(np.where(real, out, 0), np.where(real, ref, 0), atol=fwd_atol)
 
+    # jitted: op by op, the blocked kernel's gradient took ~20 s of dispatches on a 2-core CPU
     probe = jax.random.normal(jax.random.PRNGKey(probe_seed), q.shape)
-    g_ref = jax.grad(_real_weighted_loss(lambda *a: attention.xla_attention(*a, mask),
-                                         segments, probe), argnums=(0, 1, 2))(q, k, v)
-    g_kernel = jax.grad(_real_weighted_loss(lambda *a: kernel(*a, segments), segments, probe),
-                        argnums=(0, 1, 2))(q, k, v)
+    g_ref = jax.jit(jax.grad(_real_weighted_loss(lambda *a: attention.xla_attention(*a, mask),
+                                                 segments, probe), argnums=(0, 1, 2)))(q, k, v)
+    g_kernel = jax.jit(jax.grad(_real_weighted_loss(lambda *a: kernel(*a, segments), segments,
+                                                    probe), argnums=(0, 1, 2)))(q, k, v)
     for name, a, b in zip("qkv", g_kernel, g_ref, strict=True):
         np.testing.assert_allclose(a, b, atol=grad_atol, err_msg=f"d{name}")
 
@@ -163,26 +164,29 @@ def test_left_padded_decoding_with_splash_config_equals_full_forward(per_layer):
     with either KV-cache layout (per-layer heads-major buffers, CPU's; one stacked array, the
     accelerators')."""
     model = _model("splash")
+    forward = nnx.jit(lambda m, *a: m(*a))  # jitted: eager model calls cost seconds each
+    decode = nnx.jit(lambda m, *a: m.decode_step(*a))
     t, pad = 128, np.array([0, 37])
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 1000, (2, t)), jnp.int32)
     slots = np.arange(t)
     seg = jnp.asarray((slots[None] >= pad[:, None]).astype(np.int32))
     pos = jnp.asarray(np.maximum(slots[None] - pad[:, None], 0).astype(np.int32))
-    full = model(tokens, pos, seg)
+    full = forward(model, tokens, pos, seg)
     prefill = 120
     cache = KVCache.init(model.config, 2, t, per_layer=per_layer)
     assert cache.per_layer == per_layer
-    logits, cache = model.decode_step(tokens[:, :prefill], pos[:, :prefill], seg[:, :prefill],
-                                      cache)
+    logits, cache = decode(model, tokens[:, :prefill], pos[:, :prefill], seg[:, :prefill],
+                           cache)
     steps = [logits[:, -1]]
     for i in range(prefill, t - 1):
-        logits, cache = model.decode_step(tokens[:, i:i + 1], pos[:, i:i + 1],
-                                          seg[:, i:i + 1], cache)
+        logits, cache = decode(model, tokens[:, i:i + 1], pos[:, i:i + 1], seg[:, i:i + 1],
+                               cache)
         steps.append(logits[:, -1])
     np.testing.assert_allclose(jnp.stack(steps, 1), full[:, prefill - 1:t - 1], atol=1e-4)
     real = np.asarray(seg)[:, :, None] != 0
     np.testing.assert_allclose(np.where(real, full, 0),
-                               np.where(real, _model("xla")(tokens, pos, seg), 0), atol=1e-4)
+                               np.where(real, forward(_model("xla"), tokens, pos, seg), 0),
+                               atol=1e-4)
 
 
 def test_auto_resolves_per_platform_and_cudnn_refuses_off_gpu():
