@@ -44,14 +44,26 @@ class DecodeTiming:
         return np.asarray(self.tokens).size / self.total_s
 
 
-def time_decode(run: Callable[[int], Any], new_tokens: int, repeats: int = 2) -> DecodeTiming:
+def time_decode(run: Callable[[int], Any], new_tokens: int, repeats: int = 2,
+                attempts: int = 3) -> DecodeTiming:
     """`run(n)` decodes n new tokens per row (compiled/warmed up by the caller for n=1 and
-    n=new_tokens); the best of `repeats` wall times at each length."""
+    n=new_tokens); the best of `repeats` wall times at each length, the two lengths interleaved
+    so that a slow spell of a shared machine hits both. A step is the difference of two runs:
+    when noise makes it non-positive (tiny models, few tokens, busy cores) it is measured again
+    with twice the repeats, and after `attempts` tries that is an error, never a zero step."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens={new_tokens}: the step time needs at least 2")
-    _, first = best_of(lambda: run(1), repeats)
-    out, total = best_of(lambda: run(new_tokens), repeats)
-    return DecodeTiming(out, first, max(total - first, 0.0) / (new_tokens - 1), total)
+    for _ in range(attempts):
+        first = total = float("inf")
+        for _ in range(repeats):
+            _, t1 = best_of(lambda: run(1), 1)
+            out, tn = best_of(lambda: run(new_tokens), 1)
+            first, total = min(first, t1), min(total, tn)
+        if total > first:
+            return DecodeTiming(out, first, (total - first) / (new_tokens - 1), total)
+        repeats *= 2
+    raise RuntimeError(f"decoding {new_tokens} tokens took no longer than 1 ({total:.4g} vs "
+                       f"{first:.4g} s) in {attempts} tries: too few new tokens to time a step")
 
 
 def measure_read_bandwidth(gib: float = 1.0, dtype: str = "float32") -> float:

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def test_smoke_run_reports_the_hand_counted_mfu_and_decodes_the_same_weights(tmp
     out = tmp_path / "r.json"
     rc = _run(monkeypatch, "--smoke", "--sizes", "0.5b", "--rows", "2", "--steps", "2",
               "--decode-sizes", "0.5b", "--decode-batches", "2", "--prompt-len", "16",
-              "--new-tokens", "8", "--json", str(out))
+              "--new-tokens", "24", "--json", str(out))
     assert rc == 0
     res = json.loads(out.read_text())
     (train,) = res["train"]
@@ -70,3 +71,41 @@ def test_bad_flags_get_one_line_and_exit_2(monkeypatch, capsys, flag, value):
     assert _run(monkeypatch, flag, value) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: ") and value in err
+
+
+def _common(monkeypatch):
+    """bench/common.py with its clock replaced by one the fake decode below advances."""
+    spec = importlib.util.spec_from_file_location("bench_common", BENCH.parent / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_common", module)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    clock = [0.0]
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    return module, clock
+
+
+def test_decode_timing_splits_prefill_and_step_by_hand(monkeypatch):
+    common, clock = _common(monkeypatch)
+    calls = []
+
+    def run(n):  # 50 ms prefill, 2 ms per further token; the first call of each length is slow
+        clock[0] += 0.050 + 0.002 * (n - 1) + (0.010 if n not in calls else 0.0)
+        calls.append(n)
+        return [[0] * n]
+
+    t = common.time_decode(run, 11, repeats=2)
+    assert t.prefill_s == pytest.approx(0.050) and t.step_s == pytest.approx(0.002)
+    assert t.total_s == pytest.approx(0.070)
+    assert t.end_to_end_tokens_per_s() == pytest.approx(11 / 0.070)
+    assert calls == [1, 11, 1, 11]  # interleaved
+
+
+def test_decode_timing_refuses_a_step_it_cannot_see(monkeypatch):
+    common, clock = _common(monkeypatch)
+
+    def run(n):  # noise hides the step: every length takes the same time
+        clock[0] += 0.050
+        return [[0] * n]
+
+    with pytest.raises(RuntimeError, match="too few new tokens"):
+        common.time_decode(run, 4)
