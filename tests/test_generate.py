@@ -81,18 +81,25 @@ def test_bad_sampling_params_are_rejected(kwargs):
         SamplingParams(**kwargs)
 
 
-def test_greedy_tokens_equal_numpy_argmax_on_ties_nans_and_infs():
+@pytest.mark.parametrize("vocab", [1000, 1024, 151936])  # one-level; 8 and 1187 groups of 128
+def test_greedy_tokens_equal_numpy_argmax_on_ties_nans_and_infs(vocab):
     rng = np.random.default_rng(0)
-    logits = rng.standard_normal((7, 1000)).astype(np.float32)
-    logits[1, [3, 500, 999]] = 9.0  # a three-way tie at the top: the first index wins
+    logits = rng.standard_normal((10, vocab)).astype(np.float32)
+    logits[1, [3, 500, 999]] = 9.0  # a three-way tie at the top (across groups): first index wins
     logits[2, [10, 20]] = np.nan  # NaN beats everything, the first NaN wins
     logits[3, :] = -np.inf  # nothing finite: index 0
     logits[4, 700] = np.inf
     logits[5, :] = 1.5  # all equal
-    logits[6, 999] = 50.0  # the last index
-    greedy = sample_tokens(jnp.asarray(logits), jax.random.key(0), SamplingParams())
-    assert greedy.dtype == jnp.int32
-    np.testing.assert_array_equal(np.asarray(greedy), np.argmax(logits, axis=-1))
+    logits[6, vocab - 1] = 50.0  # the last index
+    logits[7, [5, 900]] = [np.inf, np.nan]  # a later NaN beats an earlier +inf
+    logits[8, [130, 131]] = 7.0  # a tie inside one group that is not the first
+    logits[9, [0, 999]] = [np.nan, 60.0]  # NaN at index 0
+    # Batches whose logits sum to NaN take the exact one-level search; the others (no NaN, not
+    # both infinities) the two-level one.
+    for rows in (slice(None), [0, 1, 3, 5, 6, 8], [0, 4, 8]):
+        greedy = sample_tokens(jnp.asarray(logits[rows]), jax.random.key(0), SamplingParams())
+        assert greedy.dtype == jnp.int32
+        np.testing.assert_array_equal(np.asarray(greedy), np.argmax(logits[rows], axis=-1))
 
 
 @pytest.fixture(scope="module")

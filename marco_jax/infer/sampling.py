@@ -58,15 +58,49 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
+def _first_max_index(x: jax.Array) -> jax.Array:
+    """argmax over the last axis: the first index reaching the max, or the row's first NaN.
+    NaNs are found by flag, not by the max: XLA:CPU's vectorised max may drop a NaN."""
+    nan = jnp.isnan(x)
+    hits = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan,
+                     x == jnp.max(x, axis=-1, keepdims=True))
+    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(hits, index, x.shape[-1]), axis=-1)
+
+
+def _first_max_index_without_nan(x: jax.Array) -> jax.Array:
+    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    hits = x == jnp.max(x, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(hits, index, x.shape[-1]), axis=-1)
+
+
+# Group widths the two-level argmax tries, in order; a vocabulary none divides (into at least
+# two groups) is searched in one level.
+GREEDY_GROUPS = (128, 64, 32, 16)
+
+
 def greedy_tokens(logits: jax.Array) -> jax.Array:
     """argmax over the last axis as int32, with jnp.argmax's ties (first index) and NaNs (the
-    first NaN wins). Written as a max, then a min over the indices that reach it: XLA:CPU runs
-    argmax's (value, index) reduction 4x slower (2.7 vs 0.66 ms on [8, 151936] fp32), a sizeable
-    part of a small model's decode step."""
-    top = jnp.max(logits, axis=-1, keepdims=True)
-    hits = (logits == top) | jnp.isnan(logits)
-    index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-    return jnp.min(jnp.where(hits, index, logits.shape[-1]), axis=-1)
+    first NaN wins). XLA:CPU runs argmax's (value, index) reduction slowly, and a max + masked
+    min-index over the whole row reads it three times; so the row is cut into contiguous
+    groups: one pass takes each group's max, the first group reaching the row's max is found
+    among those few, and only that group is searched for the first index. A float max may drop
+    a NaN but a sum never does: a batch whose logits sum to NaN (a diverged model) takes the
+    one-level search, exact for NaNs. [8, 151936] fp32 on a 2-core CPU: 0.32 ms vs 1.1-1.6
+    (one level) and 2.6 (`jnp.argmax`); [64, 151936]: 2.1 vs 26-43 and 19-20 ms."""
+    vocab = logits.shape[-1]
+    group = next((g for g in GREEDY_GROUPS if vocab % g == 0 and vocab // g > 1), None)
+    if group is None:
+        return _first_max_index(logits)
+
+    def two_level(x: jax.Array) -> jax.Array:
+        grouped = x.reshape(*x.shape[:-1], vocab // group, group)
+        first_group = _first_max_index_without_nan(jnp.max(grouped, axis=-1))
+        members = jnp.take_along_axis(grouped, first_group[..., None, None], axis=-2)
+        return first_group * group + _first_max_index_without_nan(members[..., 0, :])
+
+    has_nan = jnp.isnan(jnp.sum(logits, dtype=jnp.float32))
+    return jax.lax.cond(has_nan, _first_max_index, two_level, logits)
 
 
 def sample_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams) -> jax.Array:
