@@ -50,7 +50,8 @@ are at parity on the layers (both sides' matmuls run at ~135-145 GFLOP/s on this
 on the head; the 1.2x aim is reached in some runs only.
 
 2026-12-05, another VM (AVX-512/AMX, matmul peak 235-302 GFLOP/s), after the heads-major causal
-query blocks (layers fwd+bwd 2.84 -> 2.62 s in an interleaved A/B), `--steps 5 --parts`, two runs:
+query blocks (layers fwd+bwd 3.25 -> 3.11 s, median of an interleaved A/B; these runs had 64-query
+blocks, which run as fast as today's 128), `--steps 5 --parts`, two runs:
 layer-heavy 765 / 828 vs PyTorch 830 / 993 tokens/s (0.92x / 0.83x), layers 0.74x in both, head+loss
 1.01x / 0.91x. PyTorch's eager step is ~30% faster on this hardware than on the earlier VM; ours
 is not (its matmuls run 5-15% faster than XLA:CPU's here, and our threads idle ~36% of the layers'

@@ -75,8 +75,9 @@ def test_splash_equals_xla_forward_and_gradients_packed_gqa():
 
 
 def test_cpu_causal_blocks_equal_full_mask_forward_and_gradients():
-    t = 512  # 8 query blocks of 64; documents cross block boundaries
-    assert attention._causal_blocks(t) == 8
+    t = 512  # 4 query blocks of 128; documents cross block boundaries
+    assert attention._causal_blocks(t) == 4
+    assert [attention._causal_blocks(n) for n in (100, 256, 2048, 2000)] == [1, 2, 8, 8]
     q, k, v = _qkv(2, t, 6, 2, 32, seed=1)
     segments = _packed_segments(t)
     out = attention.attend(q, k, v, segments, "xla")  # CPU: the blocked path

@@ -58,20 +58,22 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
+def _first_index(hits: jax.Array) -> jax.Array:
+    """The first True index along the last axis (the axis size where there is none)."""
+    index = jax.lax.broadcasted_iota(jnp.int32, hits.shape, hits.ndim - 1)
+    return jnp.min(jnp.where(hits, index, hits.shape[-1]), axis=-1)
+
+
 def _first_max_index(x: jax.Array) -> jax.Array:
     """argmax over the last axis: the first index reaching the max, or the row's first NaN.
     NaNs are found by flag, not by the max: XLA:CPU's vectorised max may drop a NaN."""
     nan = jnp.isnan(x)
-    hits = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan,
-                     x == jnp.max(x, axis=-1, keepdims=True))
-    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-    return jnp.min(jnp.where(hits, index, x.shape[-1]), axis=-1)
+    return _first_index(jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan,
+                                  x == jnp.max(x, axis=-1, keepdims=True)))
 
 
 def _first_max_index_without_nan(x: jax.Array) -> jax.Array:
-    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-    hits = x == jnp.max(x, axis=-1, keepdims=True)
-    return jnp.min(jnp.where(hits, index, x.shape[-1]), axis=-1)
+    return _first_index(x == jnp.max(x, axis=-1, keepdims=True))
 
 
 # Group widths the two-level argmax tries, in order; a vocabulary none divides (into at least
