@@ -203,35 +203,24 @@ def causal_block_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                            segment_ids: jax.Array) -> jax.Array:
     """`xla_attention` over query blocks (`_cpu_query_block`), each against the keys up to its
     end only: the causal upper triangle of blocks is never computed (4 blocks at T=512 compute
-    62.5% of the full score work), and the smaller score tiles stay in cache. q, k and v are
-    laid out heads-major once (q as [B, K, T*G, D], a block's queries of one kv head contiguous;
-    k and v as [B, K, T, D]), so every block is two plain batched matmuls on prefixes; slicing
-    the [B, T, H, D] layout per block had XLA:CPU transpose each block's key/value prefix again
-    (with the bias and RoPE recomputed into every copy). The softmax scale is applied to q, not
-    to every score tile. Equal to `xla_attention` on every query with at least one visible key;
-    a padding query (segment 0, no visible key, no loss) averages the values of its block's
-    prefix instead."""
+    62.5% of the full score work), and the smaller score tiles stay in cache. k and v are laid
+    out heads-major once ([B, K, T, D], the decode cache's layout), so every block is
+    `_heads_major_attention`'s two plain batched matmuls on key/value prefixes; slicing the
+    [B, T, H, D] layout per block had XLA:CPU transpose each block's key/value prefix again (with
+    the bias and RoPE recomputed into every copy). Equal to `xla_attention` on every query with
+    at least one visible key; a padding query (segment 0, no visible key, no loss) averages the
+    values of its block's prefix instead."""
     b, t, h, d = q.shape
-    kv_heads = k.shape[2]
-    g, block = h // kv_heads, _cpu_query_block(t)
-    rows = jnp.transpose((q * d ** -0.5).reshape(b, t, kv_heads, g, d), (0, 2, 1, 3, 4))
-    rows = rows.reshape(b, kv_heads, t * g, d)
-    k, v = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))
-    batch_dims, outs = ((0, 1), (0, 1)), []
+    kv_heads, block = k.shape[2], _cpu_query_block(t)
+    qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
+    k, v = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, K, T, D]
+    outs = []
     for i in range(_causal_blocks(t)):
         start, end = i * block, (i + 1) * block
         mask = attention_mask(segment_ids[:, start:end], segment_ids[:, :end],
                               jnp.arange(start, end), jnp.arange(end))
-        scores = jax.lax.dot_general(rows[:, :, start * g:end * g], k[:, :, :end],
-                                     (((3,), (3,)), batch_dims),
-                                     preferred_element_type=jnp.float32)
-        scores = jnp.where(mask[:, None, :, None], scores.reshape(b, kv_heads, block, g, end),
-                           MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        outs.append(jax.lax.dot_general(probs.reshape(b, kv_heads, block * g, end),
-                                        v[:, :, :end], (((3,), (2,)), batch_dims)))
-    out = jnp.concatenate(outs, axis=2).reshape(b, kv_heads, t, g, d)
-    return jnp.transpose(out, (0, 2, 1, 3, 4)).reshape(b, t, h, d)
+        outs.append(_heads_major_attention(qg[:, start:end], k[:, :, :end], v[:, :, :end], mask))
+    return jnp.concatenate(outs, axis=1)
 
 
 # Matmuls per visited [block, block] tile of each splash kernel: the forward does QK^T and PV; the
