@@ -229,6 +229,8 @@ def main() -> None:
         fail(f"--remat {args.remat!r}: expected one of {', '.join(CHOICES['model.remat_policy'])}")
     if args.rows < 1 or args.steps < 1:
         fail(f"--rows {args.rows} / --steps {args.steps}: expected integers >= 1")
+    if args.new_tokens < 2:
+        fail(f"--new-tokens {args.new_tokens}: expected >= 2 (the step time is T(n) - T(1))")
 
     device = jax.devices()[0]
     peak, peak_from = peak_flops_per_device()

@@ -52,6 +52,7 @@ from common import (  # noqa: E402
 )
 
 from marco_jax.checkpoint import load_model  # noqa: E402
+from marco_jax.config.cli import fail  # noqa: E402
 from marco_jax.convert.hf_to_ours import convert_hf_to_orbax  # noqa: E402
 from marco_jax.infer import generate  # noqa: E402
 from marco_jax.model.config import get_preset  # noqa: E402
@@ -93,6 +94,8 @@ def main() -> None:
     args = p.parse_args()
     shapes = parse_list("--shapes", args.shapes, tuple(SHAPES))
     batches = parse_list("--batches", args.batches, cast=int)
+    if args.new_tokens < 2:
+        fail(f"--new-tokens {args.new_tokens}: expected >= 2 (the step time is T(n) - T(1))")
     bw = measure_read_bandwidth()
     print(f"{os.cpu_count()} CPU cores; measured read bandwidth {bw / 1e9:.1f} GB/s; prompt "
           f"{args.prompt_len} (left-padded rows), {args.new_tokens} new tokens, greedy")

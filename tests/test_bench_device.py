@@ -66,7 +66,8 @@ def test_smoke_run_reports_the_hand_counted_mfu_and_decodes_the_same_weights(tmp
     assert dec["tokens_equal"] >= 0.75
 
 
-@pytest.mark.parametrize("flag,value", [("--sizes", "3b"), ("--decode-batches", "x")])
+@pytest.mark.parametrize("flag,value", [("--sizes", "3b"), ("--decode-batches", "x"),
+                                        ("--new-tokens", "1")])
 def test_bad_flags_get_one_line_and_exit_2(monkeypatch, capsys, flag, value):
     assert _run(monkeypatch, flag, value) == 2
     err = capsys.readouterr().err.strip()
