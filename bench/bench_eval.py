@@ -33,7 +33,9 @@ import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the offline HF Qwen2 tokenizer lives with the tests
+sys.path.insert(0, str(ROOT / "bench"))
 
+from common import host_malloc_line, reexec_like_the_clis  # noqa: E402
 from hf_tokenizer_reference import build_hf_qwen2_tokenizer  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
@@ -175,7 +177,7 @@ def main() -> None:
               f"(threads {torch.get_num_threads()}); model: hidden {cfg.hidden_size}, "
               f"{cfg.num_hidden_layers} layers, {cfg.num_attention_heads} heads / "
               f"{cfg.num_key_value_heads} kv, vocab {cfg.vocab_size}, "
-              f"{cfg.num_params() / 1e6:.1f}M params, float32")
+              f"{cfg.num_params() / 1e6:.1f}M params, float32; {host_malloc_line()}")
         hflm = HFLM(pretrained=hf, tokenizer=tok, batch_size=args.batch_size, device=args.device,
                     max_length=2048)
         ours = MarcoJaxLM(model=model, batch_size=args.batch_size, max_length=2048)
@@ -188,4 +190,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_like_the_clis()
     main()

@@ -44,10 +44,12 @@ from common import (  # noqa: E402
     DecodeTiming,
     decode_bytes_per_step,
     hf_generate,
+    host_malloc_line,
     left_padded_prompts,
     measure_read_bandwidth,
     parse_list,
     peaked_hf_model,
+    reexec_like_the_clis,
     time_decode,
 )
 
@@ -96,6 +98,7 @@ def main() -> None:
     batches = parse_list("--batches", args.batches, cast=int)
     if args.new_tokens < 2:
         fail(f"--new-tokens {args.new_tokens}: expected >= 2 (the step time is T(n) - T(1))")
+    print(host_malloc_line())
     bw = measure_read_bandwidth()
     print(f"{os.cpu_count()} CPU cores; measured read bandwidth {bw / 1e9:.1f} GB/s; prompt "
           f"{args.prompt_len} (left-padded rows), {args.new_tokens} new tokens, greedy")
@@ -133,4 +136,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_like_the_clis()
     main()

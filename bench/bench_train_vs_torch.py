@@ -30,6 +30,9 @@ gradient inside the forward pass, one sequence chunk at a time (marco_jax/model/
 
 The sides run interleaved, one step of each per round (median of the rounds), so load drift on a
 shared machine hits all of them alike.
+The bench re-executes itself under the host-memory setting the marco_jax CLIs use on CPU
+(`glibc.malloc.hugetlb=1`, marco_jax/host_malloc.py; MARCO_HOST_MALLOC=default keeps glibc's
+defaults), so both sides run under it and the first line says which.
 
 2026-12-03, quiet 2-core VM, loss chunk 256 (the config default), `--steps 5`: vocab-heavy 608 vs
 259 tokens/s (2.35x; 787 vs 535 = 1.47x in an earlier, non-interleaved run); layer-heavy marco_jax
@@ -74,7 +77,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import random_hf_model  # noqa: E402
+from common import host_malloc_line, random_hf_model, reexec_like_the_clis  # noqa: E402
 
 from marco_jax.config.cli import fail  # noqa: E402
 from marco_jax.config.schema import OptimSection, TrainSection  # noqa: E402
@@ -293,6 +296,7 @@ def main() -> None:
     if unknown:
         fail(f"--shapes {','.join(unknown)}: expected a comma list of {', '.join(SHAPES)}")
 
+    print(host_malloc_line())
     peak = measure_matmul_flops(2048)
     print(f"{os.cpu_count()} CPU cores; measured fp32 matmul peak (jnp 2048^3): "
           f"{peak / 1e9:.1f} GFLOP/s")
@@ -304,4 +308,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_like_the_clis()
     main()

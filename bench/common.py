@@ -1,8 +1,8 @@
 """What the benches share: timing (decode split into prefill and per-token steps), the measured
 read bandwidth and the bytes a decode step must read, the random transformers peer model
 (bench_train_vs_torch, bench_generate, bench_device), left-padded prompts, transformers'
-`generate`, and comma-list flags. No platform is forced here (the CPU benches pin it
-themselves)."""
+`generate`, comma-list flags and the CLIs' host-memory setting. No platform is forced here (the
+CPU benches pin it themselves)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from marco_jax import host_malloc, platform
 from marco_jax.config.cli import fail
 from marco_jax.model.config import Qwen2Config
+
+
+def reexec_like_the_clis() -> None:
+    """Re-executes the bench (from its `__main__` block only) under the host-memory setting the
+    marco_jax CLIs run with on CPU (marco_jax/host_malloc.py): process-wide, so both sides of a
+    comparison run under it. MARCO_HOST_MALLOC=default keeps glibc's defaults."""
+    host_malloc.reexec_with_hugepages(platform.jax_runs_on_cpu_only())
+
+
+def host_malloc_line() -> str:
+    if host_malloc.hugepages_requested():
+        return "host malloc: glibc.malloc.hugetlb=1 (as the marco_jax CLIs on CPU), both sides"
+    return "host malloc: glibc defaults, both sides"
 
 
 def best_of(fn: Callable[[], Any], repeats: int = 2) -> tuple[Any, float]:

@@ -14,7 +14,7 @@ import importlib.util
 import os
 import pkgutil
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -89,6 +89,17 @@ def choose_platforms(env: MutableMapping[str, str] | None = None) -> str | None:
         # created on first use, so updating its config still takes effect before then.
         jax.config.update("jax_platforms", platforms)
     return platforms
+
+
+def jax_runs_on_cpu_only(env: Mapping[str, str] | None = None) -> bool:
+    """True when JAX will compute on the CPU: JAX_PLATFORMS names only "cpu", or it is unset (or
+    empty) and neither a TPU chip nor an accelerator plugin is on this machine (without importing
+    JAX; call it after `choose_platforms`)."""
+    env = os.environ if env is None else env
+    named = [p.strip() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if named:  # JAX reads an empty value as unset
+        return named == ["cpu"]
+    return non_tpu_platforms() == "cpu" and not tpu_device_present()
 
 
 def quiet_tensorflow(env: MutableMapping[str, str] | None = None) -> None:
