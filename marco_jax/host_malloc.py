@@ -104,7 +104,10 @@ def reexec_with_hugepages(cpu_only: bool, argv: Sequence[str] | None = None) -> 
     argv = list(sys.orig_argv if argv is None else argv)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv[1:]], with_hugepages(dict(os.environ)))
+    try:
+        os.execve(sys.executable, [sys.executable, *argv[1:]], with_hugepages(dict(os.environ)))
+    except OSError:  # no usable interpreter path (embedded Python): run on without huge pages
+        return
 
 
 def maybe_reexec_cli(cpu_only: Callable[[], bool], argv: Sequence[str] | None = None) -> None:

@@ -109,6 +109,16 @@ def test_cli_command_lines_reexecute_with_the_tunable_appended(monkeypatch):
         set(host_malloc.CLI_MODULES)
 
 
+def test_failed_exec_runs_on_unchanged(monkeypatch):
+    def refuse(*_):
+        raise FileNotFoundError("no interpreter")
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setattr(host_malloc.os, "execve", refuse)
+    monkeypatch.setattr(host_malloc, "wants_hugepages", lambda cpu_only: True)
+    host_malloc.reexec_with_hugepages(True, ["python", "-m", "marco_jax.train"])  # no raise
+    assert not host_malloc.hugepages_requested()
+
+
 @needs_thp
 def test_cli_still_reports_bad_input_in_one_line_after_reexecuting():
     missing = "/nonexistent/marco_ckpt"
