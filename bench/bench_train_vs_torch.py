@@ -57,8 +57,8 @@ query blocks (layers fwd+bwd 3.25 -> 3.11 s, median of an interleaved A/B; these
 blocks, which run as fast as today's 128), `--steps 5 --parts`, two runs:
 layer-heavy 765 / 828 vs PyTorch 830 / 993 tokens/s (0.92x / 0.83x), layers 0.74x in both, head+loss
 1.01x / 0.91x. PyTorch's eager step is ~30% faster on this hardware than on the earlier VM; ours
-is not (its matmuls run 5-15% faster than XLA:CPU's here, and our threads idle ~36% of the layers'
-time between XLA's ops).
+is not (its matmuls run 5-15% faster than XLA:CPU's here; an earlier reading of our threads as
+36% idle missed YNNPACK's worker tasks in the profile).
 """
 
 from __future__ import annotations
