@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 TUNABLE = "glibc.malloc.hugetlb"
@@ -88,13 +88,6 @@ def wants_hugepages(cpu_only: bool, env: Mapping[str, str] | None = None) -> boo
     return cpu_only and version is not None and version >= (2, 35) and kernel_offers_thp()
 
 
-def with_hugepages(env: MutableMapping[str, str]) -> MutableMapping[str, str]:
-    """`env` with the tunable appended to GLIBC_TUNABLES (other tunables kept)."""
-    current = env.get("GLIBC_TUNABLES", "")
-    env["GLIBC_TUNABLES"] = f"{current}:{TUNABLE_SETTING}" if current else TUNABLE_SETTING
-    return env
-
-
 def reexec_with_hugepages(cpu_only: bool, argv: Sequence[str] | None = None) -> None:
     """Re-executes this interpreter with the tunable when `wants_hugepages`; returns otherwise.
     `os.execve` replaces the process: same pid, arguments (`sys.orig_argv`) and stdio. Call it
@@ -102,10 +95,13 @@ def reexec_with_hugepages(cpu_only: bool, argv: Sequence[str] | None = None) -> 
     if not wants_hugepages(cpu_only):
         return
     argv = list(sys.orig_argv if argv is None else argv)
+    env = dict(os.environ)
+    current = env.get("GLIBC_TUNABLES", "")  # other tunables are kept
+    env["GLIBC_TUNABLES"] = f"{current}:{TUNABLE_SETTING}" if current else TUNABLE_SETTING
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, [sys.executable, *argv[1:]], with_hugepages(dict(os.environ)))
+        os.execve(sys.executable, [sys.executable, *argv[1:]], env)
     except OSError:  # no usable interpreter path (embedded Python): run on without huge pages
         return
 
@@ -113,6 +109,6 @@ def reexec_with_hugepages(cpu_only: bool, argv: Sequence[str] | None = None) -> 
 def maybe_reexec_cli(cpu_only: Callable[[], bool], argv: Sequence[str] | None = None) -> None:
     """`reexec_with_hugepages` when this interpreter runs `python -m` one of CLI_MODULES
     (`import marco_jax` calls it)."""
-    argv = list(sys.orig_argv if argv is None else argv)
+    argv = sys.orig_argv if argv is None else argv
     if cli_module(argv) is not None:
         reexec_with_hugepages(cpu_only(), argv)
