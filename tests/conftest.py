@@ -3,14 +3,23 @@ reason where a bare clone lacks something (no ../shared/data, an optional extra 
 
 Environment set before JAX is imported anywhere so every test sees the same device list.
 
+Compiles: one persistent JAX compilation cache per test session (a fresh temporary directory,
+removed at the end), inherited by the CLI subprocesses, so a run that restarts (resume, fault
+injection, the README's two stages) or a test that rebuilds a jitted function it compiled before
+loads the executable instead of recompiling it. XLA:CPU compiles are deterministic, so this
+changes test time only; set JAX_COMPILATION_CACHE_DIR to keep or share a cache across runs.
+
 Skips: tests using the `shared_data` fixture skip when the directory is absent, unless
 MARCO_REQUIRE_SHARED_DATA=1 (CI), which makes them fail. A test (or a whole test module, at
 import) that needs a package of an optional extra which is not installed is reported SKIPPED
 naming the package and the extra; a missing package that no extra provides stays an error.
 """
 
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -18,6 +27,10 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _jit_cache = tempfile.mkdtemp(prefix="marco_jax_test_jit_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _jit_cache
+    atexit.register(shutil.rmtree, _jit_cache, ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
