@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jax
 
+from marco_jax.compile_cache import enable_compilation_cache
 from marco_jax.evals.engine import Engine
 from marco_jax.evals.report import ResultsError, compare, write_report
 from marco_jax.evals.suite import (
@@ -90,6 +91,7 @@ def _run(argv: list[str]) -> int:
     if args.limit is not None and args.limit < 0:
         raise EvalConfigError(f"--limit {args.limit}: expected >= 0")
     kind = checkpoint_kind(args.checkpoint, args.step)
+    enable_compilation_cache()  # the next checkpoint's suite loads the compiled programs
     initialize_distributed()
     checkpoint_name = Path(args.checkpoint.rstrip("/")).name
     out = Path(args.out or f"eval_results/{Path(args.config).stem}-{checkpoint_name}")

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from marco_jax.checkpoint import load_model
+from marco_jax.compile_cache import enable_compilation_cache
 from marco_jax.data.tokenizer import get_tokenizer
 from marco_jax.infer.text import generate_text
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.system is not None and not args.chat:
         print("error: --system needs --chat", file=sys.stderr)
         return 2
+    enable_compilation_cache()  # a second call on the same model loads the compiled decode loop
     try:
         model = load_model(args.checkpoint, **({"dtype": args.dtype} if args.dtype else {}))
     except (FileNotFoundError, ValueError) as e:  # not a converted checkpoint / run workdir

@@ -120,6 +120,9 @@ class TrainSection:
     # Per-device peak FLOP/s for MFU; 0: the published chip figure, or on CPU a measured rate.
     peak_flops: float = 0.0
     loss_chunk: int = 256  # sequence chunk of the lm-head/cross-entropy (0: whole sequence)
+    # Persistent JAX compilation cache (marco_jax/compile_cache.py): "auto" = a per-user
+    # directory, a path (local or gs://), or "" for none. Restarts load the compiled step.
+    compilation_cache_dir: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

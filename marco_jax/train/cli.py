@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from marco_jax.compile_cache import enable_compilation_cache
 from marco_jax.config import Experiment
 from marco_jax.config.cli import experiment_parser, fail, parse
 from marco_jax.parallel import initialize_distributed
@@ -35,6 +36,7 @@ def run_cli(argv: Sequence[str] | None, prog: str, doc: str | None, runner: Runn
     if not workdir:
         fail("--workdir is required (or set config.train.workdir)")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO
+    enable_compilation_cache(config.train.compilation_cache_dir)
     initialize_distributed()
     try:
         summary = runner(config, workdir)
