@@ -5,8 +5,8 @@ A run restarted after preemption, a resume, the next stage of the same config, o
 train step on TPU, seconds on CPU. With the cache, JAX stores every executable that took longer
 than `jax_persistent_cache_min_compile_time_secs` (1 s) to compile, keyed by the program, the
 compile options, the devices and the JAX/XLA versions, and later processes load it instead of
-compiling (as MaxText's `jax_cache_dir`). Loading changes nothing in the results: XLA
-compilation is deterministic and the key covers everything the executable depends on.
+compiling (as MaxText's `jax_cache_dir`). A loaded executable is the one a fresh compile of the
+same key would build, so results do not change (tests/test_compile_cache.py checks the value).
 
 Where: `train.compilation_cache_dir` (train / sft / dpo configs), "auto" = a per-user directory
 (`$XDG_CACHE_HOME/marco_jax/jax_compilation_cache`, default `~/.cache/...`) capped at
