@@ -30,6 +30,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _jit_cache = tempfile.mkdtemp(prefix="marco_jax_test_jit_cache_")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _jit_cache
+    # A size cap turns on JAX's file lock around reads and writes: the 2-process tests compile
+    # the same programs at once, and an unlocked reader could see a half-written entry.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
     atexit.register(shutil.rmtree, _jit_cache, ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
