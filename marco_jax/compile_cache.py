@@ -23,7 +23,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from marco_jax.paths import is_remote
+
 AUTO = "auto"
+# JAX's own reading of a false boolean variable (jax._src.config.bool_env)
+_FALSE = ("n", "no", "f", "false", "off", "0")
 DEFAULT_MAX_BYTES = 4 << 30  # LRU-evicted beyond this (local directories only)
 
 
@@ -35,7 +39,7 @@ def default_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
 def resolve_cache_dir(setting: str, env: Mapping[str, str] = os.environ) -> str | None:
     """The directory the cache will use for `setting` ("auto", "" or a path), or None for off.
     JAX_COMPILATION_CACHE_DIR (read by JAX itself at import) wins over the setting."""
-    if env.get("JAX_ENABLE_COMPILATION_CACHE", "").lower() in ("0", "false", "no", "off"):
+    if env.get("JAX_ENABLE_COMPILATION_CACHE", "").lower() in _FALSE:
         return None
     if env.get("JAX_COMPILATION_CACHE_DIR"):
         return env["JAX_COMPILATION_CACHE_DIR"]
@@ -52,8 +56,7 @@ def enable_compilation_cache(setting: str = AUTO) -> str | None:
     directory = resolve_cache_dir(setting)
     if directory is None:
         return None
-    local = "://" not in directory
-    if local:
+    if not is_remote(directory):
         try:
             Path(directory).mkdir(parents=True, exist_ok=True)
         except OSError as e:  # e.g. a read-only home: run uncached rather than not at all
@@ -63,6 +66,5 @@ def enable_compilation_cache(setting: str = AUTO) -> str | None:
         if (jax.config.jax_compilation_cache_max_size == -1
                 and importlib.util.find_spec("filelock") is not None):
             jax.config.update("jax_compilation_cache_max_size", DEFAULT_MAX_BYTES)
-    if jax.config.jax_compilation_cache_dir != directory:
-        jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_compilation_cache_dir", directory)
     return directory

@@ -14,8 +14,8 @@ PACKAGE = ROOT / "marco_jax"
 # Lower number = lower layer. A module may import its own package or any lower layer.
 LAYERS: dict[str, int] = {
     "marco_jax.paths": 0, "marco_jax.config": 0, "marco_jax.platform": 0,
-    "marco_jax.host_malloc": 0, "marco_jax.compile_cache": 0,
-    "marco_jax.parallel": 1,
+    "marco_jax.host_malloc": 0,
+    "marco_jax.parallel": 1, "marco_jax.compile_cache": 1,
     "marco_jax.model": 2,
     "marco_jax.data": 3,
     "marco_jax.checkpoint": 4,
