@@ -26,6 +26,9 @@ class ModelSection:
     overrides: dict[str, Any] = _map()  # Qwen2Config fields, e.g. num_hidden_layers=4
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype: bfloat16 on TPU/GPU, float32 is faster on CPU
+    # "" (the compute dtype) | bfloat16 | ...: the Linear / lm-head matmul operands, accumulated in
+    # fp32; float32 + bfloat16 here runs the matmuls on AMX CPUs (marco_jax/model/matmul.py)
+    matmul_dtype: str = ""
     remat_policy: str = "none"  # none | full | dots | dots_with_no_batch_dims | save_qkv_proj
     scan_layers: bool = True
     # auto (splash on TPU, cudnn on GPU in bf16, xla on CPU) | xla | dot_product_attention |
@@ -160,6 +163,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.attention_impl": ("auto", "xla", "dot_product_attention", "splash", "cudnn"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.matmul_dtype": ("", "float32", "bfloat16", "float16"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "data.pool_sizes": ("", "paper", "sources"),
     "data.on_bad_record": ("error", "skip"),

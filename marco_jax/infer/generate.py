@@ -52,13 +52,13 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, multiple: int = 1
 
 
 def decode_head(graphdef: nnx.GraphDef, state: nnx.State) -> jax.Array:
-    """The lm head as decoding reads it, [embed, vocab] in the compute dtype (jit it: for a tied
+    """The lm head as decoding reads it, [embed, vocab] in the matmul dtype (jit it: for a tied
     head it is a transposed copy of the embedding)."""
     return nnx.merge(graphdef, state).lm_head_kernel()
 
 
 _decode_head_jit = jax.jit(decode_head, static_argnums=0)
-# model -> (weak reference to the head's source array, compute dtype, the decode head).
+# model -> (weak reference to the head's source array, matmul dtype, the decode head).
 _HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -68,10 +68,10 @@ def _head_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State)
     embedding on a 2-core CPU, four times its 128-token prefill); recomputed when the params are
     replaced (training, `nnx.update`: JAX arrays are immutable, so the same array object means
     the same values). Costs one head-sized array per live model whose head is tied or stored in
-    another dtype than the compute dtype."""
-    source, dtype = model.lm_head_source(), model.config.jnp_dtype
+    another dtype than the matmul dtype."""
+    source, dtype = model.lm_head_source(), model.config.jnp_matmul_dtype
     if model.lm_head is not None and source.dtype == dtype:
-        return source  # already [embed, vocab] in the compute dtype: nothing to build or keep
+        return source  # already [embed, vocab] in the matmul dtype: nothing to build or keep
     held = _HEADS.get(model)
     if held is not None and held[0]() is source and held[1] == dtype:
         return held[2]

@@ -17,6 +17,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_qkv_p
 # "auto": per platform (`resolve_attention_impl`); kernels in marco_jax/model/attention.py.
 ATTENTION_IMPLS = ("auto", "xla", "dot_product_attention", "splash", "cudnn")
 LOGITS_DTYPES = ("float32", "bfloat16")
+MATMUL_DTYPES = ("", "float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,10 @@ class Qwen2Config:
     # Runtime (not part of the architecture).
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; bf16 on TPU/GPU, fp32 is faster on CPU
+    # dtype the Linear and lm-head matmul operands are rounded to ("": the compute dtype);
+    # products accumulate in fp32. float32 compute + bfloat16 here = torch.autocast's mixed
+    # precision, several times faster on AMX CPUs (marco_jax/model/matmul.py).
+    matmul_dtype: str = ""
     remat_policy: str = "none"
     scan_layers: bool = True
     attention_impl: str = "xla"
@@ -66,6 +71,8 @@ class Qwen2Config:
             )
         for name in ("param_dtype", "dtype"):
             jnp.dtype(getattr(self, name))  # raises on an unknown dtype name
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise ValueError(f"matmul_dtype={self.matmul_dtype!r}; expected one of {MATMUL_DTYPES}")
         if self.logits_dtype not in LOGITS_DTYPES:
             raise ValueError(f"logits_dtype={self.logits_dtype!r}; expected one of {LOGITS_DTYPES}")
 
@@ -76,6 +83,11 @@ class Qwen2Config:
     @property
     def jnp_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
+
+    @property
+    def jnp_matmul_dtype(self) -> jnp.dtype:
+        """The dtype matmul operands are rounded to (the compute dtype unless `matmul_dtype`)."""
+        return jnp.dtype(self.matmul_dtype or self.dtype)
 
     @property
     def jnp_param_dtype(self) -> jnp.dtype:
@@ -231,8 +243,8 @@ def resolve_attention_impl(impl: str, platform: str, dtype: str, seq_len: int) -
     return "xla"
 
 
-RUNTIME_FIELDS = ("param_dtype", "dtype", "remat_policy", "scan_layers", "attention_impl",
-                  "logits_dtype")
+RUNTIME_FIELDS = ("param_dtype", "dtype", "matmul_dtype", "remat_policy", "scan_layers",
+                  "attention_impl", "logits_dtype")
 
 
 def from_experiment(model_section: Any) -> Qwen2Config:

@@ -30,6 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from marco_jax.model.matmul import dot_rows, transposed_copy
 from marco_jax.model.target import target_platform
 
 
@@ -55,8 +56,10 @@ def _chunk_len(seq_len: int, chunk: int) -> int:
 
 
 def _chunk_logits(h: jax.Array, kernel: jax.Array, dtype: str = "float32") -> jax.Array:
-    """fp32 logits of one chunk, as stored (rounded to `dtype`) by the matmul."""
-    logits = jnp.einsum("bce,ev->bcv", h, kernel, preferred_element_type=jnp.dtype(dtype))
+    """fp32 logits of one chunk, as stored (rounded to `dtype`) by the matmul; h is rounded to
+    the kernel's dtype (the matmul dtype, `Qwen2ForCausalLM.lm_head_kernel`)."""
+    logits = jnp.einsum("bce,ev->bcv", h.astype(kernel.dtype), kernel,
+                        preferred_element_type=jnp.dtype(dtype))
     return logits.astype(jnp.float32)
 
 
@@ -108,6 +111,19 @@ def weighted_nll_sum(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
     return jnp.sum(nll * weights), nll
 
 
+def _cpu_lowp_head_grads(h: jax.Array, kernel: jax.Array, d_logits: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+    """d_h (h's dtype) and d_kernel (fp32) of one chunk with the operands in the kernel's low
+    precision, in the forms XLA:CPU runs on bf16 kernels (marco_jax/model/matmul.py)."""
+    b, c, e = h.shape
+    low = d_logits.reshape(b * c, -1).astype(kernel.dtype)
+    d_h = dot_rows(low, kernel, contract_w=1).astype(h.dtype).reshape(b, c, e)
+    h_low = h.reshape(b * c, e).astype(kernel.dtype)
+    d_kernel = dot_rows(transposed_copy(h_low), low) if b * c > 1 else (
+        jnp.outer(h_low[0], low[0]).astype(jnp.float32))
+    return d_h, d_kernel
+
+
 def _fwd(hidden, kernel, targets, weights, chunk, logits_dtype):
     c = _chunk_len(hidden.shape[1], chunk)
     vocab = kernel.shape[1]
@@ -132,10 +148,15 @@ def _fwd(hidden, kernel, targets, weights, chunk, logits_dtype):
             lse = jnp.log(jnp.sum(jnp.exp(logits - peak), axis=-1)) + peak[..., 0]
             nll = lse - jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
             weighted_softmax = jnp.exp(logits - lse[..., None]) * w[..., None]
-        d_logits = (weighted_softmax - onehot * w[..., None]).astype(h.dtype)
-        d_h = jnp.einsum("bcv,ev->bce", d_logits, kernel)
-        d_kernel = d_kernel + jnp.einsum("bce,bcv->ev", h, d_logits,
-                                         preferred_element_type=jnp.float32)
+        d_logits = weighted_softmax - onehot * w[..., None]
+        if target_platform() == "cpu" and kernel.dtype != jnp.float32:
+            d_h, d_kernel_chunk = _cpu_lowp_head_grads(h, kernel, d_logits)
+        else:
+            d_logits = d_logits.astype(h.dtype)
+            d_h = jnp.einsum("bcv,ev->bce", d_logits.astype(kernel.dtype), kernel).astype(h.dtype)
+            d_kernel_chunk = jnp.einsum("bce,bcv->ev", h, d_logits,
+                                        preferred_element_type=jnp.float32)
+        d_kernel = d_kernel + d_kernel_chunk
         return d_kernel, (nll, d_h)
 
     w = weights.astype(jnp.float32)

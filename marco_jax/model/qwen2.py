@@ -16,7 +16,6 @@ Layout choices (one home for each; `convert/` maps HF tensors onto exactly these
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -27,6 +26,7 @@ from jax.ad_checkpoint import checkpoint_name
 from marco_jax.model.attention import attend, attention_mask, xla_attention
 from marco_jax.model.config import Qwen2Config
 from marco_jax.model.kv_cache import KVCache
+from marco_jax.model.matmul import flat_matmul, head_logits
 from marco_jax.model.target import target_platform
 from marco_jax.parallel.constraints import RESIDUAL, constrain
 
@@ -42,17 +42,6 @@ def _normal(stddev: float) -> Callable:
     return jax.nn.initializers.normal(stddev)
 
 
-def _flat_matmul(x: jax.Array, kernel: jax.Array, contract_dims: int) -> jax.Array:
-    """The Linear contraction as one 2-D matmul. XLA:CPU runs the backward pass of an N-D
-    dot_general through transposing copies of the activations (measured 1.5-1.7x slower than the
-    2-D form on the MLP of a 384-wide model); TPU/GPU compilers do not, and keep the N-D form so
-    the sharding of batch and length axes is untouched."""
-    k_in = math.prod(kernel.shape[:contract_dims])
-    lead, out = x.shape[: x.ndim - contract_dims], kernel.shape[contract_dims:]
-    y = x.reshape(-1, k_in) @ kernel.reshape(k_in, -1)
-    return y.reshape(*lead, *out)
-
-
 class Linear(nnx.Module):
     """`y = x @ kernel (+ bias)`, contracting the first `contract_dims` kernel axes with the
     last axes of x; the remaining kernel axes (e.g. heads, head_dim) are the output axes."""
@@ -65,17 +54,21 @@ class Linear(nnx.Module):
                              num_layers)
         self.bias = (_param(rngs, jax.nn.initializers.zeros, kernel_shape[contract_dims:],
                             axes[contract_dims:], config, num_layers) if use_bias else None)
-        self.dtype = config.jnp_dtype
+        self.dtype, self.matmul_dtype = config.jnp_dtype, config.jnp_matmul_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.kernel.value.astype(self.dtype)
         x = x.astype(self.dtype)
-        if target_platform() == "cpu":
-            y = _flat_matmul(x, kernel, self.contract_dims)
+        if target_platform() == "cpu":  # one 2-D matmul, see marco_jax/model/matmul.py
+            y = flat_matmul(x, self.kernel.value.astype(self.dtype), self.contract_dims,
+                            self.matmul_dtype)
         else:
             contract = "abcd"[: self.contract_dims]
-            out = "wxyz"[: kernel.ndim - self.contract_dims]
-            y = jnp.einsum(f"...{contract},{contract}{out}->...{out}", x, kernel)
+            out = "wxyz"[: self.kernel.value.ndim - self.contract_dims]
+            mm = self.matmul_dtype
+            y = jnp.einsum(f"...{contract},{contract}{out}->...{out}", x.astype(mm),
+                           self.kernel.value.astype(mm),
+                           preferred_element_type=None if mm == self.dtype else jnp.float32)
+            y = y.astype(self.dtype)
         if self.bias is not None:
             y = y + self.bias.value.astype(self.dtype)
         return y
@@ -302,14 +295,21 @@ class Qwen2ForCausalLM(nnx.Module):
             self.lm_head = None
 
     def lm_head_kernel(self) -> jax.Array:
-        """[embed, vocab] in the compute dtype (the tied embedding, transposed, when tied)."""
+        """[embed, vocab] in the matmul dtype (the compute dtype unless `matmul_dtype`; the tied
+        embedding, transposed, when tied). The head matmuls round hidden states to its dtype."""
+        dtype = self.config.jnp_matmul_dtype
         if self.lm_head is None:
-            return self.model.embed_tokens.embedding.value.T.astype(self.config.jnp_dtype)
-        return self.lm_head.kernel.value.astype(self.config.jnp_dtype)
+            return self.model.embed_tokens.embedding.value.T.astype(dtype)
+        return self.lm_head.kernel.value.astype(dtype)
 
     def logits(self, hidden: jax.Array, head: jax.Array | None = None) -> jax.Array:
-        """fp32 logits; `head` [embed, vocab] defaults to `lm_head_kernel()`."""
+        """fp32 logits; `head` [embed, vocab] defaults to `lm_head_kernel()`, whose dtype the
+        hidden states are rounded to."""
         head = self.lm_head_kernel() if head is None else head
+        hidden = hidden.astype(head.dtype)
+        if target_platform() == "cpu":  # 2-D, one bf16 row padded (marco_jax/model/matmul.py)
+            rows = head_logits(hidden.reshape(-1, hidden.shape[-1]), head)
+            return rows.reshape(*hidden.shape[:-1], head.shape[-1])
         return jnp.einsum("...e,ev->...v", hidden, head, preferred_element_type=jnp.float32)
 
     def hidden(self, tokens: jax.Array, positions: jax.Array | None = None,

@@ -1,0 +1,102 @@
+"""CPU matmuls of the model: a Linear's contraction as one 2-D matmul, in the matmul dtype.
+
+`Qwen2Config.matmul_dtype` ("": the compute dtype) rounds both operands of every Linear and
+lm-head matmul to that dtype; products accumulate in float32 and come back in the compute dtype.
+With `dtype=float32, matmul_dtype=bfloat16` norms, softmax, RoPE and the residual stream stay
+float32 while the matmuls run on bf16 hardware: the mixed precision of `torch.autocast`. On CPUs
+with AMX (Intel Sapphire Rapids and later) XLA:CPU runs bf16 x bf16 -> f32 dots on AMX tiles at
+several times its float32 rate; elsewhere it computes the same numbers more slowly.
+
+What XLA:CPU (jaxlib 0.10.2, YNNPACK dots) needs for that, measured on [4096, 384] x [384, 1536]:
+- bf16 operands *and* a float32 result (`preferred_element_type`): a bf16-result dot, or one
+  mixing f32 and bf16 operands, is rewritten as a float32 dot on converted copies. JAX's own
+  backward of such a dot multiplies the float32 cotangent with a bf16 operand, so `flat_matmul`
+  has its own VJP that rounds the cotangent first (input gradient: 6 vs 30 ms in float32);
+- the weight gradient x^T g contracts the leading axis of its left operand, a form with no bf16
+  kernel (upcast to float32: 28 ms), and XLA folds a transpose inserted before the dot back into
+  it; a transposed copy built as the concatenation of two transposed halves stays a separate
+  row-major operand and the dot runs in bf16 (9 ms with the copy; `transposed_copy`);
+- a bf16 dot with a single row outside a loop takes a slow path ([1, 384] x [384, 32000]: ~18 ms,
+  vs 1.2 ms for two rows or in float32), so `head_logits` pads one row to two.
+On TPU and GPU the Linear keeps its N-D einsum (qwen2.py) with the same operand rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+_F32 = jnp.dtype(jnp.float32)
+
+
+def dot_rows(x: jax.Array, w: jax.Array, contract_w: int = 0) -> jax.Array:
+    """x [M, K] times w ([K, N] with contract_w=0, [N, K] with 1) -> [M, N] float32, products
+    accumulated in float32."""
+    return jax.lax.dot_general(x, w, (((1,), (contract_w,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+
+def head_logits(hidden: jax.Array, head: jax.Array) -> jax.Array:
+    """hidden [M, E] (the head's dtype) @ head [E, V] -> float32 logits [M, V]. A single
+    low-precision row is padded to two (module doc); inside a decode loop XLA upcasts a one-row
+    dot against loop-invariant weights instead, which costs as much as float32 and is kept
+    there (padding the small layer matmuls measured 1.5-2.5x slower per row than that)."""
+    if hidden.shape[0] == 1 and hidden.dtype != _F32:
+        return dot_rows(jnp.concatenate([hidden, jnp.zeros_like(hidden)]), head)[:1]
+    return dot_rows(hidden, head)
+
+
+def transposed_copy(x: jax.Array) -> jax.Array:
+    """x [M, K] (M >= 2) -> x.T [K, M] as a row-major array: the concatenation of its two halves'
+    transposes. XLA folds a plain transpose feeding a dot into the dot's dimension numbers, which
+    turns x^T g into the transposed-lhs form that has no low-precision kernel (module doc)."""
+    half = x.shape[0] // 2
+    return jnp.concatenate([x[:half].T, x[half:].T], axis=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _rounded_matmul(x: jax.Array, w: jax.Array, operand_dtype: jnp.dtype) -> jax.Array:
+    return dot_rows(x.astype(operand_dtype), w.astype(operand_dtype)).astype(x.dtype)
+
+
+def _rounded_fwd(x, w, operand_dtype):
+    x_low, w_low = x.astype(operand_dtype), w.astype(operand_dtype)
+    y = dot_rows(x_low, w_low).astype(x.dtype)
+    return y, (x_low, w_low, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+
+
+def _rounded_bwd(operand_dtype, residuals, g):
+    x_low, w_low, x_like, w_like = residuals
+    g_low = g.astype(operand_dtype)
+    dx = dot_rows(g_low, w_low, contract_w=1).astype(x_like.dtype)
+    if x_low.shape[0] > 1:
+        dw = dot_rows(transposed_copy(x_low), g_low)
+    else:
+        dw = jnp.outer(x_low[0].astype(jnp.float32), g_low[0].astype(jnp.float32))
+    return dx, dw.astype(w_like.dtype)
+
+
+_rounded_matmul.defvjp(_rounded_fwd, _rounded_bwd)
+
+
+def flat_matmul(x: jax.Array, kernel: jax.Array, contract_dims: int,
+                operand_dtype: jnp.dtype | None = None) -> jax.Array:
+    """x [..., k1..kc] @ kernel [k1..kc, n...] -> [..., n...] in x's dtype, as one 2-D matmul.
+
+    XLA:CPU runs the backward pass of an N-D dot_general through transposing copies of the
+    activations (1.5-1.7x slower than the 2-D form on the MLP of a 384-wide model). With a
+    low-precision `operand_dtype` (default: x's dtype) both operands are rounded to it and the
+    products accumulate in float32, forward and input gradient (module doc)."""
+    k_in = math.prod(kernel.shape[:contract_dims])
+    lead, out = x.shape[: x.ndim - contract_dims], kernel.shape[contract_dims:]
+    x2, k2 = x.reshape(-1, k_in), kernel.reshape(k_in, -1)
+    operand_dtype = jnp.dtype(operand_dtype or x.dtype)
+    if operand_dtype == _F32:
+        y = x2.astype(_F32) @ k2.astype(_F32)
+        y = y.astype(x.dtype)
+    else:
+        y = _rounded_matmul(x2, k2, operand_dtype)
+    return y.reshape(*lead, *out)
