@@ -3,7 +3,7 @@ both against the memory-bandwidth roofline of this machine.
 
     JAX_PLATFORMS=cpu .venv/bin/python bench/bench_generate.py [--batches 1,8]
         [--shapes vocab-heavy,layer-heavy] [--prompt-len 128] [--new-tokens 128]
-        [--param-dtype float32,bfloat16] [--skip-hf]
+        [--ours float32,bfloat16,bfloat16/bfloat16] [--hf-dtypes float32,bfloat16] [--skip-hf]
 
 Shapes as in `bench_train_vs_torch.py`: vocab-heavy = the `tiny-20m` preset (151,936-row
 vocabulary, hidden 128, 4 layers), layer-heavy = vocab 32,000, hidden 384, 6 layers, 6/2 heads.
@@ -19,14 +19,19 @@ Roofline: a decode step must read every weight once (the embedding's rows for th
 only, unless it is tied to the lm head) and the filled part of the KV cache; at the bandwidth
 measured here (a jitted reduction over a 1 GiB fp32 array) that bounds the step time at
 bytes per step / bandwidth; "% roofline" is that bound over the measured step time. The prefill
-is compute-bound and is reported beside it, not folded in. `--param-dtype bfloat16` stores our
-weights in bf16 (compute stays fp32), halving the weight bytes; its tokens are checked against
-the fp32 run's count only.
+is compute-bound and is reported beside it, not folded in.
+
+`--ours` lists our sides as param dtype[/matmul dtype]: `bfloat16` stores the weights in bf16
+(compute stays fp32), halving the weight bytes; `bfloat16/bfloat16` also runs the matmuls on bf16
+operands with fp32 accumulation (`model.matmul_dtype`, AMX on Sapphire Rapids and later CPUs).
+`--hf-dtypes bfloat16` adds transformers with bf16 weights (`torch_dtype=bfloat16`), the peer of
+those. Tokens of bf16 sides are compared with transformers' fp32 tokens as a fraction equal.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import os
 import sys
@@ -79,7 +84,7 @@ def ours_generate(model, tokens: np.ndarray, lengths: np.ndarray, new_tokens: in
 def show_row(batch: int, side: str, t: DecodeTiming, roof_step: float, vs: str,
              same: str) -> None:
     """`roof_step`: the roofline's seconds per decode step."""
-    print(f"{batch:5d} {side:28s} {t.prefill_s * 1e3:10.1f} {t.step_s * 1e3:8.2f} "
+    print(f"{batch:5d} {side:32s} {t.prefill_s * 1e3:10.1f} {t.step_s * 1e3:8.2f} "
           f"{batch / t.step_s:12.1f} {roof_step / t.step_s:10.1%} {vs:>6} "
           f"{t.end_to_end_tokens_per_s():16.1f}  {same}")
 
@@ -90,12 +95,21 @@ def main() -> None:
     p.add_argument("--batches", default="1,8")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--param-dtype", default="float32,bfloat16",
-                   help="our weight dtypes to run (compute is fp32)")
+    p.add_argument("--ours", default="float32,bfloat16,bfloat16/bfloat16",
+                   help="our sides: param dtype[/matmul dtype], compute is fp32")
+    p.add_argument("--hf-dtypes", default="float32,bfloat16",
+                   help="transformers weight dtypes (the first one is the token reference)")
     p.add_argument("--skip-hf", action="store_true")
     args = p.parse_args()
     shapes = parse_list("--shapes", args.shapes, tuple(SHAPES))
     batches = parse_list("--batches", args.batches, cast=int)
+    dtypes = ("float32", "bfloat16")
+    hf_dtypes = parse_list("--hf-dtypes", args.hf_dtypes, dtypes)
+    ours = [tuple(v.split("/")) if "/" in v else (v, "") for v in args.ours.split(",") if v]
+    bad = [v for v in ours if len(v) != 2 or v[0] not in dtypes or v[1] not in ("", *dtypes)]
+    if bad or not ours:
+        fail(f"--ours {args.ours}: expected a comma list of PARAM[/MATMUL] dtypes of "
+             f"{', '.join(dtypes)}")
     if args.new_tokens < 2:
         fail(f"--new-tokens {args.new_tokens}: expected >= 2 (the step time is T(n) - T(1))")
     print(host_malloc_line())
@@ -103,26 +117,36 @@ def main() -> None:
     print(f"{os.cpu_count()} CPU cores; measured read bandwidth {bw / 1e9:.1f} GB/s; prompt "
           f"{args.prompt_len} (left-padded rows), {args.new_tokens} new tokens, greedy")
     tmp = Path(tempfile.mkdtemp(prefix="bench_generate_"))
+    import torch
+
     for name in shapes:
         cfg, hf = build(tmp, name)
+        hf_models = {"float32": hf}
         print(f"\n== {name}: {cfg.num_params() / 1e6:.1f}M params, vocab {cfg.vocab_size}, "
               f"hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, tied "
               f"{cfg.tie_word_embeddings}")
-        print(f"{'batch':>5} {'side':28s} {'prefill ms':>10} {'step ms':>8} {'decode tok/s':>12} "
+        print(f"{'batch':>5} {'side':32s} {'prefill ms':>10} {'step ms':>8} {'decode tok/s':>12} "
               f"{'% roofline':>10} {'vs hf':>6} {'end-to-end tok/s':>16}  tokens")
         for batch in batches:
             tokens, lengths = left_padded_prompts(cfg.vocab_size, batch, args.prompt_len)
             slots = args.prompt_len + args.new_tokens - 1
             ref = hf_step = None
-            if not args.skip_hf:
-                run_hf = functools.partial(hf_generate, hf, tokens, lengths)
+            for hf_dtype in ([] if args.skip_hf else hf_dtypes):
+                model = hf_models.setdefault(hf_dtype, copy.deepcopy(hf).to(
+                    getattr(torch, hf_dtype)))  # the same weights, rounded for bf16
+                run_hf = functools.partial(hf_generate, model, tokens, lengths)
                 run_hf(2)  # warm-up
                 t = time_decode(run_hf, args.new_tokens)
-                ref, hf_step = t.tokens, t.step_s
-                show_row(batch, "transformers generate fp32", t,
-                         decode_bytes_per_step(cfg, batch, slots, 4, 4) / bw, "", "")
-            for dtype in args.param_dtype.split(","):
-                model = load_model(tmp / name / "ours", dtype="float32", param_dtype=dtype)
+                same = "reference" if ref is None else f"{np.mean(t.tokens == ref):.1%} equal"
+                if ref is None:
+                    ref, hf_step = t.tokens, t.step_s
+                itemsize = jnp.dtype(hf_dtype).itemsize
+                show_row(batch, f"transformers generate {hf_dtype}", t,
+                         decode_bytes_per_step(cfg, batch, slots, itemsize, itemsize) / bw, "",
+                         same)
+            for param_dtype, matmul_dtype in ours:
+                model = load_model(tmp / name / "ours", dtype="float32", param_dtype=param_dtype,
+                                   matmul_dtype=matmul_dtype)
                 run = functools.partial(ours_generate, model, tokens, lengths)
                 run(1), run(args.new_tokens)  # compile both lengths
                 t = time_decode(run, args.new_tokens)
@@ -130,10 +154,11 @@ def main() -> None:
                     "identical" if np.array_equal(t.tokens, ref)
                     else f"{np.mean(t.tokens == ref):.1%} equal")
                 vs = "" if hf_step is None else f"{hf_step / t.step_s:5.2f}x"
-                roof_step = decode_bytes_per_step(cfg, batch, slots, jnp.dtype(dtype).itemsize,
-                                                  4) / bw
-                show_row(batch, "marco_jax " + dtype, t, roof_step, vs, same)
-
+                roof_step = decode_bytes_per_step(cfg, batch, slots,
+                                                  jnp.dtype(param_dtype).itemsize, 4) / bw
+                label = f"marco_jax {param_dtype}" + (f"/{matmul_dtype} mm" if matmul_dtype
+                                                      else "")
+                show_row(batch, label, t, roof_step, vs, same)
 
 if __name__ == "__main__":
     reexec_like_the_clis()

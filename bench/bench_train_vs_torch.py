@@ -141,8 +141,9 @@ def make_hf_model(model_cfg):
     return random_hf_model(model_cfg, torch.float32).train()
 
 
-def make_torch_step(model_cfg, tokens: np.ndarray, warmup: int):
-    """transformers + torch.optim.AdamW, warmed; returns (one timed step, record)."""
+def make_torch_step(model_cfg, tokens: np.ndarray, warmup: int, autocast: bool = False):
+    """transformers + torch.optim.AdamW, warmed; returns (one timed step, record). `autocast`:
+    the forward under `torch.autocast("cpu", bfloat16)` (fp32 weights, bf16 matmuls)."""
     import torch
 
     model = make_hf_model(model_cfg)
@@ -152,7 +153,8 @@ def make_torch_step(model_cfg, tokens: np.ndarray, warmup: int):
     labels = torch.from_numpy(tokens[:, :-1].astype(np.int64))
 
     def one():
-        out = model(input_ids=ids, labels=labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(input_ids=ids, labels=labels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -250,7 +252,13 @@ def bench_shape(name: str, args: argparse.Namespace, peak: float) -> None:
     if name == "layer-heavy":
         sides.append(("marco_jax unrolled", make_jax_step(model_cfg.replace(scan_layers=False),
                                                           tokens, args.warmup, args.loss_chunk)))
+    if args.bf16_matmuls:
+        sides.append(("marco_jax bf16 matmuls", make_jax_step(
+            model_cfg.replace(matmul_dtype="bfloat16"), tokens, args.warmup, args.loss_chunk)))
     if not args.skip_torch:
+        if args.bf16_matmuls:
+            sides.append(("torch autocast bf16", make_torch_step(model_cfg, tokens, args.warmup,
+                                                                 autocast=True)))
         sides.append(("torch+transformers", make_torch_step(model_cfg, tokens, args.warmup)))
     # Interleaved: one step of each side per round, so load drift on a shared machine hits all
     # sides alike instead of whichever ran last.
@@ -262,17 +270,24 @@ def bench_shape(name: str, args: argparse.Namespace, peak: float) -> None:
     rows = [(label, record) for label, (_one, record) in sides]
     for _label, r in rows:
         r["step_s"] = float(np.median(r["times"]))
-    print(f"{'framework':20s} {'step s':>8s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'MFU':>6s} "
+    print(f"{'framework':24s} {'step s':>8s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'MFU':>6s} "
           f"{'loss 1st->last':>16s}")
     for label, r in rows:
         r["tps"] = tokens_per_step / r["step_s"]
-        print(f"{label:20s} {r['step_s']:8.2f} {r['tps']:10.0f} {flops_tok * r['tps'] / 1e9:9.1f} "
+        print(f"{label:24s} {r['step_s']:8.2f} {r['tps']:10.0f} {flops_tok * r['tps'] / 1e9:9.1f} "
               f"{flops_tok * r['tps'] / peak:6.1%} {r['first_loss']:7.3f}->{r['last_loss']:.3f}")
     if not args.skip_torch:
         torch_row = rows[-1][1]
+        by_label = dict(rows)
         for label, r in rows[:-1]:
+            if label.startswith("torch"):
+                continue
             print(f"ratio {label} / torch tokens/s: {r['tps'] / torch_row['tps']:.2f}x "
                   f"(torch {torch_row['version']}, {torch_row['threads']} threads)")
+        if args.bf16_matmuls:  # the like-for-like pair
+            ours, theirs = by_label["marco_jax bf16 matmuls"], by_label["torch autocast bf16"]
+            print(f"ratio marco_jax bf16 matmuls / torch autocast bf16 tokens/s: "
+                  f"{ours['tps'] / theirs['tps']:.2f}x")
     if args.parts and not args.skip_torch:
         bench_parts(model_cfg, tokens, args)
 
@@ -288,6 +303,9 @@ def main() -> None:
     p.add_argument("--shapes", default=",".join(SHAPES),
                    help=f"comma-separated, of {', '.join(SHAPES)}")
     p.add_argument("--skip-torch", action="store_true")
+    p.add_argument("--bf16-matmuls", action="store_true",
+                   help="also run ours with model.matmul_dtype=bfloat16 and PyTorch under "
+                        "torch.autocast(bfloat16): fp32 weights and activations, bf16 matmuls")
     p.add_argument("--parts", action="store_true",
                    help="also time the layers and the lm head + loss separately, both sides")
     args = p.parse_args()
@@ -304,7 +322,7 @@ def main() -> None:
         bench_shape(name, args, peak)
     peak_after = measure_matmul_flops(2048)
     print(f"\nmatmul peak re-measured after the runs: {peak_after / 1e9:.1f} GFLOP/s (a large "
-          "gap means other load on the machine); MFU above uses the first")
+          "gap means other load on the machine); MFU above uses the first, for bf16 sides too")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ def _run(argv: list[str]) -> int:
 
     def make_engine() -> Engine:
         mesh = suite_mesh(config)
-        model = load_eval_model(args.checkpoint, step=args.step, dtype=config.dtype, mesh=mesh)
+        model = load_eval_model(args.checkpoint, step=args.step, dtype=config.dtype, mesh=mesh,
+                                matmul_dtype=config.matmul_dtype)
         return Engine(model, batch_size=config.batch_size, max_len=config.max_len,
                       length_buckets=config.length_buckets, mesh=mesh)
 

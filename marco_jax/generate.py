@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system message for --chat")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="compute dtype (default: the checkpoint's config)")
+    p.add_argument("--matmul-dtype", choices=("float32", "bfloat16"), default=None,
+                   help="matmul operand dtype, fp32 accumulation (bfloat16: AMX on CPUs that "
+                   "have it; default: the checkpoint's config)")
     return p
 
 
@@ -45,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     enable_compilation_cache()  # a second call on the same model loads the compiled decode loop
     try:
-        model = load_model(args.checkpoint, **({"dtype": args.dtype} if args.dtype else {}))
+        overrides = {k: v for k, v in (("dtype", args.dtype),
+                                       ("matmul_dtype", args.matmul_dtype)) if v}
+        model = load_model(args.checkpoint, **overrides)
     except (FileNotFoundError, ValueError) as e:  # not a converted checkpoint / run workdir
         print(f"error: --checkpoint: {e}", file=sys.stderr)
         return 2

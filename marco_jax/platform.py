@@ -102,6 +102,17 @@ def jax_runs_on_cpu_only(env: Mapping[str, str] | None = None) -> bool:
     return non_tpu_platforms() == "cpu" and not tpu_device_present()
 
 
+def cpu_has_amx(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU has AMX bf16 tiles (Intel Sapphire Rapids and later): the `amx_bf16` flag
+    of /proc/cpuinfo. None where that file cannot be read (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return "amx_bf16" in flags.split()
+
+
 def quiet_tensorflow(env: MutableMapping[str, str] | None = None) -> None:
     """TensorFlow (imported by seqio/grain) prints C++ start-up lines unless told not to; an
     explicit TF_CPP_MIN_LOG_LEVEL wins."""

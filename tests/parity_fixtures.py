@@ -4,6 +4,9 @@ decode non-degenerately."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,3 +51,20 @@ def sharpen(hf_model, factor: float = 6.0):
                               "up_proj.weight")):
                 p.mul_(factor)
     return hf_model
+
+
+@contextlib.contextmanager
+def rounded_linears() -> Iterator[None]:
+    """transformers' `nn.Linear` layers (lm head included) computing on bf16-rounded inputs and
+    weights with fp32 sums and an fp32 bias: `model.matmul_dtype=bfloat16` with fp32 compute."""
+    original = torch.nn.Linear.forward
+
+    def forward(module, x):
+        return torch.nn.functional.linear(x.bfloat16().float(), module.weight.bfloat16().float(),
+                                          module.bias)
+
+    torch.nn.Linear.forward = forward
+    try:
+        yield
+    finally:
+        torch.nn.Linear.forward = original

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hf_fixtures import make_hf_model
-from parity_fixtures import sharpen
+from parity_fixtures import rounded_linears, sharpen
 
 from marco_jax.convert.hf_to_ours import convert_hf_to_orbax
 from marco_jax.data.chat import render_chatml
@@ -52,6 +52,20 @@ def test_plain_prompts_match_transformers(checkpoint, capsys):
         for i, p in enumerate(prompts))
     assert printed == expected
     assert len(set(printed.split("\n")[1])) > 3  # not one repeated character
+
+
+def test_bf16_matmuls_match_transformers_with_rounded_linears(checkpoint, capsys):
+    path, hf_model = checkpoint
+    prompt = "Once upon a time"
+    assert main(["--checkpoint", str(path), "--matmul-dtype", "bfloat16", "--max-new-tokens",
+                 "12", "--prompt", prompt]) == 0
+    tok = get_tokenizer()
+    with rounded_linears():
+        expected = hf_continuation(hf_model, tok.encode(prompt), 12, [tok.eos_id])
+    assert capsys.readouterr().out == expected + "\n"
+    assert len(set(expected)) > 3  # not one repeated character
+    # and the rounding matters here: the fp32 continuation differs
+    assert expected != hf_continuation(hf_model, tok.encode(prompt), 12, [tok.eos_id])
 
 
 def test_chat_prompt_matches_transformers(checkpoint, capsys):

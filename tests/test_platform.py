@@ -104,3 +104,14 @@ def test_jax_imported_first_still_quiet():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["cpu"]
     assert [line for line in proc.stderr.splitlines() if PROBE_LINE.search(line)] == []
+
+
+def test_amx_flag_read_from_cpuinfo(tmp_path):
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n\n"
+                   "processor\t: 1\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    plain = tmp_path / "plain"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert platform.cpu_has_amx(amx) is True
+    assert platform.cpu_has_amx(plain) is False
+    assert platform.cpu_has_amx(tmp_path / "missing") is None

@@ -110,8 +110,8 @@ def _pick(logits: jax.Array, key: jax.Array, sampling: SamplingParams,
     return sample_tokens(logits, key, sampling)
 
 
-def _prefill(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: jax.Array,
-             seed: jax.Array, *, cache_len: int, sampling: SamplingParams,
+def _prefill(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array, tokens: jax.Array,
+             mask: jax.Array, seed: jax.Array, *, cache_len: int, sampling: SamplingParams,
              vocab_limit: int | None) -> tuple[jax.Array, KVCache]:
     model = nnx.merge(graphdef, state)
     key = jax.random.key(seed)
@@ -119,7 +119,8 @@ def _prefill(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: 
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
     cache = KVCache.init(model.config, tokens.shape[0], cache_len)
     hidden, cache = model.hidden(tokens, positions, mask, cache)
-    first = _pick(model.logits(hidden[:, -1]), jax.random.fold_in(key, 0), sampling, vocab_limit)
+    first = _pick(model.logits(hidden[:, -1], head), jax.random.fold_in(key, 0), sampling,
+                  vocab_limit)
     return first, cache
 
 
@@ -434,7 +435,9 @@ class Engine:
         seed = np.uint32(seed % 2**32)
         stop_arr = np.full((max(4, len(stop_tokens)),), -1, np.int32)
         stop_arr[:len(stop_tokens)] = stop_tokens
-        first, cache = self._prefill(self._graphdef, self._state, self._put(tokens),
+        if self._head is None:
+            self._head = self._decode_head(self._graphdef, self._state)
+        first, cache = self._prefill(self._graphdef, self._state, self._head, self._put(tokens),
                                      self._put(mask), seed, cache_len=cache_len,
                                      sampling=sampling, vocab_limit=self.vocab_limit)
         first = self._get(first)
@@ -446,8 +449,6 @@ class Engine:
             done[r] = ended[r] or self._hit_stop(generated[r], stop)
         last, lengths = self._put(first.astype(np.int32)), self._put(mask.sum(axis=1))
         step = 1
-        if self._head is None and max_new_tokens > 1:
-            self._head = self._decode_head(self._graphdef, self._state)
         while step < max_new_tokens and not done.all():
             chunk, cache, last, _ = self._decode_chunk(
                 self._graphdef, self._state, self._head, cache, last, lengths, self._put(done),

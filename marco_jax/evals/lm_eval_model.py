@@ -25,7 +25,8 @@ cli_evaluate; sys.argv[0] = 'lm_eval'; cli_evaluate()" run --model marco_jax \
         [--include_path my_local_tasks/]
 
 model_args: checkpoint (a converted checkpoint dir or a run's dir, see marco_jax.checkpoint),
-step (a run's step), dtype (compute dtype, e.g. bfloat16), batch_size (rows per compiled batch;
+step (a run's step), dtype (compute dtype, e.g. bfloat16), matmul_dtype (matmul operands, fp32
+accumulation; bfloat16 uses AMX on CPUs that have it), batch_size (rows per compiled batch;
 "auto" means 16), max_length (default 2048), max_gen_toks (default 256), length_buckets
 (colon-separated, e.g. 128:512:2048), seed (sampling).
 
@@ -81,6 +82,7 @@ class MarcoJaxLM(TemplateLM):
     def __init__(self, checkpoint: str | None = None, *, model: Qwen2ForCausalLM | None = None,
                  engine: Engine | None = None, tokenizer: Qwen2Tokenizer | None = None,
                  step: int | None = None, dtype: str | None = None,
+                 matmul_dtype: str | None = None,
                  batch_size: int | str | None = DEFAULT_BATCH_SIZE, max_length: int = 2048,
                  max_gen_toks: int = 256, length_buckets: Any = None, seed: int = 0,
                  **ignored: Any):
@@ -90,13 +92,15 @@ class MarcoJaxLM(TemplateLM):
         ignored.pop("max_batch_size", None)
         if ignored:
             raise ValueError(f"marco_jax model_args: unknown {sorted(ignored)}; expected "
-                             "checkpoint, step, dtype, batch_size, max_length, max_gen_toks, "
+                             "checkpoint, step, dtype, matmul_dtype, batch_size, max_length, "
+                             "max_gen_toks, "
                              "length_buckets, seed (or model=/engine= objects)")
         if sum(x is not None for x in (checkpoint, model, engine)) != 1:
             raise ValueError("marco_jax: give exactly one of checkpoint=DIR, model=, engine=")
         if engine is None:
             if model is None:
-                overrides = {"dtype": dtype} if dtype else {}
+                overrides = {k: v for k, v in (("dtype", dtype), ("matmul_dtype", matmul_dtype))
+                             if v}
                 model = load_model(str(checkpoint), step=step, **overrides)
             engine = Engine(model, tokenizer or get_tokenizer(),
                             batch_size=_batch_size(batch_size), max_len=int(max_length),

@@ -85,6 +85,7 @@ class SuiteConfig:
     limit: int = 0  # items per subset (0: all)
     prompts_saved: int = 3
     dtype: str = ""  # compute dtype override ("bfloat16", "float32"); "" keeps the checkpoint's
+    matmul_dtype: str = ""  # matmul operand dtype override (marco_jax/model/matmul.py)
     # In-slice mesh axis sizes (data/fsdp/tensor, -1 = the rest) to shard the model and the
     # batches over; empty: one device.
     mesh: tuple[tuple[str, int], ...] = ()
@@ -94,6 +95,7 @@ class SuiteConfig:
                 "mesh": dict(self.mesh),
                 "max_len": self.max_len, "length_buckets": list(self.length_buckets),
                 "limit": self.limit, "prompts_saved": self.prompts_saved, "dtype": self.dtype,
+                "matmul_dtype": self.matmul_dtype,
                 "tasks": [{"name": t.name, "label": t.label, **dict(t.options)}
                           for t in self.tasks]}
 
@@ -152,9 +154,10 @@ def parse_suite_config(raw: Any, *, base_dir: Path) -> SuiteConfig:
                                   f"{values[key]!r}")
     if "length_buckets" in values:
         values["length_buckets"] = tuple(int(b) for b in values["length_buckets"])
-    if values.get("dtype", "") not in ("", "float32", "bfloat16", "float16"):
-        raise EvalConfigError(f"suite config key 'dtype': {values['dtype']!r} is not float32, "
-                              "bfloat16 or float16")
+    for key in ("dtype", "matmul_dtype"):
+        if values.get(key, "") not in ("", "float32", "bfloat16", "float16"):
+            raise EvalConfigError(f"suite config key {key!r}: {values[key]!r} is not float32, "
+                                  "bfloat16 or float16")
     mesh = values.get("mesh") or {}
     if not isinstance(mesh, dict) or set(mesh) - set(MESH_AXES) or not all(
             isinstance(v, int) for v in mesh.values()):
@@ -350,11 +353,11 @@ def suite_mesh(config: SuiteConfig) -> Mesh | None:
 
 
 def load_eval_model(path: str, *, step: int | None = None, dtype: str = "",
-                    mesh: Mesh | None = None) -> Qwen2ForCausalLM:
+                    mesh: Mesh | None = None, matmul_dtype: str = "") -> Qwen2ForCausalLM:
     """The model of any checkpoint kind, its params read straight into their shards on `mesh`
     (a HF directory is first converted into a temporary directory, removed once loaded)."""
     kind = checkpoint_kind(path, step)
-    overrides = {"dtype": dtype} if dtype else {}
+    overrides = {k: v for k, v in (("dtype", dtype), ("matmul_dtype", matmul_dtype)) if v}
 
     def load(source: str | Path) -> Qwen2ForCausalLM:
         shardings = None

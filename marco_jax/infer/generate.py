@@ -103,7 +103,9 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array, tokens: j
     hidden, cache = model.hidden(tokens, positions, mask, cache)
     rng, step_rng = jax.random.split(rng)
     # Only the last slot's logits: a [B, P, vocab] fp32 prefill tensor would dwarf the cache.
-    first = next_token(model.logits(hidden[:, -1]), step_rng)
+    # The kept decode head: contiguous, in the matmul dtype (read through the tied embedding, the
+    # one-off bf16 product took XLA:CPU's float32 fallback: 13 ms of converts for tiny-20m).
+    first = next_token(model.logits(hidden[:, -1], head), step_rng)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     done = is_stop(first)
     carry = (jnp.int32(1), out, cache, first, done, jnp.ones((batch,), jnp.int32), rng)

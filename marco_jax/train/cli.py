@@ -13,6 +13,7 @@ from marco_jax.compile_cache import enable_compilation_cache
 from marco_jax.config import Experiment
 from marco_jax.config.cli import experiment_parser, fail, parse
 from marco_jax.parallel import initialize_distributed
+from marco_jax.platform import cpu_has_amx
 from marco_jax.train.hooks import (
     EXIT_CHECKPOINT_FAILED,
     EXIT_RUN_FAILED,
@@ -21,6 +22,18 @@ from marco_jax.train.hooks import (
 )
 
 Runner = Callable[[Experiment, str], dict[str, Any]]
+
+
+def warn_slow_matmul_dtype(matmul_dtype: str) -> None:
+    """bf16 matmul operands pay on CPUs with AMX tiles (marco_jax/model/matmul.py); elsewhere
+    XLA:CPU may run them slower than float32. One stderr line, the run goes on."""
+    import jax
+
+    if matmul_dtype in ("bfloat16", "float16") and jax.default_backend() == "cpu" and (
+            cpu_has_amx() is False):
+        print(f"warning: model.matmul_dtype={matmul_dtype} on a CPU without AMX (no amx_bf16 "
+              "in /proc/cpuinfo): XLA:CPU may run these matmuls slower than float32",
+              file=sys.stderr)
 
 
 def run_cli(argv: Sequence[str] | None, prog: str, doc: str | None, runner: Runner,
@@ -36,6 +49,7 @@ def run_cli(argv: Sequence[str] | None, prog: str, doc: str | None, runner: Runn
     if not workdir:
         fail("--workdir is required (or set config.train.workdir)")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO
+    warn_slow_matmul_dtype(config.model.matmul_dtype)
     enable_compilation_cache(config.train.compilation_cache_dir)
     initialize_distributed()
     try:
