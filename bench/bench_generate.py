@@ -132,8 +132,9 @@ def main() -> None:
             slots = args.prompt_len + args.new_tokens - 1
             ref = hf_step = None
             for hf_dtype in ([] if args.skip_hf else hf_dtypes):
-                model = hf_models.setdefault(hf_dtype, copy.deepcopy(hf).to(
-                    getattr(torch, hf_dtype)))  # the same weights, rounded for bf16
+                if hf_dtype not in hf_models:  # the same weights, rounded for bf16
+                    hf_models[hf_dtype] = copy.deepcopy(hf).to(getattr(torch, hf_dtype))
+                model = hf_models[hf_dtype]
                 run_hf = functools.partial(hf_generate, model, tokens, lengths)
                 run_hf(2)  # warm-up
                 t = time_decode(run_hf, args.new_tokens)
@@ -159,6 +160,7 @@ def main() -> None:
                 label = f"marco_jax {param_dtype}" + (f"/{matmul_dtype} mm" if matmul_dtype
                                                       else "")
                 show_row(batch, label, t, roof_step, vs, same)
+
 
 if __name__ == "__main__":
     reexec_like_the_clis()

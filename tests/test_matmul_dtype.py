@@ -23,7 +23,7 @@ from hf_fixtures import make_hf_model
 from parity_fixtures import load_hf_weights, rounded_linears, sharpen
 
 from marco_jax.infer import generate
-from marco_jax.model.logprobs import weighted_nll_sum
+from marco_jax.model.logprobs import token_nll, weighted_nll_sum
 from marco_jax.model.matmul import flat_matmul, head_logits
 
 BF16 = jnp.bfloat16
@@ -73,12 +73,30 @@ def test_bf16_compute_rounds_the_result_and_keeps_the_default_operands():
                                                          jnp.float32).astype(BF16), np.float32))
 
 
-def test_single_row_head_logits_equal_the_unpadded_product():
+def test_single_row_head_logits_equal_the_row_of_a_two_row_product():
     rng = np.random.default_rng(1)
-    hidden = jnp.asarray(rng.standard_normal((1, 64)), BF16)
+    hidden = jnp.asarray(rng.standard_normal((2, 64)), BF16)
     head = jnp.asarray(rng.standard_normal((64, 300)), BF16)
-    np.testing.assert_allclose(np.asarray(head_logits(hidden, head)),
-                               rounded(hidden) @ rounded(head), rtol=1e-5, atol=1e-5)
+    one = np.asarray(head_logits(hidden[:1], head))
+    assert one.shape == (1, 300) and one.dtype == np.float32
+    np.testing.assert_array_equal(one, np.asarray(head_logits(hidden, head))[:1])
+    np.testing.assert_allclose(one, rounded(hidden[:1]) @ rounded(head), rtol=1e-5, atol=1e-5)
+
+
+def test_float32_operands_under_bf16_compute_keep_the_weights_unrounded():
+    """dtype=bfloat16, matmul_dtype=float32: activations are bf16 values, the fp32 weights are
+    used as they are, and the result is rounded to bf16 once."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((5, 32)), BF16)
+    kernel = jnp.asarray(rng.standard_normal((32, 24)), jnp.float32)
+    y, vjp = jax.vjp(lambda a, k: flat_matmul(a, k, 1, jnp.float32), x, kernel)
+    assert y.dtype == BF16
+    want = np.asarray(x, np.float64) @ np.asarray(kernel, np.float64)
+    np.testing.assert_array_equal(np.asarray(y, np.float32),
+                                  np.asarray(jnp.asarray(want, jnp.float32).astype(BF16),
+                                             np.float32))
+    dx, dk = vjp(jnp.ones_like(y))
+    assert dx.dtype == BF16 and dk.dtype == jnp.float32
 
 
 def _dot_operand_types(hlo: str) -> list[tuple[str, str]]:
@@ -106,8 +124,8 @@ def test_cpu_forward_and_backward_dots_take_bf16_operands():
     assert all(pair == ("bf16", "bf16") for pair in operands), operands
 
     reference = jax.jit(jax.grad(lambda a, k: jnp.sum(jnp.tanh(a @ k)), argnums=(0, 1)))
-    assert all(pair == ("f32", "f32")
-               for pair in _dot_operand_types(reference.lower(x, kernel).compile().as_text()))
+    operands = _dot_operand_types(reference.lower(x, kernel).compile().as_text())
+    assert operands == [("f32", "f32")] * 3, operands
 
 
 def test_fused_loss_head_gradients_use_rounded_operands():
@@ -137,6 +155,47 @@ def test_fused_loss_head_gradients_use_rounded_operands():
     for got, want in ((d_h, d_logits @ k64.T), (d_k, d_k_want)):
         err = np.abs(np.asarray(got) - want) / (np.abs(want) + 1e-2)
         assert err.max() < 1e-2 and (err > 1e-4).mean() < 0.02, (err.max(), (err > 1e-4).mean())
+
+
+def test_token_nll_gradients_with_a_bf16_kernel():
+    """The DPO / scoring path (autodiff through rematerialised chunks) with a bf16 head."""
+    rng = np.random.default_rng(3)
+    b, t, e, v, chunk = 2, 32, 16, 50, 2
+    hidden = rng.standard_normal((b, t, e)).astype(np.float32)
+    kernel = rng.standard_normal((e, v)).astype(np.float32) * 0.5
+    targets = rng.integers(0, v, (b, t))
+    cot = rng.standard_normal((b, t)).astype(np.float32)
+
+    def loss(h, k):
+        return jnp.sum(token_nll(h, k.astype(BF16), jnp.asarray(targets), chunk) * cot)
+
+    value, (d_h, d_k) = jax.value_and_grad(loss, argnums=(0, 1))(hidden, kernel)
+    h64, k64 = rounded(hidden), rounded(kernel)
+    logits = h64 @ k64
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    nll = logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(value), (cot * nll).sum(), rtol=1e-5)
+    d_logits = (np.exp(logits - logz[..., None]) - np.eye(v)[targets]) * cot[..., None]
+    # Each chunk's kernel gradient leaves its bf16 matmul rounded to bf16; the chunks are summed
+    # in fp32 (summed in bf16, the 16 chunks' terms were off by up to 45% of the result).
+    d_k_want = rounded(sum(rounded(np.einsum("bte,btv->ev", h64[:, i:i + chunk],
+                                             d_logits[:, i:i + chunk]))
+                           for i in range(0, t, chunk)))
+    for got, want in ((d_h, d_logits @ k64.T), (d_k, d_k_want)):
+        err = np.abs(np.asarray(got) - want) / (np.abs(want) + 1e-2)
+        assert err.max() < 1e-2, err.max()  # bf16 rounding of the gradients, no more
+
+
+def test_train_cli_warns_about_bf16_matmuls_without_amx(monkeypatch, capsys):
+    from marco_jax.train import cli
+
+    monkeypatch.setattr(cli, "cpu_has_amx", lambda: False)
+    cli.warn_slow_matmul_dtype("bfloat16")
+    assert "without AMX" in capsys.readouterr().err
+    cli.warn_slow_matmul_dtype("")
+    monkeypatch.setattr(cli, "cpu_has_amx", lambda: True)
+    cli.warn_slow_matmul_dtype("bfloat16")
+    assert capsys.readouterr().err == ""
 
 
 @pytest.fixture(scope="module")

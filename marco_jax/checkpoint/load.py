@@ -53,8 +53,8 @@ def load_params(path: str | os.PathLike, shardings: Any = None, *, step: int | N
 
 def load_model(path: str | os.PathLike, shardings: Any = None, *, step: int | None = None,
                **runtime_overrides: Any) -> Qwen2ForCausalLM:
-    """A ready model from a converted checkpoint or a run's step; runtime fields (dtype,
-    param_dtype, remat_policy, scan_layers, attention_impl) may be overridden. Params are cast to
+    """A ready model from a converted checkpoint or a run's step; runtime fields (`RUNTIME_FIELDS`:
+    dtype, param_dtype, matmul_dtype, remat_policy, ...) may be overridden. Params are cast to
     `param_dtype`."""
     bad = sorted(set(runtime_overrides) - set(RUNTIME_FIELDS))
     if bad:

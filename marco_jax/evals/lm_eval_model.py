@@ -93,8 +93,7 @@ class MarcoJaxLM(TemplateLM):
         if ignored:
             raise ValueError(f"marco_jax model_args: unknown {sorted(ignored)}; expected "
                              "checkpoint, step, dtype, matmul_dtype, batch_size, max_length, "
-                             "max_gen_toks, "
-                             "length_buckets, seed (or model=/engine= objects)")
+                             "max_gen_toks, length_buckets, seed (or model=/engine= objects)")
         if sum(x is not None for x in (checkpoint, model, engine)) != 1:
             raise ValueError("marco_jax: give exactly one of checkpoint=DIR, model=, engine=")
         if engine is None:

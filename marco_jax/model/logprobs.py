@@ -90,10 +90,16 @@ def token_nll(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
               chunk: int = 0, logits_dtype: str = "float32") -> jax.Array:
     """hidden [B,T,E], kernel [E,V], targets [B,T] int -> nll [B,T] fp32 (differentiable)."""
     c = _chunk_len(hidden.shape[1], chunk)
+    # A kernel in another dtype than the hidden states (`matmul_dtype`) is closed over in fp32 and
+    # rounded inside each chunk, so the scan sums its gradient over chunks in fp32, not bf16.
+    low = kernel.dtype if kernel.dtype != hidden.dtype else None
+    if low is not None:
+        kernel = kernel.astype(jnp.float32)
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def one(h, t):
-        return _nll_from_logits(_chunk_logits(h, kernel, logits_dtype), t)[0]
+        k = kernel if low is None else kernel.astype(low)
+        return _nll_from_logits(_chunk_logits(h, k, logits_dtype), t)[0]
 
     def body(carry, xs):
         return carry, one(*xs)
@@ -119,8 +125,10 @@ def _cpu_lowp_head_grads(h: jax.Array, kernel: jax.Array, d_logits: jax.Array
     low = d_logits.reshape(b * c, -1).astype(kernel.dtype)
     d_h = dot_rows(low, kernel, contract_w=1).astype(h.dtype).reshape(b, c, e)
     h_low = h.reshape(b * c, e).astype(kernel.dtype)
-    d_kernel = dot_rows(transposed_copy(h_low), low) if b * c > 1 else (
-        jnp.outer(h_low[0], low[0]).astype(jnp.float32))
+    if b * c > 1:
+        d_kernel = dot_rows(transposed_copy(h_low), low)
+    else:
+        d_kernel = jnp.outer(h_low[0].astype(jnp.float32), low[0].astype(jnp.float32))
     return d_h, d_kernel
 
 
@@ -151,10 +159,12 @@ def _fwd(hidden, kernel, targets, weights, chunk, logits_dtype):
         d_logits = weighted_softmax - onehot * w[..., None]
         if target_platform() == "cpu" and kernel.dtype != jnp.float32:
             d_h, d_kernel_chunk = _cpu_lowp_head_grads(h, kernel, d_logits)
-        else:
-            d_logits = d_logits.astype(h.dtype)
-            d_h = jnp.einsum("bcv,ev->bce", d_logits.astype(kernel.dtype), kernel).astype(h.dtype)
-            d_kernel_chunk = jnp.einsum("bce,bcv->ev", h, d_logits,
+        else:  # with matmul_dtype unset, kernel and h share a dtype and this is the plain form
+            low = d_logits.astype(kernel.dtype)
+            acc = None if kernel.dtype == h.dtype else jnp.float32
+            d_h = jnp.einsum("bcv,ev->bce", low, kernel, preferred_element_type=acc)
+            d_h = d_h.astype(h.dtype)
+            d_kernel_chunk = jnp.einsum("bce,bcv->ev", h.astype(kernel.dtype), low,
                                         preferred_element_type=jnp.float32)
         d_kernel = d_kernel + d_kernel_chunk
         return d_kernel, (nll, d_h)

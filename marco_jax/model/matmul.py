@@ -18,7 +18,11 @@ What XLA:CPU (jaxlib 0.10.2, YNNPACK dots) needs for that, measured on [4096, 38
   row-major operand and the dot runs in bf16 (9 ms with the copy; `transposed_copy`);
 - a bf16 dot with a single row outside a loop takes a slow path ([1, 384] x [384, 32000]: ~18 ms,
   vs 1.2 ms for two rows or in float32), so `head_logits` pads one row to two.
-On TPU and GPU the Linear keeps its N-D einsum (qwen2.py) with the same operand rounding.
+On TPU and GPU the Linear keeps its N-D einsum (qwen2.py) with the same operand rounding and
+JAX's own backward pass, whose input gradient multiplies the unrounded fp32 cotangent; on CPU it
+is rounded to bf16 first, so gradients differ between platforms at bf16 resolution. The lm head's
+kernel gradient comes back through its bf16 copy (`lm_head_kernel`), so it is rounded to bf16;
+the Linear weight gradients are not (they are fp32 sums returned in the parameter's dtype).
 """
 
 from __future__ import annotations
@@ -40,10 +44,8 @@ def dot_rows(x: jax.Array, w: jax.Array, contract_w: int = 0) -> jax.Array:
 
 
 def head_logits(hidden: jax.Array, head: jax.Array) -> jax.Array:
-    """hidden [M, E] (the head's dtype) @ head [E, V] -> float32 logits [M, V]. A single
-    low-precision row is padded to two (module doc); inside a decode loop XLA upcasts a one-row
-    dot against loop-invariant weights instead, which costs as much as float32 and is kept
-    there (padding the small layer matmuls measured 1.5-2.5x slower per row than that)."""
+    """hidden [M, E] (the head's dtype) @ head [E, V] -> float32 logits [M, V]; a single
+    low-precision row is padded to two (module doc)."""
     if hidden.shape[0] == 1 and hidden.dtype != _F32:
         return dot_rows(jnp.concatenate([hidden, jnp.zeros_like(hidden)]), head)[:1]
     return dot_rows(hidden, head)
@@ -57,26 +59,26 @@ def transposed_copy(x: jax.Array) -> jax.Array:
     return jnp.concatenate([x[:half].T, x[half:].T], axis=1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _rounded_matmul(x: jax.Array, w: jax.Array, operand_dtype: jnp.dtype) -> jax.Array:
-    return dot_rows(x.astype(operand_dtype), w.astype(operand_dtype)).astype(x.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _rounded_matmul(x: jax.Array, w: jax.Array, operand_dtype: jnp.dtype, x_dtype: jnp.dtype,
+                    w_dtype: jnp.dtype) -> jax.Array:
+    return dot_rows(x.astype(operand_dtype), w.astype(operand_dtype)).astype(x_dtype)
 
 
-def _rounded_fwd(x, w, operand_dtype):
+def _rounded_fwd(x, w, operand_dtype, x_dtype, w_dtype):
     x_low, w_low = x.astype(operand_dtype), w.astype(operand_dtype)
-    y = dot_rows(x_low, w_low).astype(x.dtype)
-    return y, (x_low, w_low, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+    return dot_rows(x_low, w_low).astype(x_dtype), (x_low, w_low)
 
 
-def _rounded_bwd(operand_dtype, residuals, g):
-    x_low, w_low, x_like, w_like = residuals
-    g_low = g.astype(operand_dtype)
-    dx = dot_rows(g_low, w_low, contract_w=1).astype(x_like.dtype)
+def _rounded_bwd(operand_dtype, x_dtype, w_dtype, residuals, g):
+    x_low, w_low = residuals
+    g_low = g.astype(operand_dtype)  # both operands low precision: the fast form (module doc)
+    dx = dot_rows(g_low, w_low, contract_w=1)
     if x_low.shape[0] > 1:
         dw = dot_rows(transposed_copy(x_low), g_low)
     else:
         dw = jnp.outer(x_low[0].astype(jnp.float32), g_low[0].astype(jnp.float32))
-    return dx, dw.astype(w_like.dtype)
+    return dx.astype(x_dtype), dw.astype(w_dtype)
 
 
 _rounded_matmul.defvjp(_rounded_fwd, _rounded_bwd)
@@ -87,16 +89,16 @@ def flat_matmul(x: jax.Array, kernel: jax.Array, contract_dims: int,
     """x [..., k1..kc] @ kernel [k1..kc, n...] -> [..., n...] in x's dtype, as one 2-D matmul.
 
     XLA:CPU runs the backward pass of an N-D dot_general through transposing copies of the
-    activations (1.5-1.7x slower than the 2-D form on the MLP of a 384-wide model). With a
-    low-precision `operand_dtype` (default: x's dtype) both operands are rounded to it and the
-    products accumulate in float32, forward and input gradient (module doc)."""
+    activations (1.5-1.7x slower than the 2-D form on the MLP of a 384-wide model). Both
+    operands are rounded to `operand_dtype` (default: x's dtype); a low-precision one takes the
+    float32-accumulating forward, input-gradient and weight-gradient matmuls of the module doc.
+    The gradients come back in x's and kernel's dtypes."""
     k_in = math.prod(kernel.shape[:contract_dims])
     lead, out = x.shape[: x.ndim - contract_dims], kernel.shape[contract_dims:]
     x2, k2 = x.reshape(-1, k_in), kernel.reshape(k_in, -1)
-    operand_dtype = jnp.dtype(operand_dtype or x.dtype)
+    operand_dtype = jnp.dtype(x.dtype if operand_dtype is None else operand_dtype)
     if operand_dtype == _F32:
-        y = x2.astype(_F32) @ k2.astype(_F32)
-        y = y.astype(x.dtype)
+        y = (x2.astype(_F32) @ k2.astype(_F32)).astype(x.dtype)
     else:
-        y = _rounded_matmul(x2, k2, operand_dtype)
+        y = _rounded_matmul(x2, k2, operand_dtype, x.dtype, k2.dtype)
     return y.reshape(*lead, *out)

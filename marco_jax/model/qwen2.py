@@ -59,8 +59,7 @@ class Linear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
         if target_platform() == "cpu":  # one 2-D matmul, see marco_jax/model/matmul.py
-            y = flat_matmul(x, self.kernel.value.astype(self.dtype), self.contract_dims,
-                            self.matmul_dtype)
+            y = flat_matmul(x, self.kernel.value, self.contract_dims, self.matmul_dtype)
         else:
             contract = "abcd"[: self.contract_dims]
             out = "wxyz"[: self.kernel.value.ndim - self.contract_dims]

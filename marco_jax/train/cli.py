@@ -49,9 +49,9 @@ def run_cli(argv: Sequence[str] | None, prog: str, doc: str | None, runner: Runn
     if not workdir:
         fail("--workdir is required (or set config.train.workdir)")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO
-    warn_slow_matmul_dtype(config.model.matmul_dtype)
     enable_compilation_cache(config.train.compilation_cache_dir)
-    initialize_distributed()
+    initialize_distributed()  # before anything starts a JAX backend
+    warn_slow_matmul_dtype(config.model.matmul_dtype)
     try:
         summary = runner(config, workdir)
     except TooManyBadSteps as e:
