@@ -25,7 +25,11 @@ is compute-bound and is reported beside it, not folded in.
 (compute stays fp32), halving the weight bytes; `bfloat16/bfloat16` also runs the matmuls on bf16
 operands with fp32 accumulation (`model.matmul_dtype`, AMX on Sapphire Rapids and later CPUs).
 `--hf-dtypes bfloat16` adds transformers with bf16 weights (`torch_dtype=bfloat16`), the peer of
-those. Tokens of bf16 sides are compared with transformers' fp32 tokens as a fraction equal.
+those. Tokens of bf16 sides are compared with transformers' fp32 tokens as a fraction equal
+(these random models have near-tied logits, so bf16 rounding changes most of them, on both sides).
+2026-12-06, AMX VM, two runs: layer-heavy batch-8 step, bf16 weights and matmuls 7.27 / 14.01 ms
+vs ours fp32 7.90 / 19.07 and transformers bf16 9.71 / 21.33; batch 1 slower than fp32 (6.31 /
+10.75 vs 4.06 / 8.64 ms); see the README's "bf16 matmuls on CPU".
 """
 
 from __future__ import annotations
