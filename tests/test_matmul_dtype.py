@@ -128,6 +128,16 @@ def test_cpu_forward_and_backward_dots_take_bf16_operands():
     assert operands == [("f32", "f32")] * 3, operands
 
 
+def head_reference(h64: np.ndarray, k64: np.ndarray, targets: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """float64 per-token nll of logits h64 @ k64, and its gradient w.r.t. the logits
+    (softmax - onehot(target))."""
+    logits = h64 @ k64
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    nll = logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    return nll, np.exp(logits - logz[..., None]) - np.eye(k64.shape[1])[targets]
+
+
 def test_fused_loss_head_gradients_use_rounded_operands():
     rng = np.random.default_rng(2)
     b, t, e, v = 2, 8, 16, 50
@@ -142,12 +152,9 @@ def test_fused_loss_head_gradients_use_rounded_operands():
 
     value, (d_h, d_k) = jax.value_and_grad(loss, argnums=(0, 1))(hidden, kernel)
     h64, k64 = rounded(hidden), rounded(kernel)
-    logits = h64 @ k64
-    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-    nll = logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    nll, d_nll_d_logits = head_reference(h64, k64, targets)
     np.testing.assert_allclose(float(value), (weights * nll).sum(), rtol=1e-5)
-    softmax = np.exp(logits - logz[..., None])
-    d_logits = rounded((softmax - np.eye(v)[targets]) * weights[..., None])
+    d_logits = rounded(d_nll_d_logits * weights[..., None])
     # d_logits is rounded to bf16 from fp32 values here, float64 ones in the reference: a few
     # land on the other side of a rounding boundary (one bf16 ulp, 0.4% of that element).
     # The kernel's gradient arrives through its bf16 copy, so it is rounded to bf16 as well.
@@ -171,11 +178,9 @@ def test_token_nll_gradients_with_a_bf16_kernel():
 
     value, (d_h, d_k) = jax.value_and_grad(loss, argnums=(0, 1))(hidden, kernel)
     h64, k64 = rounded(hidden), rounded(kernel)
-    logits = h64 @ k64
-    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-    nll = logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    nll, d_nll_d_logits = head_reference(h64, k64, targets)
     np.testing.assert_allclose(float(value), (cot * nll).sum(), rtol=1e-5)
-    d_logits = (np.exp(logits - logz[..., None]) - np.eye(v)[targets]) * cot[..., None]
+    d_logits = d_nll_d_logits * cot[..., None]
     # Each chunk's kernel gradient leaves its bf16 matmul rounded to bf16; the chunks are summed
     # in fp32 (summed in bf16, the 16 chunks' terms were off by up to 45% of the result).
     d_k_want = rounded(sum(rounded(np.einsum("bte,btv->ev", h64[:, i:i + chunk],

@@ -30,7 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from marco_jax.model.matmul import dot_rows, transposed_copy
+from marco_jax.model.matmul import rounded_matmul_grads
 from marco_jax.model.target import target_platform
 
 
@@ -122,14 +122,10 @@ def _cpu_lowp_head_grads(h: jax.Array, kernel: jax.Array, d_logits: jax.Array
     """d_h (h's dtype) and d_kernel (fp32) of one chunk with the operands in the kernel's low
     precision, in the forms XLA:CPU runs on bf16 kernels (marco_jax/model/matmul.py)."""
     b, c, e = h.shape
-    low = d_logits.reshape(b * c, -1).astype(kernel.dtype)
-    d_h = dot_rows(low, kernel, contract_w=1).astype(h.dtype).reshape(b, c, e)
     h_low = h.reshape(b * c, e).astype(kernel.dtype)
-    if b * c > 1:
-        d_kernel = dot_rows(transposed_copy(h_low), low)
-    else:
-        d_kernel = jnp.outer(h_low[0].astype(jnp.float32), low[0].astype(jnp.float32))
-    return d_h, d_kernel
+    d_h, d_kernel = rounded_matmul_grads(h_low, kernel, d_logits.reshape(b * c, -1), h.dtype,
+                                         jnp.float32)
+    return d_h.reshape(b, c, e), d_kernel
 
 
 def _fwd(hidden, kernel, targets, weights, chunk, logits_dtype):

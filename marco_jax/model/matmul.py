@@ -70,15 +70,22 @@ def _rounded_fwd(x, w, operand_dtype, x_dtype, w_dtype):
     return dot_rows(x_low, w_low).astype(x_dtype), (x_low, w_low)
 
 
-def _rounded_bwd(operand_dtype, x_dtype, w_dtype, residuals, g):
-    x_low, w_low = residuals
-    g_low = g.astype(operand_dtype)  # both operands low precision: the fast form (module doc)
+def rounded_matmul_grads(x_low: jax.Array, w_low: jax.Array, g: jax.Array, x_dtype: jnp.dtype,
+                         w_dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+    """Gradients of x_low [M, K] @ w_low [K, N] (both in a low-precision dtype) for the output
+    cotangent g [M, N], rounded to that dtype first: (dx in x_dtype, dw in w_dtype), products
+    accumulated in float32, in the forms XLA:CPU runs on bf16 kernels (module doc)."""
+    g_low = g.astype(w_low.dtype)
     dx = dot_rows(g_low, w_low, contract_w=1)
     if x_low.shape[0] > 1:
         dw = dot_rows(transposed_copy(x_low), g_low)
     else:
         dw = jnp.outer(x_low[0].astype(jnp.float32), g_low[0].astype(jnp.float32))
     return dx.astype(x_dtype), dw.astype(w_dtype)
+
+
+def _rounded_bwd(operand_dtype, x_dtype, w_dtype, residuals, g):
+    return rounded_matmul_grads(*residuals, g, x_dtype, w_dtype)
 
 
 _rounded_matmul.defvjp(_rounded_fwd, _rounded_bwd)
