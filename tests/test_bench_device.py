@@ -44,6 +44,9 @@ def _hand_flops_per_token(seq: int) -> float:
     return 6.0 * _hand_params() + 6.0 * LAYERS * seq * H * D
 
 
+# A whole bench run on CPU (~17 s): slow, CI's slow run keeps it; the decode-timing arithmetic
+# and the flag errors are checked by the fast tests below.
+@pytest.mark.slow
 def test_smoke_run_reports_the_hand_counted_mfu_and_decodes_the_same_weights(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     out = tmp_path / "r.json"

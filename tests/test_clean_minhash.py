@@ -128,6 +128,8 @@ def _check_fast_spacy_tokenizer(shared_data, monkeypatch, languages) -> int:
     return checked
 
 
+# ~20 s (spaCy pipelines): slow like the every-language test below, which covers these five.
+@pytest.mark.slow
 def test_fast_spacy_tokenizer_gives_datatrove_tokens(shared_data, monkeypatch):
     """Five scripts and morphologies (Latin with clitics, Cyrillic, Arabic, Greek, Indonesian);
     every spaCy language in the slow test below."""

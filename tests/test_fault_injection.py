@@ -51,6 +51,9 @@ def _losses(workdir: Path) -> dict[int, set[float]]:
     return out
 
 
+# Three training runs (~30 s on 2 cores): slow, so the default run stays under 15 minutes;
+# CI's slow run keeps it. test_train_resume covers a SIGKILL restart in the default run.
+@pytest.mark.slow
 def test_faulty_run_equals_the_clean_one(tmp_path, monkeypatch):
     corpus = _corpus(tmp_path / "corpus")
     one = jax.devices()[:1]
