@@ -16,10 +16,21 @@ run (prompt + first token), "step ms" each further token ((T(n) - T(1)) / (n - 1
 tok/s" = batch / step, and "end-to-end tok/s" the full run's new tokens over its wall time.
 
 Roofline: a decode step must read every weight once (the embedding's rows for the fed tokens
-only, unless it is tied to the lm head) and the filled part of the KV cache; at the bandwidth
-measured here (a jitted reduction over a 1 GiB fp32 array) that bounds the step time at
-bytes per step / bandwidth; "% roofline" is that bound over the measured step time. The prefill
-is compute-bound and is reported beside it, not folded in.
+only, unless it is tied to the lm head) and the filled part of the KV cache; that bounds the step
+time at bytes per step / bandwidth; "% roofline" is that bound over the measured step time. The
+prefill is compute-bound and is reported beside it, not folded in. Bandwidth: a jitted reduction
+(best of 5) over a 1 GiB fp32 array (DRAM) and over an array of each row's own bytes per step,
+read again and again as a decode loop reads its weights; the larger of the two is the row's
+"roof GB/s". The second matters on hosts whose last-level cache holds much of these small models
+(the 2-core VMs of 2026-12-06 report a 300 MiB L3, shared with other tenants): there the 1 GiB
+figure alone put steps above 100% of the roofline (up to 170% in one run).
+
+Kernel ceiling: after each batch's rows, the lm head's matmul alone ([batch, hidden] x
+[hidden, vocab], fp32, the largest single weight read of a step) timed in a jitted loop (XLA, as
+inside our decode loop) and with `torch.mm` (PyTorch's BLAS), beside the time to read its
+weights at the measured bandwidth. At one row both read at about the bandwidth; at 8 rows the
+matmul kernels of both libraries run well below it on a 2-core CPU, so the roofline above is not
+reachable there by any kernel either side has.
 
 `--ours` lists our sides as param dtype[/matmul dtype]: `bfloat16` stores the weights in bf16
 (compute stays fp32), halving the weight bytes; `bfloat16/bfloat16` also runs the matmuls on bf16
@@ -51,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_vs_torch import SHAPES  # noqa: E402
 from common import (  # noqa: E402
     DecodeTiming,
+    best_of,
     decode_bytes_per_step,
     hf_generate,
     host_malloc_line,
@@ -85,12 +97,59 @@ def ours_generate(model, tokens: np.ndarray, lengths: np.ndarray, new_tokens: in
                                eos_ids=()).tokens)
 
 
-def show_row(batch: int, side: str, t: DecodeTiming, roof_step: float, vs: str,
-             same: str) -> None:
-    """`roof_step`: the roofline's seconds per decode step."""
+class Roofline:
+    """Seconds per decode step at the better of the DRAM bandwidth and the bandwidth measured
+    at the step's own working-set size (module doc), the latter measured once per size."""
+
+    def __init__(self, dram_bandwidth: float):
+        self.dram = dram_bandwidth
+        self.at_size: dict[int, float] = {}
+
+    def bandwidth(self, nbytes: float) -> float:
+        mib = max(1, round(nbytes / 2**20))
+        if mib not in self.at_size:
+            self.at_size[mib] = measure_read_bandwidth(mib / 1024)
+        return max(self.dram, self.at_size[mib])
+
+
+def show_row(batch: int, side: str, t: DecodeTiming, step_bytes: float, roof: Roofline,
+             vs: str, same: str) -> None:
+    bw = roof.bandwidth(step_bytes)
     print(f"{batch:5d} {side:32s} {t.prefill_s * 1e3:10.1f} {t.step_s * 1e3:8.2f} "
-          f"{batch / t.step_s:12.1f} {roof_step / t.step_s:10.1%} {vs:>6} "
-          f"{t.end_to_end_tokens_per_s():16.1f}  {same}")
+          f"{batch / t.step_s:12.1f} {step_bytes / bw / t.step_s:10.1%} {bw / 1e9:8.1f} "
+          f"{vs:>6} {t.end_to_end_tokens_per_s():16.1f}  {same}")
+
+
+def head_matmul_ceiling(cfg, batch: int, repeats: int = 32) -> tuple[float, float]:
+    """Seconds per [batch, hidden] x [hidden, vocab] fp32 matmul: (XLA in a jitted loop whose
+    steps depend on each other, as in decoding; torch.mm into a preallocated output), best of 3."""
+    import jax
+    import torch
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((cfg.hidden_size, cfg.vocab_size), np.float32)
+    x = rng.standard_normal((batch, cfg.hidden_size), np.float32)
+
+    @jax.jit
+    def chain(x, w):
+        def body(_, carry):
+            x, acc = carry
+            y = x @ w
+            return x + 1e-6 * y[:, : x.shape[1]], acc + y[:, 0].sum()
+        return jax.lax.fori_loop(0, repeats, body, (x, jnp.float32(0)))[1]
+
+    xj, wj = jnp.asarray(x), jnp.asarray(w)
+    chain(xj, wj).block_until_ready()
+    _, xla_s = best_of(lambda: chain(xj, wj).block_until_ready(), repeats=3)
+    xt, wt, out = torch.from_numpy(x), torch.from_numpy(w), torch.empty(batch, cfg.vocab_size)
+
+    def torch_loop():
+        for _ in range(repeats):
+            torch.mm(xt, wt, out=out)
+
+    torch_loop()
+    _, torch_s = best_of(torch_loop, repeats=3)
+    return xla_s / repeats, torch_s / repeats
 
 
 def main() -> None:
@@ -118,8 +177,9 @@ def main() -> None:
         fail(f"--new-tokens {args.new_tokens}: expected >= 2 (the step time is T(n) - T(1))")
     print(host_malloc_line())
     bw = measure_read_bandwidth()
-    print(f"{os.cpu_count()} CPU cores; measured read bandwidth {bw / 1e9:.1f} GB/s; prompt "
-          f"{args.prompt_len} (left-padded rows), {args.new_tokens} new tokens, greedy")
+    roof = Roofline(bw)
+    print(f"{os.cpu_count()} CPU cores; measured read bandwidth {bw / 1e9:.1f} GB/s (1 GiB); "
+          f"prompt {args.prompt_len} (left-padded rows), {args.new_tokens} new tokens, greedy")
     tmp = Path(tempfile.mkdtemp(prefix="bench_generate_"))
     import torch
 
@@ -130,7 +190,7 @@ def main() -> None:
               f"hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, tied "
               f"{cfg.tie_word_embeddings}")
         print(f"{'batch':>5} {'side':32s} {'prefill ms':>10} {'step ms':>8} {'decode tok/s':>12} "
-              f"{'% roofline':>10} {'vs hf':>6} {'end-to-end tok/s':>16}  tokens")
+              f"{'% roofline':>10} {'roof GB/s':>8} {'vs hf':>6} {'end-to-end tok/s':>16}  tokens")
         for batch in batches:
             tokens, lengths = left_padded_prompts(cfg.vocab_size, batch, args.prompt_len)
             slots = args.prompt_len + args.new_tokens - 1
@@ -147,7 +207,7 @@ def main() -> None:
                     ref, hf_step = t.tokens, t.step_s
                 itemsize = jnp.dtype(hf_dtype).itemsize
                 show_row(batch, f"transformers generate {hf_dtype}", t,
-                         decode_bytes_per_step(cfg, batch, slots, itemsize, itemsize) / bw, "",
+                         decode_bytes_per_step(cfg, batch, slots, itemsize, itemsize), roof, "",
                          same)
             for param_dtype, matmul_dtype in ours:
                 model = load_model(tmp / name / "ours", dtype="float32", param_dtype=param_dtype,
@@ -159,11 +219,17 @@ def main() -> None:
                     "identical" if np.array_equal(t.tokens, ref)
                     else f"{np.mean(t.tokens == ref):.1%} equal")
                 vs = "" if hf_step is None else f"{hf_step / t.step_s:5.2f}x"
-                roof_step = decode_bytes_per_step(cfg, batch, slots,
-                                                  jnp.dtype(param_dtype).itemsize, 4) / bw
+                step_bytes = decode_bytes_per_step(cfg, batch, slots,
+                                                   jnp.dtype(param_dtype).itemsize, 4)
                 label = f"marco_jax {param_dtype}" + (f"/{matmul_dtype} mm" if matmul_dtype
                                                       else "")
-                show_row(batch, label, t, roof_step, vs, same)
+                show_row(batch, label, t, step_bytes, roof, vs, same)
+            xla_s, torch_s = head_matmul_ceiling(cfg, batch)
+            head_bytes = cfg.hidden_size * cfg.vocab_size * 4
+            print(f"      kernel ceiling: lm-head matmul [{batch},{cfg.hidden_size}]x"
+                  f"[{cfg.hidden_size},{cfg.vocab_size}] fp32 alone: XLA {xla_s * 1e3:.2f} ms, "
+                  f"PyTorch {torch_s * 1e3:.2f} ms; reading its weights at the roof "
+                  f"bandwidth {head_bytes / roof.bandwidth(head_bytes) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":
