@@ -139,11 +139,15 @@ def test_packed_documents_match_separate_runs(pair):
     np.testing.assert_allclose(ours[37:63], hf_logits(hf_model, doc_b[None])[0], atol=TOL, rtol=0)
 
 
-def test_kv_cache_decoding_matches_full_forward(pair, left_padded_prompts):
-    """Prefill a left-padded prompt, then feed the rest one token at a time: each step's logits
-    equal the full forward's logits at that position."""
+@pytest.mark.parametrize("lengths", [(21, 9, 14), (256, 130, 1)], ids=["short", "long"])
+def test_kv_cache_decoding_matches_full_forward(pair, lengths):
+    """Prefill a left-padded prompt into an empty cache with room for more (`KVCache.fresh`: the
+    prefill attends over the prompt's own keys; at 256 tokens over CPU causal query blocks),
+    then feed the rest one token at a time: each step's logits equal the full forward's logits
+    at that position."""
     _, model = pair
-    tokens, mask = left_padded_prompts
+    rng = np.random.default_rng(11)
+    tokens, mask = left_pad([rng.integers(2, VOCAB, n).tolist() for n in lengths], pad_id=0)
     extra = np.random.default_rng(9).integers(0, VOCAB, (tokens.shape[0], 12))
     full = np.concatenate([tokens, extra], axis=1)
     full_mask = np.concatenate([mask, np.ones_like(extra)], axis=1)
@@ -153,9 +157,11 @@ def test_kv_cache_decoding_matches_full_forward(pair, left_padded_prompts):
 
     step = nnx.jit(lambda m, t, p, s, c: m.decode_step(t, p, s, c))
     cache = KVCache.init(model.config, full.shape[0], full.shape[1])
+    assert cache.fresh
     p = tokens.shape[1]
     logits, cache = step(model, jnp.asarray(tokens), jnp.asarray(positions[:, :p]),
                          jnp.asarray(mask), cache)
+    assert not cache.fresh
     got = [np.asarray(logits)]
     for i in range(p, full.shape[1]):
         logits, cache = step(model, jnp.asarray(full[:, i:i + 1]),

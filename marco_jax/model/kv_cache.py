@@ -30,6 +30,10 @@ class KVCache:
     v: jax.Array | tuple[jax.Array, ...]
     segment_ids: jax.Array  # [batch, max_len] int32, 0 = empty slot
     end: jax.Array  # [] int32, number of slots written so far
+    # Static: nothing written yet (`init`'s cache). The prefill into it then attends over its own
+    # keys only (causal self-attention over the prompt) instead of all max_len slots, most of
+    # them empty; the model returns the filled cache with `fresh=False`.
+    fresh: bool = dataclasses.field(default=False, metadata={"static": True})
 
     @classmethod
     def init(cls, config: Qwen2Config, batch: int, max_len: int,
@@ -46,7 +50,7 @@ class KVCache:
             return jnp.zeros((layers, batch, max_len, kv, d), dtype)
 
         return cls(k=buffers(), v=buffers(), segment_ids=jnp.zeros((batch, max_len), jnp.int32),
-                   end=jnp.zeros((), jnp.int32))
+                   end=jnp.zeros((), jnp.int32), fresh=True)
 
     @property
     def per_layer(self) -> bool:

@@ -130,10 +130,11 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
                  cache_kv: tuple[jax.Array, jax.Array] | None, cache_segment_ids: jax.Array | None,
-                 start: jax.Array | None, cache_heads_major: bool = False
+                 start: jax.Array | None, cache_heads_major: bool = False,
+                 cache_fresh: bool = False
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """`cache_kv`: this layer's [B, S, K, D] cache, or [B, K, S, D] with `cache_heads_major`
-        (`KVCache.per_layer`)."""
+        (`KVCache.per_layer`); `cache_fresh`: it is empty (`KVCache.fresh`)."""
         q = apply_rope(self.q_proj(x), cos, sin)
         k = apply_rope(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
@@ -144,17 +145,21 @@ class Attention(nnx.Module):
             return self.o_proj(attend(q, k, v, segment_ids, self.impl)), None
         # KV cache (prefill / decode into a left-padded cache): the XLA path, whatever the impl.
         ck, cv = cache_kv
+        k_new, v_new = k, v
         if cache_heads_major:
             k, v, slot_axis = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), 2
         else:
             slot_axis = 1
         k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), start, axis=slot_axis)
         v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), start, axis=slot_axis)
-        new_cache = (k, v)
-        mask = attention_mask(segment_ids, cache_segment_ids, start + jnp.arange(x.shape[1]),
-                              jnp.arange(k.shape[slot_axis]))
-        out = xla_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, cache_heads_major)
-        return self.o_proj(out), new_cache
+        if cache_fresh:  # the only keys are this call's, at slots [0, T): the same mask
+            out = attend(q, k_new.astype(ck.dtype).astype(q.dtype),
+                         v_new.astype(cv.dtype).astype(q.dtype), segment_ids, "xla")
+        else:
+            mask = attention_mask(segment_ids, cache_segment_ids, start + jnp.arange(x.shape[1]),
+                                  jnp.arange(k.shape[slot_axis]))
+            out = xla_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, cache_heads_major)
+        return self.o_proj(out), (k, v)
 
 
 class MLP(nnx.Module):
@@ -176,9 +181,10 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(config, rngs, num_layers)
 
     def __call__(self, x, cos, sin, segment_ids, cache_kv, cache_segment_ids, start,
-                 cache_heads_major=False):
+                 cache_heads_major=False, cache_fresh=False):
         attn, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids,
-                                         cache_kv, cache_segment_ids, start, cache_heads_major)
+                                         cache_kv, cache_segment_ids, start, cache_heads_major,
+                                         cache_fresh)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, new_cache
@@ -225,12 +231,13 @@ class Qwen2Model(nnx.Module):
                 cache.segment_ids, segment_ids.astype(jnp.int32), start, axis=1)
 
         per_layer_cache = cache is not None and cache.per_layer
+        fresh_cache = cache is not None and cache.fresh
 
         def one_layer(h, layer_state, layer_kv):
             # The residual stream is pinned at every layer boundary (identity without a mesh).
             layer = nnx.merge(graphdef, layer_state)
             h, kv = layer(constrain(h, RESIDUAL), cos, sin, segment_ids, layer_kv,
-                          cache_segment_ids, start, per_layer_cache)
+                          cache_segment_ids, start, per_layer_cache, fresh_cache)
             return constrain(h, RESIDUAL), kv
 
         one_layer = _remat(one_layer, cfg.remat_policy, cfg.scan_layers)
