@@ -120,8 +120,15 @@ def _check_fast_spacy_tokenizer(shared_data, monkeypatch, languages) -> int:
         if not isinstance(ours, FastSpaCyTokenizer):
             continue
         sents = load_sentences(shared_data / "text", lang)[:120]
-        docs = [" ".join(sents[i:i + 6]) + "\nIS_ALPHA" * (i == 0) for i in range(0, 120, 6)]
-        assert [ours.word_tokenize(d) for d in docs] == [stock.word_tokenize(d) for d in docs], lang
+        docs = [" ".join(sents[i:i + 6]) + "\nIS_ALPHB" * (i == 0) for i in range(0, 120, 6)]
+        want = [stock.word_tokenize(d) for d in docs]
+        # "IS_ALPHA", a spaCy symbol name, as a word: datatrove's own tokens for it depend on
+        # spaCy's process state (kept in a fresh process; after other memory_zones spaCy raises
+        # on it and datatrove drops it: seen for ar when the 5-language test ran first). We keep
+        # it; the reference is datatrove's tokens for a same-shape non-symbol word, renamed.
+        docs[0] = docs[0].replace("IS_ALPHB", "IS_ALPHA")
+        want[0] = [t.replace("ALPHB", "ALPHA") for t in want[0]]
+        assert [ours.word_tokenize(d) for d in docs] == want, lang
         # rebuilt, not unbounded (a document adds at most a few hundred lexemes)
         assert len(ours.tokenizer.vocab) <= ours._base_vocab + 300 + 1000, lang
         checked += 1
