@@ -55,6 +55,7 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -123,7 +124,6 @@ def show_row(batch: int, side: str, t: DecodeTiming, step_bytes: float, roof: Ro
 def head_matmul_ceiling(cfg, batch: int, repeats: int = 32) -> tuple[float, float]:
     """Seconds per [batch, hidden] x [hidden, vocab] fp32 matmul: (XLA in a jitted loop whose
     steps depend on each other, as in decoding; torch.mm into a preallocated output), best of 3."""
-    import jax
     import torch
 
     rng = np.random.default_rng(0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from marco_jax.checkpoint import load_model
+from marco_jax.checkpoint import given_overrides, load_model
 from marco_jax.compile_cache import enable_compilation_cache
 from marco_jax.data.tokenizer import get_tokenizer
 from marco_jax.infer.text import generate_text
@@ -48,9 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     enable_compilation_cache()  # a second call on the same model loads the compiled decode loop
     try:
-        overrides = {k: v for k, v in (("dtype", args.dtype),
-                                       ("matmul_dtype", args.matmul_dtype)) if v}
-        model = load_model(args.checkpoint, **overrides)
+        model = load_model(args.checkpoint, **given_overrides(
+            dtype=args.dtype, matmul_dtype=args.matmul_dtype))
     except (FileNotFoundError, ValueError) as e:  # not a converted checkpoint / run workdir
         print(f"error: --checkpoint: {e}", file=sys.stderr)
         return 2

@@ -51,6 +51,12 @@ def load_params(path: str | os.PathLike, shardings: Any = None, *, step: int | N
     return config, restore_tree(params_dir, shardings, dtype)
 
 
+def given_overrides(**fields: str | None) -> dict[str, str]:
+    """The runtime overrides a caller gave, for `load_model`: a field left None or "" keeps the
+    checkpoint's value (the CLIs' and eval configs' "not set")."""
+    return {k: v for k, v in fields.items() if v}
+
+
 def load_model(path: str | os.PathLike, shardings: Any = None, *, step: int | None = None,
                **runtime_overrides: Any) -> Qwen2ForCausalLM:
     """A ready model from a converted checkpoint or a run's step; runtime fields (`RUNTIME_FIELDS`:

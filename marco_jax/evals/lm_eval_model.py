@@ -49,7 +49,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm.auto import tqdm
 
-from marco_jax.checkpoint import load_model
+from marco_jax.checkpoint import given_overrides, load_model
 from marco_jax.data.chat import render_chatml
 from marco_jax.data.tokenizer import ENDOFTEXT, Qwen2Tokenizer, get_tokenizer
 from marco_jax.evals.engine import Engine
@@ -98,9 +98,8 @@ class MarcoJaxLM(TemplateLM):
             raise ValueError("marco_jax: give exactly one of checkpoint=DIR, model=, engine=")
         if engine is None:
             if model is None:
-                overrides = {k: v for k, v in (("dtype", dtype), ("matmul_dtype", matmul_dtype))
-                             if v}
-                model = load_model(str(checkpoint), step=step, **overrides)
+                model = load_model(str(checkpoint), step=step,
+                                   **given_overrides(dtype=dtype, matmul_dtype=matmul_dtype))
             engine = Engine(model, tokenizer or get_tokenizer(),
                             batch_size=_batch_size(batch_size), max_len=int(max_length),
                             length_buckets=_buckets(length_buckets, int(max_length)))

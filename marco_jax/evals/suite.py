@@ -31,7 +31,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from marco_jax.checkpoint import load_model, params_location
+from marco_jax.checkpoint import given_overrides, load_model, params_location
 from marco_jax.config.load import load_module
 from marco_jax.convert.hf_to_ours import convert_hf_to_orbax
 from marco_jax.evals import metrics
@@ -357,7 +357,7 @@ def load_eval_model(path: str, *, step: int | None = None, dtype: str = "",
     """The model of any checkpoint kind, its params read straight into their shards on `mesh`
     (a HF directory is first converted into a temporary directory, removed once loaded)."""
     kind = checkpoint_kind(path, step)
-    overrides = {k: v for k, v in (("dtype", dtype), ("matmul_dtype", matmul_dtype)) if v}
+    overrides = given_overrides(dtype=dtype, matmul_dtype=matmul_dtype)
 
     def load(source: str | Path) -> Qwen2ForCausalLM:
         shardings = None
