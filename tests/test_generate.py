@@ -173,11 +173,12 @@ def test_changing_stop_ids_or_pad_does_not_recompile(tiny_model):
 @pytest.mark.parametrize("tied, param_dtype", [(True, "float32"), (False, "float32"),
                                                (False, "bfloat16")],
                          ids=["tied", "untied", "untied-bf16-params"])
-def test_decode_head_is_built_once_per_params_and_follows_updates(tiny_model, tied, param_dtype,
-                                                                  monkeypatch):
-    """The decode head (a tied head's transpose) is built once and kept between calls on the same
-    params (an untied head in the compute dtype is read as stored), and a params update (what
-    training does) is decoded with the new params, as a fresh model would."""
+def test_decode_head_and_layers_are_built_once_per_params_and_follow_updates(
+        tiny_model, tied, param_dtype, monkeypatch):
+    """The decode head (a tied head's transpose) and, on CPU, the per-layer copy of the decoder
+    params are built once and kept between calls on the same params (an untied head in the
+    compute dtype is read as stored), and a params update (what training does) is decoded with
+    the new params, as a fresh model would."""
     import sys
 
     from flax import nnx
@@ -186,9 +187,11 @@ def test_decode_head_is_built_once_per_params_and_follows_updates(tiny_model, ti
     # A wide init, so two seeds decode different tokens.
     model = init_model(tiny_model.config.replace(tie_word_embeddings=tied, initializer_range=0.5,
                                                  param_dtype=param_dtype), seed=0)
-    builds = []
-    build = gen._decode_head_jit
+    builds, layer_builds = [], []
+    build, build_layers = gen._decode_head_jit, gen._decode_layers_jit
     monkeypatch.setattr(gen, "_decode_head_jit", lambda *a: builds.append(1) or build(*a))
+    monkeypatch.setattr(gen, "_decode_layers_jit",
+                        lambda *a: layer_builds.append(1) or build_layers(*a))
     prompts = np.array([[5, 6, 7, 8, 9], [0, 0, 4, 3, 2]])
     lengths = np.array([5, 3])
     first = np.asarray(generate(model, prompts, 6, prompt_lengths=lengths, eos_ids=()).tokens)
@@ -196,6 +199,7 @@ def test_decode_head_is_built_once_per_params_and_follows_updates(tiny_model, ti
     # An untied head stored in the compute dtype (fp32) is read as stored.
     builds_per_model = 1 if tied or param_dtype != "float32" else 0
     assert len(builds) == builds_per_model
+    assert len(layer_builds) == 1
     np.testing.assert_array_equal(first, again)
 
     other = init_model(model.config, seed=7)
@@ -203,5 +207,34 @@ def test_decode_head_is_built_once_per_params_and_follows_updates(tiny_model, ti
     updated = np.asarray(generate(model, prompts, 6, prompt_lengths=lengths, eos_ids=()).tokens)
     fresh = np.asarray(generate(other, prompts, 6, prompt_lengths=lengths, eos_ids=()).tokens)
     assert len(builds) == 3 * builds_per_model  # the updated model, then `other`
+    assert len(layer_builds) == 3
     np.testing.assert_array_equal(updated, fresh)
     assert not np.array_equal(updated, first)
+
+
+def test_layer_copy_follows_the_memory_budget_and_decodes_the_same_tokens(tiny_model,
+                                                                          monkeypatch):
+    """`keeps_layer_copy` keeps the per-layer copy exactly while it fits the RAM fraction; a model
+    over the budget slices the stacked params inside each call and samples the same tokens."""
+    import os
+    import sys
+
+    from flax import nnx
+
+    gen = sys.modules["marco_jax.infer.generate"]
+    layer_bytes = sum(a.nbytes for a in jax.tree.leaves(nnx.state(tiny_model.model.layers)))
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    monkeypatch.setattr(gen, "LAYER_COPY_MAX_RAM_FRACTION", (layer_bytes + 0.5) / ram)
+    assert gen.keeps_layer_copy(tiny_model)
+    prompts = np.array([[5, 6, 7, 8, 9], [0, 0, 4, 3, 2]])
+    kwargs = dict(prompt_lengths=np.array([5, 3]), eos_ids=(), temperature=1.0, rng=3)
+    kept = generate(tiny_model, prompts, 7, **kwargs)
+    graphdef, state = nnx.split(tiny_model)
+    assert gen._layers_for(tiny_model, graphdef, state) is not None
+
+    monkeypatch.setattr(gen, "LAYER_COPY_MAX_RAM_FRACTION", (layer_bytes - 0.5) / ram)
+    assert not gen.keeps_layer_copy(tiny_model)
+    assert gen._layers_for(tiny_model, graphdef, state) is None
+    sliced = generate(tiny_model, prompts, 7, **kwargs)
+    np.testing.assert_array_equal(np.asarray(kept.tokens), np.asarray(sliced.tokens))
+    np.testing.assert_array_equal(np.asarray(kept.lengths), np.asarray(sliced.lengths))

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from marco_jax.data.tokenizer import Qwen2Tokenizer, get_tokenizer
 from marco_jax.evals.batching import Batch, normalize_buckets, plan_batches
-from marco_jax.infer.generate import decode_head
+from marco_jax.infer.generate import decode_head, decode_layers, keeps_layer_copy
 from marco_jax.infer.sampling import SamplingParams, sample_tokens
 from marco_jax.infer.text import prompt_ids, stop_ids
 from marco_jax.model.kv_cache import KVCache
@@ -110,7 +110,8 @@ def _pick(logits: jax.Array, key: jax.Array, sampling: SamplingParams,
     return sample_tokens(logits, key, sampling)
 
 
-def _prefill(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array, tokens: jax.Array,
+def _prefill(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array,
+             layers: tuple[nnx.State, ...] | None, tokens: jax.Array,
              mask: jax.Array, seed: jax.Array, *, cache_len: int, sampling: SamplingParams,
              vocab_limit: int | None) -> tuple[jax.Array, KVCache]:
     model = nnx.merge(graphdef, state)
@@ -118,13 +119,15 @@ def _prefill(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array, tokens: 
     # Positions restart at 0 on each row's first real token (as transformers' generate does).
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
     cache = KVCache.init(model.config, tokens.shape[0], cache_len)
-    hidden, cache = model.hidden(tokens, positions, mask, cache)
+    hidden, cache = model.hidden(tokens, positions, mask, cache,
+                                 model.decode_weights(head, layers).layers)
     first = _pick(model.logits(hidden[:, -1], head), jax.random.fold_in(key, 0), sampling,
                   vocab_limit)
     return first, cache
 
 
-def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array, cache: KVCache,
+def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array,
+                  layers: tuple[nnx.State, ...] | None, cache: KVCache,
                   last: jax.Array, lengths: jax.Array, done: jax.Array, step: jax.Array,
                   seed: jax.Array, stop_token_ids: jax.Array, pad_id: jax.Array, *, steps: int,
                   sampling: SamplingParams, vocab_limit: int | None
@@ -139,7 +142,7 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array, cac
         i, _, _, done, _ = carry
         return (i < steps) & ~jnp.all(done)
 
-    weights = model.decode_weights(head)  # once, outside the loop
+    weights = model.decode_weights(head, layers)  # once, outside the loop
 
     def body(carry):
         i, cache, last, done, out = carry
@@ -196,11 +199,15 @@ class Engine:
                                 static_argnames=("cache_len", "sampling", "vocab_limit"))
         self._decode_chunk = jax.jit(trace_under_mesh(_decode_chunk, mesh), static_argnums=(0,),
                                      static_argnames=("steps", "sampling", "vocab_limit"),
-                                     donate_argnums=(3,))
+                                     donate_argnums=(4,))
         # The decode head, built on the first generation and kept: it is a transposed copy of a
         # tied embedding, too slow to redo for every chunk (`marco_jax.infer.generate`).
         self._decode_head = jax.jit(trace_under_mesh(decode_head, mesh), static_argnums=(0,))
         self._head: jax.Array | None = None
+        # Likewise each decoder layer's params as separate arrays, on CPU within a memory budget
+        # (`keeps_layer_copy`); else every prefill and decode chunk slices them afresh.
+        self._decode_layers = jax.jit(trace_under_mesh(decode_layers, mesh), static_argnums=(0,))
+        self._layers: tuple[nnx.State, ...] | None = None
 
     # -- plumbing: placing inputs, gathering outputs, splitting work over processes -------------
     def _put(self, array: np.ndarray) -> jax.Array:
@@ -437,8 +444,10 @@ class Engine:
         stop_arr[:len(stop_tokens)] = stop_tokens
         if self._head is None:
             self._head = self._decode_head(self._graphdef, self._state)
-        first, cache = self._prefill(self._graphdef, self._state, self._head, self._put(tokens),
-                                     self._put(mask), seed, cache_len=cache_len,
+            if keeps_layer_copy(self.model):
+                self._layers = self._decode_layers(self._graphdef, self._state)
+        first, cache = self._prefill(self._graphdef, self._state, self._head, self._layers,
+                                     self._put(tokens), self._put(mask), seed, cache_len=cache_len,
                                      sampling=sampling, vocab_limit=self.vocab_limit)
         first = self._get(first)
         generated = [[int(t)] for t in first[:real]]
@@ -451,7 +460,8 @@ class Engine:
         step = 1
         while step < max_new_tokens and not done.all():
             chunk, cache, last, _ = self._decode_chunk(
-                self._graphdef, self._state, self._head, cache, last, lengths, self._put(done),
+                self._graphdef, self._state, self._head, self._layers, cache, last, lengths,
+                self._put(done),
                 np.int32(step), seed, stop_arr, np.int32(pad_id), steps=steps,
                 sampling=sampling, vocab_limit=self.vocab_limit)
             chunk = self._get(chunk)

@@ -319,13 +319,15 @@ class Qwen2ForCausalLM(nnx.Module):
         return jnp.einsum("...e,ev->...v", hidden, head, preferred_element_type=jnp.float32)
 
     def hidden(self, tokens: jax.Array, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None,
-               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+               segment_ids: jax.Array | None = None, cache: KVCache | None = None,
+               layer_states: Sequence[nnx.State] | None = None
+               ) -> tuple[jax.Array, KVCache | None]:
+        """`layer_states`: `layer_arrays()` built earlier (see `decode_weights`)."""
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
-        return self.model(tokens, positions, segment_ids, cache)
+        return self.model(tokens, positions, segment_ids, cache, layer_states)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None) -> jax.Array:
@@ -334,7 +336,15 @@ class Qwen2ForCausalLM(nnx.Module):
         hidden, _ = self.hidden(tokens, positions, segment_ids)
         return self.logits(hidden)
 
-    def decode_weights(self, head: jax.Array | None = None) -> DecodeWeights:
+    def layer_arrays(self) -> tuple[nnx.State, ...]:
+        """Each decoder layer's params as separate arrays: a copy of the stacked params, one
+        `nnx.State` per layer, for `hidden(layer_states=...)` and `decode_weights(layers=...)`."""
+        _, stacked = nnx.split(self.model.layers)
+        return tuple(jax.tree.map(lambda a, i=i: a[i], stacked)
+                     for i in range(self.config.num_hidden_layers))
+
+    def decode_weights(self, head: jax.Array | None = None,
+                       layers: Sequence[nnx.State] | None = None) -> DecodeWeights:
         """Loop-invariant weight layouts for `decode_step`, built once before a decode loop: the
         lm head as a contiguous [embed, vocab] matrix (a tied head is the embedding transposed;
         read in place every step, it is a transposed GEMV: 1.95 vs 1.29 ms at batch 1 on a 2-core
@@ -342,14 +352,12 @@ class Qwen2ForCausalLM(nnx.Module):
         copies a slice of the stacked params before every matmul, i.e. the whole model per step).
         `head`: `lm_head_kernel()` computed earlier (the transpose is a slow copy: callers that
         decode repeatedly with the same params keep it, see `marco_jax.infer.generate`).
+        `layers`: `layer_arrays()` computed earlier, likewise (else sliced here, on CPU).
         """
-        layers = None
-        if target_platform() == "cpu":
-            _, stacked = nnx.split(self.model.layers)
-            layers = tuple(jax.tree.map(lambda a, i=i: a[i], stacked)
-                           for i in range(self.config.num_hidden_layers))
+        if layers is None and target_platform() == "cpu":
+            layers = self.layer_arrays()
         return DecodeWeights(head=self.lm_head_kernel() if head is None else head,
-                             layers=layers)
+                             layers=None if layers is None else tuple(layers))
 
     def lm_head_source(self) -> jax.Array:
         """The parameter array `lm_head_kernel()` is derived from (the embedding when tied)."""
