@@ -177,6 +177,40 @@ def test_greedy_generation_matches_transformers_token_for_token(pair, tokenizer)
     assert engine.generate(PROMPTS[:2], max_new_tokens=NEW) == texts[:2]
 
 
+def test_kept_weight_layouts_are_built_once_and_match_the_sliced_path(pair, tokenizer,
+                                                                     xcopa_requests, monkeypatch):
+    """On CPU the engine builds its per-layer params once, for scoring and generation alike (an
+    untied fp32 head is read as stored); over the memory budget it slices the stacked params in
+    every call instead, with the same scores and tokens."""
+    import sys
+
+    gen = sys.modules["marco_jax.infer.generate"]
+    _, model = pair
+    kwargs = dict(batch_size=3, max_len=64, length_buckets=(32, 64), decode_chunk=8)
+    prompts = [tokenizer.encode(p) for p in PROMPTS[:2]]
+
+    def run(engine):
+        builds = {"head": 0, "layers": 0}
+        head, layers = engine._decode_head, engine._decode_layers
+
+        def counted(name, fn):
+            return lambda *a: builds.__setitem__(name, builds[name] + 1) or fn(*a)
+        engine._decode_head, engine._decode_layers = counted("head", head), counted("layers",
+                                                                                    layers)
+        scores = engine.loglikelihood(xcopa_requests[:3])
+        ids, _ = engine.generate_tokens(prompts, max_new_tokens=8, stop_token_ids=())
+        scores += engine.loglikelihood(xcopa_requests[3:6])
+        return scores, ids, builds, engine._layers
+
+    kept_scores, kept_ids, builds, layers = run(Engine(model, tokenizer, **kwargs))
+    assert builds == {"head": 0, "layers": 1} and layers is not None
+    monkeypatch.setattr(gen, "LAYER_COPY_MAX_RAM_FRACTION", 0.0)
+    sliced_scores, sliced_ids, builds, layers = run(Engine(model, tokenizer, **kwargs))
+    assert builds == {"head": 0, "layers": 0} and layers is None
+    assert kept_scores == sliced_scores
+    assert kept_ids == sliced_ids
+
+
 def test_stop_strings_and_stop_tokens_cut_where_expected(pair, tokenizer):
     hf, model = pair
     engine = Engine(model, tokenizer, batch_size=2, max_len=64, length_buckets=(64,),

@@ -80,21 +80,22 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
-def _token_logprobs(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array,
+def _token_logprobs(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array,
+                    layers: tuple[nnx.State, ...] | None, tokens: jax.Array,
                     positions: jax.Array, segment_ids: jax.Array, scored: jax.Array,
                     targets: jax.Array, *, chunk: int) -> tuple[jax.Array, jax.Array]:
     """(log p(target), target is the argmax), [G, K] each. Rows come in G groups (one per
     data-parallel shard, so groups stay where their rows are); `scored` [G, K] lists slots of the
     group's flattened rows. Only those slots go through the lm head: with a 152k vocabulary the
     head dominates small models' cost, and for multiple choice the continuation is a fraction of
-    each row."""
+    each row. `head` / `layers`: the engine's kept decode layouts (`Engine._kept_layouts`)."""
     model = nnx.merge(graphdef, state)
-    hidden, _ = model.hidden(tokens, positions, segment_ids)
+    hidden, _ = model.hidden(tokens, positions, segment_ids, layer_states=layers)
     groups = scored.shape[0]
     b, t, e = hidden.shape
     hidden = hidden.reshape(groups, (b // groups) * t, e)
     hidden = jnp.take_along_axis(hidden, scored[..., None], axis=1)
-    return target_logprobs(hidden, model.lm_head_kernel(), targets, chunk)
+    return target_logprobs(hidden, head, targets, chunk)
 
 
 def _round_up_coarse(n: int) -> int:
@@ -200,14 +201,28 @@ class Engine:
         self._decode_chunk = jax.jit(trace_under_mesh(_decode_chunk, mesh), static_argnums=(0,),
                                      static_argnames=("steps", "sampling", "vocab_limit"),
                                      donate_argnums=(4,))
-        # The decode head, built on the first generation and kept: it is a transposed copy of a
-        # tied embedding, too slow to redo for every chunk (`marco_jax.infer.generate`).
+        # Weight layouts built on first use and kept (`_kept_layouts`).
         self._decode_head = jax.jit(trace_under_mesh(decode_head, mesh), static_argnums=(0,))
-        self._head: jax.Array | None = None
-        # Likewise each decoder layer's params as separate arrays, on CPU within a memory budget
-        # (`keeps_layer_copy`); else every prefill and decode chunk slices them afresh.
         self._decode_layers = jax.jit(trace_under_mesh(decode_layers, mesh), static_argnums=(0,))
+        self._head: jax.Array | None = None
         self._layers: tuple[nnx.State, ...] | None = None
+
+    def _kept_layouts(self) -> tuple[jax.Array, tuple[nnx.State, ...] | None]:
+        """(lm head, per-layer params or None), built on first use and kept for every later
+        scoring batch, prefill and decode chunk (the params never change under an engine): the
+        head as `decode_head` (a tied head is a transposed copy of the embedding), the layers as
+        `decode_layers` where `keeps_layer_copy` allows (on CPU, within a memory budget; else
+        each call slices the stacked params itself). See `marco_jax.infer.generate`."""
+        if self._head is None:
+            model = nnx.merge(self._graphdef, self._state)
+            source = model.lm_head_source()
+            if model.lm_head is not None and source.dtype == model.config.jnp_matmul_dtype:
+                self._head = source  # already the decode layout: nothing to build or keep
+            else:
+                self._head = self._decode_head(self._graphdef, self._state)
+            if keeps_layer_copy(self.model):
+                self._layers = self._decode_layers(self._graphdef, self._state)
+        return self._head, self._layers
 
     # -- plumbing: placing inputs, gathering outputs, splitting work over processes -------------
     def _put(self, array: np.ndarray) -> jax.Array:
@@ -360,8 +375,9 @@ class Engine:
         for g in range(groups):
             select[g, :len(scored[g])] = scored[g]
             targets[g, :len(scored[g])] = group_targets[g]
+        head, layers = self._kept_layouts()
         lp, is_max = self._get(self._score(
-            self._graphdef, self._state, self._put(tokens), self._put(positions),
+            self._graphdef, self._state, head, layers, self._put(tokens), self._put(positions),
             self._put(segments), self._put(select), self._put(targets), chunk=chunk))
         for s, g, start, end in spans:
             logprob[s] = float(lp[g, start:end].sum(dtype=np.float32))
@@ -442,10 +458,7 @@ class Engine:
         seed = np.uint32(seed % 2**32)
         stop_arr = np.full((max(4, len(stop_tokens)),), -1, np.int32)
         stop_arr[:len(stop_tokens)] = stop_tokens
-        if self._head is None:
-            self._head = self._decode_head(self._graphdef, self._state)
-            if keeps_layer_copy(self.model):
-                self._layers = self._decode_layers(self._graphdef, self._state)
+        self._kept_layouts()
         first, cache = self._prefill(self._graphdef, self._state, self._head, self._layers,
                                      self._put(tokens), self._put(mask), seed, cache_len=cache_len,
                                      sampling=sampling, vocab_limit=self.vocab_limit)
