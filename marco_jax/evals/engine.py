@@ -80,7 +80,7 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
-def _token_logprobs(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array,
+def _token_logprobs(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array | None,
                     layers: tuple[nnx.State, ...] | None, tokens: jax.Array,
                     positions: jax.Array, segment_ids: jax.Array, scored: jax.Array,
                     targets: jax.Array, *, chunk: int) -> tuple[jax.Array, jax.Array]:
@@ -88,14 +88,16 @@ def _token_logprobs(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array,
     data-parallel shard, so groups stay where their rows are); `scored` [G, K] lists slots of the
     group's flattened rows. Only those slots go through the lm head: with a 152k vocabulary the
     head dominates small models' cost, and for multiple choice the continuation is a fraction of
-    each row. `head` / `layers`: the engine's kept decode layouts (`Engine._kept_layouts`)."""
+    each row. `head` / `layers`: the engine's kept layouts (`Engine._kept_layouts`), or None
+    to derive them from the params in the call."""
     model = nnx.merge(graphdef, state)
     hidden, _ = model.hidden(tokens, positions, segment_ids, layer_states=layers)
     groups = scored.shape[0]
     b, t, e = hidden.shape
     hidden = hidden.reshape(groups, (b // groups) * t, e)
     hidden = jnp.take_along_axis(hidden, scored[..., None], axis=1)
-    return target_logprobs(hidden, head, targets, chunk)
+    return target_logprobs(hidden, model.lm_head_kernel() if head is None else head, targets,
+                           chunk)
 
 
 def _round_up_coarse(n: int) -> int:
@@ -209,7 +211,7 @@ class Engine:
 
     def _kept_layouts(self) -> tuple[jax.Array, tuple[nnx.State, ...] | None]:
         """(lm head, per-layer params or None), built on first use and kept for every later
-        scoring batch, prefill and decode chunk (the params never change under an engine): the
+        prefill, decode chunk and (on CPU) scoring batch (an engine's params never change): the
         head as `decode_head` (a tied head is a transposed copy of the embedding), the layers as
         `decode_layers` where `keeps_layer_copy` allows (on CPU, within a memory budget; else
         each call slices the stacked params itself). See `marco_jax.infer.generate`."""
@@ -375,7 +377,9 @@ class Engine:
         for g in range(groups):
             select[g, :len(scored[g])] = scored[g]
             targets[g, :len(scored[g])] = group_targets[g]
-        head, layers = self._kept_layouts()
+        # On CPU the kept layouts save a copy per batch; on accelerators scoring derives them in
+        # the call as before, with no extra head-sized array in device memory.
+        head, layers = self._kept_layouts() if jax.default_backend() == "cpu" else (None, None)
         lp, is_max = self._get(self._score(
             self._graphdef, self._state, head, layers, self._put(tokens), self._put(positions),
             self._put(segments), self._put(select), self._put(targets), chunk=chunk))
