@@ -240,8 +240,8 @@ def main() -> None:
                 same = "-" if ref is None else (
                     "identical" if np.array_equal(t.tokens, ref)
                     else f"{np.mean(t.tokens == ref):.1%} equal")
-                if (ref is not None and param_dtype == "float32" and hf_dtypes[0] == "float32"
-                        and same != "identical"):
+                if (ref is not None and (param_dtype, matmul_dtype) == ("float32", "")
+                        and hf_dtypes[0] == "float32" and same != "identical"):
                     same += " " + first_divergence(hf, tokens, lengths, ref, t.tokens)
                 vs = "" if hf_step is None else f"{hf_step / t.step_s:5.2f}x"
                 step_bytes = decode_bytes_per_step(cfg, batch, slots,

@@ -207,8 +207,52 @@ def test_kept_weight_layouts_are_built_once_and_match_the_sliced_path(pair, toke
     monkeypatch.setattr(gen, "LAYER_COPY_MAX_RAM_FRACTION", 0.0)
     sliced_scores, sliced_ids, builds, layers = run(Engine(model, tokenizer, **kwargs))
     assert builds == {"head": 0, "layers": 0} and layers is None
-    assert kept_scores == sliced_scores
+    np.testing.assert_allclose(kept_scores, sliced_scores, rtol=1e-6)
     assert kept_ids == sliced_ids
+
+
+def test_engine_layouts_follow_a_params_update_and_are_what_it_reads(pair, tokenizer,
+                                                                     xcopa_requests):
+    """After `nnx.update` on its model the engine scores and generates with the new params (its
+    kept head and layers are rebuilt), and the kept layers are what it reads: layers built from
+    another model give that model's results when the rest of the params are the same."""
+    from flax import nnx
+
+    from marco_jax.model.qwen2 import init_model
+
+    _, model = pair
+    kwargs = dict(batch_size=3, max_len=64, length_buckets=(32, 64), decode_chunk=8)
+    requests = xcopa_requests[:3]
+    prompts = [tokenizer.encode(p) for p in PROMPTS[:2]]
+
+    def results(engine):
+        scores = engine.loglikelihood(requests)
+        return scores, engine.generate_tokens(prompts, max_new_tokens=8, stop_token_ids=())[0]
+
+    other = init_model(model.config.replace(initializer_range=0.3), seed=5)
+    mutable = init_model(model.config, seed=0)
+    nnx.update(mutable, nnx.state(model))
+    engine = Engine(mutable, tokenizer, **kwargs)
+    before = results(engine)
+    nnx.update(mutable, nnx.state(other))
+    after = results(engine)
+    expected = results(Engine(other, tokenizer, **kwargs))
+    np.testing.assert_allclose(after[0], expected[0], rtol=1e-6)
+    assert after[1] == expected[1] and after[1] != before[1]
+
+    # Kept layers of `other` under `model`'s embedding and head: as a model holding both.
+    hybrid = init_model(model.config, seed=0)
+    nnx.update(hybrid, nnx.state(model))
+    nnx.update(hybrid.model.layers, nnx.state(other.model.layers))
+    engine = Engine(model, tokenizer, **kwargs)
+    other_graphdef, other_state = nnx.split(other)
+    build = engine._decode_layers
+    engine._decode_layers = lambda *a: build(other_graphdef, other_state)
+    got = results(engine)
+    want = results(Engine(hybrid, tokenizer, **kwargs))
+    assert not np.allclose(want[0], before[0], rtol=1e-4)  # the hybrid is another model
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    assert got[1] == want[1]
 
 
 def test_stop_strings_and_stop_tokens_cut_where_expected(pair, tokenizer):

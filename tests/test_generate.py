@@ -238,3 +238,47 @@ def test_layer_copy_follows_the_memory_budget_and_decodes_the_same_tokens(tiny_m
     sliced = generate(tiny_model, prompts, 7, **kwargs)
     np.testing.assert_array_equal(np.asarray(kept.tokens), np.asarray(sliced.tokens))
     np.testing.assert_array_equal(np.asarray(kept.lengths), np.asarray(sliced.lengths))
+
+
+def test_decoding_reads_the_kept_layer_copy(tiny_model, monkeypatch):
+    """The kept per-layer copy is what decoding reads: with a copy built from another model's
+    layer params, a model decodes exactly as one holding those layer params in its stacked
+    arrays decodes by slicing them (3 layers, so a mixed-up layer order shows)."""
+    import sys
+
+    from flax import nnx
+
+    gen = sys.modules["marco_jax.infer.generate"]
+    config = tiny_model.config.replace(num_hidden_layers=3, initializer_range=0.5)
+    model, other, hybrid = (init_model(config, seed) for seed in (0, 7, 0))
+    nnx.update(hybrid.model.layers, nnx.state(other.model.layers))
+    prompts = np.array([[5, 6, 7, 8, 9], [0, 0, 4, 3, 2]])
+    kwargs = dict(prompt_lengths=np.array([5, 3]), eos_ids=())
+    own = np.asarray(generate(model, prompts, 8, **kwargs).tokens)
+    monkeypatch.setattr(gen, "LAYER_COPY_MAX_RAM_FRACTION", 0.0)
+    expected = np.asarray(generate(hybrid, prompts, 8, **kwargs).tokens)
+    assert not np.array_equal(expected, own)
+
+    monkeypatch.setattr(gen, "LAYER_COPY_MAX_RAM_FRACTION", 1 / 8)
+    other_graphdef, other_state = nnx.split(other)
+    build = gen._decode_layers_jit
+    monkeypatch.setattr(gen, "_decode_layers_jit", lambda *a: build(other_graphdef, other_state))
+    fresh = init_model(config, seed=0)  # a model with no kept copy yet
+    np.testing.assert_array_equal(np.asarray(generate(fresh, prompts, 8, **kwargs).tokens),
+                                  expected)
+
+
+def test_host_memory_is_the_lower_of_ram_and_the_container_limit(tmp_path):
+    import os
+    import sys
+
+    gen = sys.modules["marco_jax.infer.generate"]
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    assert gen.host_memory_bytes((v2, v1)) == ram  # neither file: physical memory
+    v2.write_text("max\n")
+    assert gen.host_memory_bytes((v2, v1)) == ram
+    v1.write_text(f"{ram // 4}\n")
+    assert gen.host_memory_bytes((v2, v1)) == ram // 4
+    v1.write_text(f"{ram * 4}\n")  # a limit above RAM: RAM
+    assert gen.host_memory_bytes((v2, v1)) == ram

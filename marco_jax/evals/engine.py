@@ -208,22 +208,29 @@ class Engine:
         self._decode_layers = jax.jit(trace_under_mesh(decode_layers, mesh), static_argnums=(0,))
         self._head: jax.Array | None = None
         self._layers: tuple[nnx.State, ...] | None = None
+        self._layout_sources: list[jax.Array] = []  # the params arrays they were built from
 
     def _kept_layouts(self) -> tuple[jax.Array, tuple[nnx.State, ...] | None]:
         """(lm head, per-layer params or None), built on first use and kept for every later
-        prefill, decode chunk and (on CPU) scoring batch (an engine's params never change): the
-        head as `decode_head` (a tied head is a transposed copy of the embedding), the layers as
-        `decode_layers` where `keeps_layer_copy` allows (on CPU, within a memory budget; else
-        each call slices the stacked params itself). See `marco_jax.infer.generate`."""
-        if self._head is None:
-            model = nnx.merge(self._graphdef, self._state)
-            source = model.lm_head_source()
-            if model.lm_head is not None and source.dtype == model.config.jnp_matmul_dtype:
-                self._head = source  # already the decode layout: nothing to build or keep
-            else:
-                self._head = self._decode_head(self._graphdef, self._state)
-            if keeps_layer_copy(self.model):
-                self._layers = self._decode_layers(self._graphdef, self._state)
+        prefill, decode chunk and (on CPU) scoring batch: the head as `decode_head` (a tied head
+        is a transposed copy of the embedding), the layers as `decode_layers` where
+        `keeps_layer_copy` allows (on CPU, within a memory budget; else each call slices the
+        stacked params itself). Rebuilt when the engine's params arrays change (`nnx.update` on
+        the model it was built from, without a mesh). See `marco_jax.infer.generate`."""
+        sources = jax.tree.leaves(self._state)
+        if self._head is not None and len(sources) == len(self._layout_sources) and all(
+                a is b for a, b in zip(sources, self._layout_sources, strict=True)):
+            return self._head, self._layers
+        self._head = self._layers = None  # release stale copies before building new ones
+        model = nnx.merge(self._graphdef, self._state)
+        source = model.lm_head_source()
+        if model.lm_head is not None and source.dtype == model.config.jnp_matmul_dtype:
+            self._head = source  # already the decode layout: nothing to build or keep
+        else:
+            self._head = self._decode_head(self._graphdef, self._state)
+        if keeps_layer_copy(model):
+            self._layers = self._decode_layers(self._graphdef, self._state)
+        self._layout_sources = sources
         return self._head, self._layers
 
     # -- plumbing: placing inputs, gathering outputs, splitting work over processes -------------
@@ -378,7 +385,7 @@ class Engine:
             select[g, :len(scored[g])] = scored[g]
             targets[g, :len(scored[g])] = group_targets[g]
         # On CPU the kept layouts save a copy per batch; on accelerators scoring derives them in
-        # the call as before, with no extra head-sized array in device memory.
+        # the call as before (generation, if it ran, keeps its own head there).
         head, layers = self._kept_layouts() if jax.default_backend() == "cpu" else (None, None)
         lp, is_max = self._get(self._score(
             self._graphdef, self._state, head, layers, self._put(tokens), self._put(positions),
@@ -462,8 +469,8 @@ class Engine:
         seed = np.uint32(seed % 2**32)
         stop_arr = np.full((max(4, len(stop_tokens)),), -1, np.int32)
         stop_arr[:len(stop_tokens)] = stop_tokens
-        self._kept_layouts()
-        first, cache = self._prefill(self._graphdef, self._state, self._head, self._layers,
+        head, layers = self._kept_layouts()
+        first, cache = self._prefill(self._graphdef, self._state, head, layers,
                                      self._put(tokens), self._put(mask), seed, cache_len=cache_len,
                                      sampling=sampling, vocab_limit=self.vocab_limit)
         first = self._get(first)
@@ -477,7 +484,7 @@ class Engine:
         step = 1
         while step < max_new_tokens and not done.all():
             chunk, cache, last, _ = self._decode_chunk(
-                self._graphdef, self._state, self._head, self._layers, cache, last, lengths,
+                self._graphdef, self._state, head, layers, cache, last, lengths,
                 self._put(done),
                 np.int32(step), seed, stop_arr, np.int32(pad_id), steps=steps,
                 sampling=sampling, vocab_limit=self.vocab_limit)

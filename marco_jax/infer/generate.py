@@ -14,6 +14,7 @@ import dataclasses
 import os
 import weakref
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import jax
@@ -66,25 +67,46 @@ def decode_layers(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.State, 
     return nnx.merge(graphdef, state).layer_arrays()
 
 
-# The most of the machine's memory a kept per-layer copy of the decoder params may take.
+# The most of this host's memory a kept per-layer copy of the decoder params may take.
 LAYER_COPY_MAX_RAM_FRACTION = 1 / 8
+# cgroup v2, then v1: a container's memory limit (the host's RAM may be far larger).
+_CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"),
+                  Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+
+
+def host_memory_bytes(cgroup_limits: Sequence[Path] = _CGROUP_LIMITS) -> int | None:
+    """Physical memory, or the container's memory limit where that is lower; None if unknown."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    for path in cgroup_limits:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) means no limit
+            total = min(total, int(text))
+    return total
 
 
 def keeps_layer_copy(model: Qwen2ForCausalLM) -> bool:
     """Whether decoding keeps `decode_layers` between calls: on CPU, where the layers run over
-    per-layer arrays (`Qwen2ForCausalLM.decode_weights`), and when the copy takes at most
-    `LAYER_COPY_MAX_RAM_FRACTION` of physical memory. Otherwise every prefill and decode call
-    slices the stacked params itself: measured on a 2-core CPU, a 128-token prefill of a 6-layer,
-    384-wide model (52 MB of layer params) 59.0 -> 42.3 ms median with the copy kept; the slices
-    were the whole XLA temporary of that call, faulted in afresh each time."""
-    if jax.default_backend() != "cpu":
+    per-layer arrays (`Qwen2ForCausalLM.decode_weights`), in a single-process run (processes
+    deciding from their own memory could compile different programs), and when the copy's bytes
+    on this host (every addressable shard, replicas included) are at most
+    `LAYER_COPY_MAX_RAM_FRACTION` of `host_memory_bytes()`. Otherwise every prefill and decode
+    call slices the stacked params itself: measured on a 2-core CPU, a 128-token prefill of a
+    6-layer, 384-wide model (52 MB of layer params) 59.0 -> 42.3 ms median with the copy kept;
+    the slices were the whole XLA temporary of that call, faulted in afresh each time."""
+    if jax.default_backend() != "cpu" or jax.process_count() > 1:
         return False
-    layer_bytes = sum(a.nbytes for a in jax.tree.leaves(nnx.state(model.model.layers)))
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
+    memory = host_memory_bytes()
+    if memory is None:
         return False
-    return layer_bytes <= LAYER_COPY_MAX_RAM_FRACTION * ram
+    layer_bytes = sum(shard.data.nbytes for a in jax.tree.leaves(nnx.state(model.model.layers))
+                      for shard in a.addressable_shards)
+    return layer_bytes <= LAYER_COPY_MAX_RAM_FRACTION * memory
 
 
 _decode_head_jit = jax.jit(decode_head, static_argnums=0)
@@ -100,9 +122,10 @@ def _kept(held: weakref.WeakKeyDictionary, model: Qwen2ForCausalLM, sources: lis
     """`build()`, or what it returned for the same `model`, `key` and source arrays. JAX arrays
     are immutable, so the same array objects mean the same values; replaced params (training,
     `nnx.update`) rebuild it."""
-    entry = held.get(model)
+    entry = held.pop(model, None)  # a stale value is released before its successor is built
     if (entry is not None and entry[1] == key and len(entry[0]) == len(sources)
             and all(ref() is src for ref, src in zip(entry[0], sources, strict=True))):
+        held[model] = entry
         return entry[2]
     value = build()
     held[model] = ([weakref.ref(src) for src in sources], key, value)
@@ -122,7 +145,8 @@ def _head_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State)
 
 def _layers_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State
                 ) -> tuple[nnx.State, ...] | None:
-    """`decode_layers` kept between calls on the same params (`keeps_layer_copy`), or None."""
+    """`decode_layers` kept between calls on the same params (`keeps_layer_copy`), or None. The
+    copy lives as long as the model, until the next call after a params update replaces it."""
     if not keeps_layer_copy(model):
         return None
     sources = jax.tree.leaves(nnx.state(model.model.layers))
@@ -253,5 +277,5 @@ def generate(model: Qwen2ForCausalLM, prompt_tokens: jax.Array | np.ndarray, max
                        max_new_tokens=max_new_tokens, sampling=sampling, vocab_limit=vocab_limit)
 
 
-__all__ = ["GenerateOutput", "decode_head", "decode_layers", "generate", "keeps_layer_copy",
-           "left_pad"]
+__all__ = ["GenerateOutput", "decode_head", "decode_layers", "generate", "host_memory_bytes",
+           "keeps_layer_copy", "left_pad"]
