@@ -9,14 +9,17 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
-REPO = "https://github.com/OWNER/marco_jax"  # the repository's own address
-
-INSTALL = f'''# Colab: install marco_jax from the repository (skipped when it is already importable,
-# e.g. in a clone with `pip install -e ".[convert,eval]"`).
-import importlib.util, subprocess, sys
+INSTALL = '''# Colab: install marco_jax from its git repository (skipped when it is already importable,
+# e.g. in a clone with `pip install -e ".[convert,eval]"`). REPO: the git URL of your copy of
+# the repository (or set MARCO_JAX_REPO before starting the runtime).
+import importlib.util, os, subprocess, sys
+REPO = os.environ.get("MARCO_JAX_REPO", "")
 if importlib.util.find_spec("marco_jax") is None:
+    if not REPO:
+        raise SystemExit("marco_jax is not installed: set REPO in this cell to the git URL of "
+                         "your marco_jax repository (or pip install it first)")
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                           "marco_jax[convert,eval] @ git+{REPO}"])'''
+                           "marco_jax[convert,eval] @ git+" + REPO])'''
 
 SETUP = '''import os, json, subprocess, sys, tempfile
 from pathlib import Path
@@ -186,6 +189,9 @@ AOT = """# Will cpt_7b_stage1 fit a v5p-128 slice? The TPU compiler answers from
 # `tpu` extra) and prints per-chip HBM, FLOPs and the implied tokens/s. Exit status 1: no fit.
 configs = Path("configs") if Path("configs/cpt_7b_stage1.py").exists() else Path("/content/marco_jax/configs")
 if not configs.exists():
+    if not REPO:
+        raise SystemExit("no configs/ here: set REPO in the first cell to the git URL of your "
+                         "marco_jax repository, or run this notebook from a clone")
     subprocess.check_call(["git", "clone", "-q", "--depth", "1", REPO, "/content/marco_jax"])
 run("marco_jax.aot", "--config", str(configs / "cpt_7b_stage1.py"), "--topology", "v5p-128")"""
 
@@ -201,7 +207,7 @@ def cpt_on_tpu() -> nbformat.NotebookNode:
             "The same path as quickstart.ipynb, with the mesh over the TPU chips, bfloat16 "
             "compute, and the ahead-of-time fit check of a 7B slice. Cells tagged `tpu-only` "
             "(training on the chips) and `slow` (the 7B compile) are skipped in CI."),
-        new_code_cell(INSTALL), new_code_cell(SETUP + f"\nREPO = {REPO!r}"), new_code_cell(MESH),
+        new_code_cell(INSTALL), new_code_cell(SETUP), new_code_cell(MESH),
         new_markdown_cell("## A Hugging Face Qwen2, converted"), tagged(HF_TINY, "tpu-only"),
         new_markdown_cell("## Continual pretraining on every chip"),
         tagged(CPT.replace('dtype="float32"', 'dtype="bfloat16"'), "tpu-only"),
