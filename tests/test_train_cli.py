@@ -1,6 +1,8 @@
-"""The train CLI's placeholder-path error, the CPT configs' budgets, and initialising from a
-converted checkpoint / from a previous run (the demo run itself: tests/test_demo.py)."""
+"""The train CLI's placeholder-path and bad-path errors, the CPT configs' budgets, and
+initialising from a converted checkpoint / from a previous run (the demo run itself:
+tests/test_demo.py)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +28,24 @@ def test_cli_names_placeholder_paths():
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "YOUR_BUCKET" in out.stderr and "train.init_from" in out.stderr
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--config.train.init_from={tmp}/nope",
+     "error: train.init_from={tmp}/nope: neither a converted checkpoint (model_config.json) nor "
+     "a training workdir (checkpoints/)"),
+    ("--workdir=/proc/no_such_dir/run",
+     "error: --workdir /proc/no_such_dir/run is not writable (No such file or directory)"),
+], ids=["init_from", "workdir"])
+def test_bad_paths_are_one_line_naming_the_key_and_leave_no_workdir(tmp_path, flag, expected):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "marco_jax.train", "--config",
+           str(ROOT / "configs/demo_base.py"), f"--workdir={workdir}", flag.format(tmp=tmp_path)]
+    env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as a user's demo run
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 2
+    assert out.stderr.strip() == expected.format(tmp=tmp_path)
+    assert not workdir.exists()
 
 
 @pytest.mark.parametrize("size", ["0.5b", "1.5b", "7b", "72b"])

@@ -25,6 +25,7 @@ from etils import epath
 from flax import nnx
 
 from marco_jax.checkpoint.layout import layout_metadata
+from marco_jax.checkpoint.load import params_location
 from marco_jax.checkpoint.run import RunCheckpointer
 from marco_jax.config import Experiment, to_experiment
 from marco_jax.data import pipeline
@@ -71,11 +72,18 @@ def check_setup(config: Experiment, model_cfg: Qwen2Config, workdir: str, mesh: 
                          f"optim.grad_accum_steps={config.optim.grad_accum_steps} = {micro} rows "
                          f"per micro-batch is not divisible by the {rows} data-parallel shards "
                          f"of mesh {dict(mesh.shape)}")
+    init_from = config.train.init_from
+    if init_from and not (epath.Path(workdir) / "checkpoints").exists():  # a fresh run reads it
+        try:
+            params_location(init_from)
+        except FileNotFoundError as e:
+            raise ValueError(f"train.init_from={init_from}: {str(e).removeprefix(init_from + ': ')}"
+                             ) from None
     if jax.process_index() == 0 and not str(workdir).startswith("gs://"):
         root = epath.Path(workdir)
-        root.mkdir(parents=True, exist_ok=True)
         probe = root / ".write_test"
         try:
+            root.mkdir(parents=True, exist_ok=True)
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
