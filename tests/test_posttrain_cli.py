@@ -54,3 +54,20 @@ def test_a_config_for_another_objective_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
         sft_cli(["--config", "configs/dpo_demo.py", "--workdir", "/tmp/never"])
     assert e.value.code == 2 and "train.objective='dpo'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cli, config, flag, key", [
+    (sft_cli, "configs/sft_demo.py", "--config.data.sft_files={missing}", "data.sft_files"),
+    (sft_cli, "configs/sft_demo.py", "--config.data.eval_files={missing}", "data.eval_files"),
+    (dpo_cli, "configs/dpo_demo.py", "--config.dpo.train_file={missing}", "dpo.train_file"),
+], ids=["sft_files", "eval_files", "dpo_train_file"])
+def test_a_data_file_that_matches_nothing_is_named_by_its_key(tmp_path, capsys, cli, config,
+                                                              flag, key):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(SystemExit) as e:
+        cli(["--config", config, "--workdir", str(tmp_path / "run"),
+             "--config.train.init_from=", "--config.dpo.reference=none",
+             flag.format(missing=missing)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {key}: no files match '{missing}'"
+    assert not (tmp_path / "run").exists()

@@ -28,6 +28,7 @@ from marco_jax.data.post_training import (
     read_dpo_pairs,
     sft_batches,
 )
+from marco_jax.data.sources import expand_pattern
 from marco_jax.data.tasks import SAMPLE_DATA_DIR
 from marco_jax.model.config import RUNTIME_FIELDS, from_experiment
 from marco_jax.model.init import abstract_model
@@ -40,8 +41,16 @@ from marco_jax.train.reference_logps import make_sharded_logps_fn, precomputed_r
 SHIPPED_SFT = os.path.join(SAMPLE_DATA_DIR, "sft", "*.jsonl")
 
 
+def _require_files(key: str, patterns: Sequence[str]) -> list[str]:
+    """`patterns`, or FileNotFoundError naming the config key of one that matches no file."""
+    for pattern in patterns:
+        if not expand_pattern(pattern):
+            raise FileNotFoundError(f"{key}: no files match {pattern!r}")
+    return list(patterns)
+
+
 def _sft_files(config: Experiment) -> list[str]:
-    return list(config.data.sft_files) or [SHIPPED_SFT]
+    return _require_files("data.sft_files", config.data.sft_files) or [SHIPPED_SFT]
 
 
 def _steps(config: Experiment, batches: EpochBatches) -> Experiment:
@@ -61,8 +70,8 @@ def train_sft(config: Any, workdir: str, *, progress: bool | None = None,
                                     d.seed, d.on_bad_record, d.truncation)
     held = None
     if d.eval_files:
-        held, _ = sft_batches(list(d.eval_files), langs, d.seq_len, d.global_batch_size,
-                              d.seed, d.on_bad_record, d.truncation)
+        held, _ = sft_batches(_require_files("data.eval_files", d.eval_files), langs, d.seq_len,
+                              d.global_batch_size, d.seed, d.on_bad_record, d.truncation)
     config = _steps(config, batches)
 
     def iterators(c, p, n):
@@ -97,6 +106,7 @@ def train_dpo(config: Any, workdir: str, *, progress: bool | None = None,
         raise ValueError(f"dpo.reference={p.reference!r} needs train.init_from (the SFT model "
                          "the policy starts from and is compared against)")
     langs = languages_of(config)
+    _require_files("dpo.train_file", [p.train_file])
     pairs, counters = read_dpo_pairs(p.train_file, d.seq_len, d.on_bad_record, p.truncation)
     ref = None
     if p.reference == "precomputed":
