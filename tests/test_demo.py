@@ -79,6 +79,11 @@ def test_readme_command_trains_both_stages_with_clean_output(tmp_path):
     train_recs = [r for r in recs.values() if "loss" in r]
     assert [r["step"] for r in train_recs] == [2, 4, 6]
     assert all(np.isfinite(r["loss"]) and r["lr"] > 0 for r in train_recs)
+    # The closing line: the held-out loss of the first and the last eval beside the train loss.
+    evals = sorted((r["step"], r["eval_loss"]) for r in recs.values() if "eval_loss" in r)
+    assert [step for step, _ in evals][-1] == 6
+    assert (f", held-out loss {evals[0][1]:.4f} -> {evals[-1][1]:.4f}; workdir"
+            in demo.stdout.splitlines()[-1])
     assert any(k.startswith("train_loss/web.") for k in train_recs[0])
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 

@@ -30,6 +30,17 @@ def test_cli_names_placeholder_paths():
     assert "YOUR_BUCKET" in out.stderr and "train.init_from" in out.stderr
 
 
+def test_closing_line_shows_the_train_and_held_out_losses():
+    from marco_jax.train.cli import closing_losses
+
+    both = {"first_loss": 3.82521, "last_loss": 4.328, "first_eval_loss": 5.1,
+            "last_eval_loss": 4.75}
+    assert closing_losses(both) == (", train loss 3.8252 -> 4.3280, "
+                                    "held-out loss 5.1000 -> 4.7500")
+    assert closing_losses({"first_loss": 2.0, "last_loss": 1.0}) == ", train loss 2.0000 -> 1.0000"
+    assert closing_losses({"first_loss": 2.0, "first_eval_loss": 1.0}) == ""  # no last values
+
+
 @pytest.mark.parametrize("flag, expected", [
     ("--config.train.init_from={tmp}/nope",
      "error: train.init_from={tmp}/nope: neither a converted checkpoint (model_config.json) nor "

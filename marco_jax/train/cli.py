@@ -36,6 +36,19 @@ def warn_slow_matmul_dtype(matmul_dtype: str) -> None:
               file=sys.stderr)
 
 
+def closing_losses(summary: dict[str, Any]) -> str:
+    """", train loss A -> B, held-out loss C -> D" from what this process ran (first and last
+    logged train loss; first and last held-out eval), each part only where both ends exist. The
+    held-out pair is the comparable one when the train mixture changes (a later stage)."""
+    parts = []
+    for label, first_key, last_key in (("train loss", "first_loss", "last_loss"),
+                                       ("held-out loss", "first_eval_loss", "last_eval_loss")):
+        first, last = summary.get(first_key), summary.get(last_key)
+        if first is not None and last is not None:
+            parts.append(f", {label} {first:.4f} -> {last:.4f}")
+    return "".join(parts)
+
+
 def run_cli(argv: Sequence[str] | None, prog: str, doc: str | None, runner: Runner,
             objective: str) -> int:
     parser = experiment_parser(prog, doc)
@@ -62,7 +75,6 @@ def run_cli(argv: Sequence[str] | None, prog: str, doc: str | None, runner: Runn
         return EXIT_CHECKPOINT_FAILED
     except (ValueError, FileNotFoundError) as e:  # bad config, paths, data or checkpoint layout
         fail(str(e))
-    first, last = summary.get("first_loss"), summary.get("last_loss")
-    losses = f", loss {first:.4f} -> {last:.4f}" if first is not None and last is not None else ""
-    print(f"{summary['status']}: step {summary['step']}{losses}; workdir {summary['workdir']}")
+    print(f"{summary['status']}: step {summary['step']}{closing_losses(summary)}; "
+          f"workdir {summary['workdir']}")
     return 0

@@ -168,6 +168,9 @@ class HeldOutEval(Hook):
         figures = run.objective.metrics(window.sums, prefix="eval_")
         if figures:
             run.writer.write(run.step, figures)
+        if "eval_loss" in figures:  # the CLIs' closing line shows it beside the train loss
+            run.summary.setdefault("first_eval_loss", figures["eval_loss"])
+            run.summary["last_eval_loss"] = figures["eval_loss"]
 
 
 class BadStepGuard(Hook):
