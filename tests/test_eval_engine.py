@@ -200,7 +200,7 @@ def test_kept_weight_layouts_are_built_once_and_match_the_sliced_path(pair, toke
         scores = engine.loglikelihood(xcopa_requests[:3])
         ids, _ = engine.generate_tokens(prompts, max_new_tokens=8, stop_token_ids=())
         scores += engine.loglikelihood(xcopa_requests[3:6])
-        return scores, ids, builds, engine._layers
+        return scores, ids, builds, engine._kept_layouts()[1]
 
     kept_scores, kept_ids, builds, layers = run(Engine(model, tokenizer, **kwargs))
     assert builds == {"head": 0, "layers": 1} and layers is not None

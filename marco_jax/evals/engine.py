@@ -24,6 +24,7 @@ are gathered. On one process both are no-ops.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,13 @@ from tqdm.auto import tqdm
 
 from marco_jax.data.tokenizer import Qwen2Tokenizer, get_tokenizer
 from marco_jax.evals.batching import Batch, normalize_buckets, plan_batches
-from marco_jax.infer.generate import decode_head, decode_layers, keeps_layer_copy
+from marco_jax.infer.generate import (
+    decode_head,
+    decode_layers,
+    keeps_layer_copy,
+    kept_derived,
+    stored_decode_head,
+)
 from marco_jax.infer.sampling import SamplingParams, sample_tokens
 from marco_jax.infer.text import prompt_ids, stop_ids
 from marco_jax.model.kv_cache import KVCache
@@ -68,6 +75,9 @@ def rolling_windows(tokens: Sequence[int], prefix_token: int, max_len: int
         done += n
     return [(ctx[:len(ctx) - (len(cont) - 1)], cont) for ctx, cont in windows]
 
+
+# engine -> its kept decode layouts (`Engine._kept_layouts`).
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     """`text` up to the earliest occurrence of any (non-empty) stop string."""
@@ -206,9 +216,6 @@ class Engine:
         # Weight layouts built on first use and kept (`_kept_layouts`).
         self._decode_head = jax.jit(trace_under_mesh(decode_head, mesh), static_argnums=(0,))
         self._decode_layers = jax.jit(trace_under_mesh(decode_layers, mesh), static_argnums=(0,))
-        self._head: jax.Array | None = None
-        self._layers: tuple[nnx.State, ...] | None = None
-        self._layout_sources: list[jax.Array] = []  # the params arrays they were built from
 
     def _kept_layouts(self) -> tuple[jax.Array, tuple[nnx.State, ...] | None]:
         """(lm head, per-layer params or None), built on first use and kept for every later
@@ -217,21 +224,17 @@ class Engine:
         `keeps_layer_copy` allows (on CPU, within a memory budget; else each call slices the
         stacked params itself). Rebuilt when the engine's params arrays change (`nnx.update` on
         the model it was built from, without a mesh). See `marco_jax.infer.generate`."""
-        sources = jax.tree.leaves(self._state)
-        if self._head is not None and len(sources) == len(self._layout_sources) and all(
-                a is b for a, b in zip(sources, self._layout_sources, strict=True)):
-            return self._head, self._layers
-        self._head = self._layers = None  # release stale copies before building new ones
+        return kept_derived(_LAYOUTS, self, jax.tree.leaves(self._state), None,
+                            self._build_layouts)
+
+    def _build_layouts(self) -> tuple[jax.Array, tuple[nnx.State, ...] | None]:
         model = nnx.merge(self._graphdef, self._state)
-        source = model.lm_head_source()
-        if model.lm_head is not None and source.dtype == model.config.jnp_matmul_dtype:
-            self._head = source  # already the decode layout: nothing to build or keep
-        else:
-            self._head = self._decode_head(self._graphdef, self._state)
-        if keeps_layer_copy(model):
-            self._layers = self._decode_layers(self._graphdef, self._state)
-        self._layout_sources = sources
-        return self._head, self._layers
+        head = stored_decode_head(model)
+        if head is None:
+            head = self._decode_head(self._graphdef, self._state)
+        layers = (self._decode_layers(self._graphdef, self._state) if keeps_layer_copy(model)
+                  else None)
+        return head, layers
 
     # -- plumbing: placing inputs, gathering outputs, splitting work over processes -------------
     def _put(self, array: np.ndarray) -> jax.Array:

@@ -117,19 +117,28 @@ _HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _kept(held: weakref.WeakKeyDictionary, model: Qwen2ForCausalLM, sources: list[jax.Array],
-          key: object, build: Callable[[], T]) -> T:
-    """`build()`, or what it returned for the same `model`, `key` and source arrays. JAX arrays
-    are immutable, so the same array objects mean the same values; replaced params (training,
-    `nnx.update`) rebuild it."""
-    entry = held.pop(model, None)  # a stale value is released before its successor is built
+def kept_derived(held: weakref.WeakKeyDictionary, owner: object, sources: list[jax.Array],
+                 key: object, build: Callable[[], T]) -> T:
+    """`build()`, or what it returned for the same `owner` (a model, an eval engine), `key` and
+    source arrays. JAX arrays are immutable, so the same array objects mean the same values;
+    replaced params (training, `nnx.update`) rebuild it."""
+    entry = held.pop(owner, None)  # a stale value is released before its successor is built
     if (entry is not None and entry[1] == key and len(entry[0]) == len(sources)
             and all(ref() is src for ref, src in zip(entry[0], sources, strict=True))):
-        held[model] = entry
+        held[owner] = entry
         return entry[2]
     value = build()
-    held[model] = ([weakref.ref(src) for src in sources], key, value)
+    held[owner] = ([weakref.ref(src) for src in sources], key, value)
     return value
+
+
+def stored_decode_head(model: Qwen2ForCausalLM) -> jax.Array | None:
+    """The head parameter itself where it is already the decode layout (untied, [embed, vocab],
+    in the matmul dtype): nothing to build or keep. None otherwise."""
+    source = model.lm_head_source()
+    if model.lm_head is not None and source.dtype == model.config.jnp_matmul_dtype:
+        return source
+    return None
 
 
 def _head_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State) -> jax.Array:
@@ -137,10 +146,11 @@ def _head_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State)
     same model. A tied head's transpose is a slow copy (33 ms for tiny-20m's 151,936 x 128
     embedding on a 2-core CPU, four times its 128-token prefill). Costs one head-sized array per
     live model whose head is tied or stored in another dtype than the matmul dtype."""
-    source, dtype = model.lm_head_source(), model.config.jnp_matmul_dtype
-    if model.lm_head is not None and source.dtype == dtype:
-        return source  # already [embed, vocab] in the matmul dtype: nothing to build or keep
-    return _kept(_HEADS, model, [source], dtype, lambda: _decode_head_jit(graphdef, state))
+    stored = stored_decode_head(model)
+    if stored is not None:
+        return stored
+    return kept_derived(_HEADS, model, [model.lm_head_source()], model.config.jnp_matmul_dtype,
+                        lambda: _decode_head_jit(graphdef, state))
 
 
 def _layers_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State
@@ -150,7 +160,8 @@ def _layers_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.Stat
     if not keeps_layer_copy(model):
         return None
     sources = jax.tree.leaves(nnx.state(model.model.layers))
-    return _kept(_LAYERS, model, sources, None, lambda: _decode_layers_jit(graphdef, state))
+    return kept_derived(_LAYERS, model, sources, None,
+                        lambda: _decode_layers_jit(graphdef, state))
 
 
 def _decode(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array,
@@ -278,4 +289,4 @@ def generate(model: Qwen2ForCausalLM, prompt_tokens: jax.Array | np.ndarray, max
 
 
 __all__ = ["GenerateOutput", "decode_head", "decode_layers", "generate", "host_memory_bytes",
-           "keeps_layer_copy", "left_pad"]
+           "keeps_layer_copy", "kept_derived", "left_pad", "stored_decode_head"]

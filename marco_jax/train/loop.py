@@ -76,9 +76,8 @@ def check_setup(config: Experiment, model_cfg: Qwen2Config, workdir: str, mesh: 
     if init_from and not (epath.Path(workdir) / "checkpoints").exists():  # a fresh run reads it
         try:
             params_location(init_from)
-        except FileNotFoundError as e:
-            raise ValueError(f"train.init_from={init_from}: {str(e).removeprefix(init_from + ': ')}"
-                             ) from None
+        except FileNotFoundError as e:  # "<path>: neither a converted checkpoint nor ..."
+            raise ValueError(f"train.init_from={e}") from None
     if jax.process_index() == 0 and not str(workdir).startswith("gs://"):
         root = epath.Path(workdir)
         probe = root / ".write_test"
