@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -184,3 +185,19 @@ def test_inspect_cli_bad_mixture_and_empty_count(tmp_path):
     ok = _inspect(f"--config.data.sources_dir={root}", "--examples", "200")
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "tasks with zero records (left out; their group keeps its share): 1: web.de" in ok.stdout
+    # The examples column is a count on every row: a group's is the sum of its tasks', and the
+    # groups' add up to the examples the header says were drawn.
+    table = ok.stdout.split("group / task", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    groups: dict[str, int] = {}
+    members: dict[str, int] = {}
+    group = ""
+    for line in table:
+        fields = line.split()
+        if line.startswith("  "):
+            members[group] += int(fields[4])
+        else:
+            group = fields[0]
+            groups[group], members[group] = int(fields[4]), 0
+    assert groups and groups == members
+    drawn = int(re.search(r"realised over (\d+) examples", ok.stdout).group(1))
+    assert sum(groups.values()) == drawn

@@ -36,7 +36,7 @@ def mixture_table(plan: MixturePlan, it: TrainIterator) -> str:
     c = it.counters
     tokens = {n: c.tokens_by_task.get(i, 0) for i, n in enumerate(plan.names)}
     ex = {n: c.examples_by_task.get(i, 0) for i, n in enumerate(plan.names)}
-    total_tok, total_ex = sum(tokens.values()) or 1, sum(ex.values()) or 1
+    total_tok = sum(tokens.values()) or 1
     out = io.StringIO()
     out.write(f"{'group / task':<22}{'target':>9}{'realised':>10}{'diff':>8}   "
               f"{'examples':>9}{'pool tokens':>14}  {'pool from':<10}{'tok/doc':>8}\n")
@@ -45,7 +45,7 @@ def mixture_table(plan: MixturePlan, it: TrainIterator) -> str:
         members = [n for n in plan.names if plan.groups[n] == g]
         got = sum(tokens[n] for n in members) / total_tok
         out.write(f"{g:<22}{_pct(share):>9}{_pct(got):>10}{100 * (got - share):+7.2f}p   "
-                  f"{sum(ex[n] for n in members) / total_ex:>8.1%}\n")
+                  f"{sum(ex[n] for n in members):>9}\n")
         for n in members:
             want, got = plan.token_rates[n], tokens[n] / total_tok
             out.write(f"  {n:<20}{_pct(want):>9}{_pct(got):>10}{100 * (got - want):+7.2f}p   "
