@@ -67,6 +67,12 @@ layer-heavy 765 / 828 vs PyTorch 830 / 993 tokens/s (0.92x / 0.83x), layers 0.74
 1.01x / 0.91x. PyTorch's eager step is ~30% faster on this hardware than on the earlier VM; ours
 is not (its matmuls run 5-15% faster than XLA:CPU's here; an earlier reading of our threads as
 36% idle missed YNNPACK's worker tasks in the profile).
+
+2026-12-06, AVX-512/AMX VM, `--steps 5 --parts`, both shapes in one run: layer-heavy 799 / 850
+(unrolled) vs 1,012 tokens/s (0.79x / 0.84x), halves at parity (layers 2.54 vs 2.55 s, head+loss
+1.79 vs 1.78 s); vocab-heavy 766 vs 825 (0.93x; layers 0.48 vs 0.31 s, head+loss 4.46 vs 4.53 s):
+the vocab-heavy lead of the earlier VM (1.47x-4.26x) is gone, PyTorch's fused-free head runs ~4x
+faster on this hardware than it did there, ours at the same speed.
 """
 
 from __future__ import annotations
