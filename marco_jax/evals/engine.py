@@ -76,9 +76,6 @@ def rolling_windows(tokens: Sequence[int], prefix_token: int, max_len: int
     return [(ctx[:len(ctx) - (len(cont) - 1)], cont) for ctx, cont in windows]
 
 
-# engine -> its kept decode layouts (`Engine._kept_layouts`).
-_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     """`text` up to the earliest occurrence of any (non-empty) stop string."""
     cut = len(text)
@@ -171,6 +168,10 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array,
     _, cache, last, done, out = jax.lax.while_loop(cond, body, (jnp.int32(0), cache, last, done,
                                                                 out))
     return out, cache, last, done
+
+
+# engine -> its kept decode layouts (`Engine._kept_layouts`).
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Engine:
