@@ -86,6 +86,14 @@ def test_cpu_causal_blocks_equal_full_mask_forward_and_gradients():
                              grad_atol=2e-5, probe_seed=8)
 
 
+def test_cpu_causal_blocks_bfloat16_close_to_full_mask():
+    """bf16 operands (scores and softmax in fp32 in both paths): equal at bf16 resolution."""
+    q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(2, 256, 4, 2, 32, seed=2))
+    segments = _packed_segments(256)
+    _assert_equals_full_mask(attention.causal_block_attention, q, k, v, segments, fwd_atol=2e-2,
+                             grad_atol=6e-2, probe_seed=9)
+
+
 def _model_loss(model, tokens, positions, segments):
     logits = model(tokens, positions, segments)
     logp = jax.nn.log_softmax(logits[:, :-1])

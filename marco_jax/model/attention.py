@@ -199,28 +199,104 @@ def _causal_blocks(seq_len: int) -> int:
     return seq_len // block if seq_len % block == 0 else 1
 
 
+def _block_rows(x: jax.Array, kv_heads: int) -> jax.Array:
+    """A query block [B, T', H, D] as `_heads_major_attention`'s rows [B, K, G*T', D]."""
+    b, t, h, d = x.shape
+    g = h // kv_heads
+    return jnp.transpose(x.reshape(b, t, kv_heads, g, d), (0, 2, 3, 1, 4)).reshape(
+        b, kv_heads, g * t, d)
+
+
+def _block_unrows(rows: jax.Array, num_heads: int) -> jax.Array:
+    """[B, K, G*T', D] rows back to [B, T', H, D]."""
+    b, kv_heads, gt, d = rows.shape
+    g = num_heads // kv_heads
+    t = gt // g
+    return jnp.transpose(rows.reshape(b, kv_heads, g, t, d), (0, 3, 1, 2, 4)).reshape(
+        b, t, num_heads, d)
+
+
+def _bdot(x: jax.Array, y: jax.Array, x_contract: int, y_contract: int) -> jax.Array:
+    """A matmul batched over the leading (row, kv head) axes, products summed in float32."""
+    return jax.lax.dot_general(x, y, (((x_contract,), (y_contract,)), ((0, 1), (0, 1))),
+                               preferred_element_type=jnp.float32)
+
+
+def _causal_blocks_forward(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array):
+    """`causal_block_attention`'s output and what its backward pass reads: per block the query
+    rows, the unnormalised probabilities exp(s - max) and 1 / their row sums."""
+    b, t, h, d = q.shape
+    kv_heads, block = k.shape[2], _cpu_query_block(t)
+    g = h // kv_heads
+    kh, vh = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, K, T, D]
+    outs, saved = [], []
+    for i in range(_causal_blocks(t)):
+        start, end = i * block, (i + 1) * block
+        rows = _block_rows(q[:, start:end], kv_heads)
+        mask = attention_mask(segment_ids[:, start:end], segment_ids[:, :end],
+                              jnp.arange(start, end), jnp.arange(end))
+        scores = _bdot(rows, kh[:, :, :end], 3, 3) * (d ** -0.5)
+        scores = jnp.where(mask[:, None, None], scores.reshape(b, kv_heads, g, block, end),
+                           MASK_VALUE).reshape(b, kv_heads, g * block, end)
+        probs = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+        inv_sum = 1.0 / jnp.sum(probs, axis=-1, keepdims=True)
+        out = (_bdot(probs.astype(v.dtype), vh[:, :, :end], 3, 2) * inv_sum).astype(q.dtype)
+        outs.append(_block_unrows(out, h))
+        saved.append((rows, probs, inv_sum, out))
+    return jnp.concatenate(outs, axis=1), (kh, vh, saved)
+
+
+@jax.custom_vjp
 def causal_block_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                            segment_ids: jax.Array) -> jax.Array:
     """`xla_attention` over query blocks (`_cpu_query_block`), each against the keys up to its
     end only: the causal upper triangle of blocks is never computed (4 blocks at T=512 compute
     62.5% of the full score work), and the smaller score tiles stay in cache. k and v are laid
-    out heads-major once ([B, K, T, D], the decode cache's layout), so every block is
-    `_heads_major_attention`'s two plain batched matmuls on key/value prefixes; slicing the
-    [B, T, H, D] layout per block had XLA:CPU transpose each block's key/value prefix again (with
-    the bias and RoPE recomputed into every copy). Equal to `xla_attention` on every query with
-    at least one visible key; a padding query (segment 0, no visible key, no loss) averages the
-    values of its block's prefix instead."""
-    b, t, h, d = q.shape
-    kv_heads, block = k.shape[2], _cpu_query_block(t)
-    qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
-    k, v = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, K, T, D]
-    outs = []
-    for i in range(_causal_blocks(t)):
-        start, end = i * block, (i + 1) * block
-        mask = attention_mask(segment_ids[:, start:end], segment_ids[:, :end],
-                              jnp.arange(start, end), jnp.arange(end))
-        outs.append(_heads_major_attention(qg[:, start:end], k[:, :, :end], v[:, :, :end], mask))
-    return jnp.concatenate(outs, axis=1)
+    out heads-major once ([B, K, T, D], the decode cache's layout), so every block is two plain
+    batched matmuls on key/value prefixes as in `_heads_major_attention`; slicing the
+    [B, T, H, D] layout per block had XLA:CPU transpose each block's key/value prefix again.
+
+    Its own backward pass (the FlashAttention one, with the probabilities kept): the softmax is
+    left unnormalised, exp(s - max), and 1 / row sum scales the [rows, D] output and the
+    output gradient instead of the [rows, keys] probabilities; the gradient of the scores is one
+    elementwise pass, p * (dO V^T - rowsum(dO * O)). Autodiff of the normalised softmax had
+    XLA:CPU materialise a broadcast of the row sums and make three more passes over every score
+    tile: 6-layer, 384-wide model at T=512, batch 8, layers fwd+bwd 3.05 -> 2.84 s (median of
+    10, interleaved; `bench/bench_train_vs_torch.py`'s layer-heavy shape).
+
+    Equal to `xla_attention` on every query with at least one visible key; a padding query
+    (segment 0, no visible key, no loss) averages the values of its block's prefix instead."""
+    return _causal_blocks_forward(q, k, v, segment_ids)[0]
+
+
+def _causal_blocks_fwd(q, k, v, segment_ids):
+    return _causal_blocks_forward(q, k, v, segment_ids)
+
+
+def _causal_blocks_bwd(residuals, d_out):
+    kh, vh, saved = residuals
+    q_dtype = saved[0][0].dtype  # the query rows
+    kv_heads, t, d = kh.shape[1:]
+    h, block, scale = d_out.shape[2], _cpu_query_block(t), d ** -0.5
+    dq_blocks, dk, dv = [], jnp.zeros(kh.shape, jnp.float32), jnp.zeros(vh.shape, jnp.float32)
+    for i, (rows, probs, inv_sum, out) in enumerate(saved):
+        end = (i + 1) * block
+        d_rows = _block_rows(d_out[:, i * block:end], kv_heads)
+        delta = jnp.sum(d_rows.astype(jnp.float32) * out, axis=-1, keepdims=True)
+        d_probs = _bdot(d_rows, vh[:, :, :end], 3, 3)
+        d_scores = (probs * inv_sum * (d_probs - delta)).astype(q_dtype)
+        dq_blocks.append(_block_unrows(_bdot(d_scores, kh[:, :, :end], 3, 2) * scale, h))
+        pad = ((0, 0), (0, 0), (0, t - end), (0, 0))
+        dk = dk + jnp.pad(_bdot(d_scores, rows, 2, 2) * scale, pad)
+        d_rows_scaled = (d_rows * inv_sum).astype(vh.dtype)
+        dv = dv + jnp.pad(_bdot(probs.astype(vh.dtype), d_rows_scaled, 2, 2), pad)
+    dq = jnp.concatenate(dq_blocks, axis=1).astype(q_dtype)
+    dk = jnp.transpose(dk, (0, 2, 1, 3)).astype(kh.dtype)
+    dv = jnp.transpose(dv, (0, 2, 1, 3)).astype(vh.dtype)
+    return dq, dk, dv, None
+
+
+causal_block_attention.defvjp(_causal_blocks_fwd, _causal_blocks_bwd)
 
 
 # Matmuls per visited [block, block] tile of each splash kernel: the forward does QK^T and PV; the

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from marco_jax.model.activations import silu_mul
 from marco_jax.model.attention import attend, attention_mask, xla_attention
 from marco_jax.model.config import Qwen2Config
 from marco_jax.model.kv_cache import KVCache
@@ -170,7 +171,10 @@ class MLP(nnx.Module):
         self.down_proj = Linear((f, h), ("mlp", "embed"), config, rngs, num_layers=num_layers)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if target_platform() == "cpu":  # one pass each way (marco_jax/model/activations.py)
+            return self.down_proj(silu_mul(gate, up))
+        return self.down_proj(jax.nn.silu(gate) * up)
 
 
 class DecoderLayer(nnx.Module):
