@@ -76,6 +76,13 @@ is not (its matmuls run 5-15% faster than XLA:CPU's here; an earlier reading of 
 1.79 vs 1.78 s); vocab-heavy 766 vs 825 (0.93x; layers 0.48 vs 0.31 s, head+loss 4.46 vs 4.53 s):
 the vocab-heavy lead of the earlier VM (1.47x-4.26x) is gone, PyTorch's fused-free head runs ~4x
 faster on this hardware than it did there, ours at the same speed.
+
+2026-12-06, later, each side's second step timed (above) and after the CPU attention blocks' own
+backward pass and the fused SiLU gate: `--steps 6 --parts --shapes layer-heavy`: 952 / 963
+(unrolled) vs 768 tokens/s (1.24x / 1.25x), layers 2.26 vs 2.45 s, head+loss 2.04 vs 1.91 s
+(0.94x); both shapes, `--steps 5 --parts`: layer-heavy 877 / 885 vs 626 (1.40x / 1.41x), layers
+1.13x, head+loss 0.91x; vocab-heavy 1,067 vs 674 (1.58x), layers 0.90x, head+loss 1.58x.
+PyTorch's layer-heavy step moved between 5.33 and 8.54 s in these runs, ours 4.26-4.92 s.
 """
 
 from __future__ import annotations
