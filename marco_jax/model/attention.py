@@ -240,7 +240,8 @@ def _causal_blocks_forward(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids
                            MASK_VALUE).reshape(b, kv_heads, g * block, end)
         probs = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
         inv_sum = 1.0 / jnp.sum(probs, axis=-1, keepdims=True)
-        out = (_bdot(probs.astype(v.dtype), vh[:, :, :end], 3, 2) * inv_sum).astype(q.dtype)
+        probs = probs.astype(v.dtype)  # kept in the value dtype, as autodiff kept the softmax
+        out = (_bdot(probs, vh[:, :, :end], 3, 2) * inv_sum).astype(q.dtype)
         outs.append(_block_unrows(out, h))
         saved.append((rows, probs, inv_sum, out))
     return jnp.concatenate(outs, axis=1), (kh, vh, saved)
@@ -289,7 +290,7 @@ def _causal_blocks_bwd(residuals, d_out):
         pad = ((0, 0), (0, 0), (0, t - end), (0, 0))
         dk = dk + jnp.pad(_bdot(d_scores, rows, 2, 2) * scale, pad)
         d_rows_scaled = (d_rows * inv_sum).astype(vh.dtype)
-        dv = dv + jnp.pad(_bdot(probs.astype(vh.dtype), d_rows_scaled, 2, 2), pad)
+        dv = dv + jnp.pad(_bdot(probs, d_rows_scaled, 2, 2), pad)
     dq = jnp.concatenate(dq_blocks, axis=1).astype(q_dtype)
     dk = jnp.transpose(dk, (0, 2, 1, 3)).astype(kh.dtype)
     dv = jnp.transpose(dv, (0, 2, 1, 3)).astype(vh.dtype)
