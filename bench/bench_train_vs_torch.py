@@ -80,9 +80,10 @@ faster on this hardware than it did there, ours at the same speed.
 2026-12-06, later, each side's second step timed (above) and after the CPU attention blocks' own
 backward pass and the fused SiLU gate: `--steps 6 --parts --shapes layer-heavy`: 952 / 963
 (unrolled) vs 768 tokens/s (1.24x / 1.25x), layers 2.26 vs 2.45 s, head+loss 2.04 vs 1.91 s
-(0.94x); both shapes, `--steps 5 --parts`: layer-heavy 877 / 885 vs 626 (1.40x / 1.41x), layers
+(0.94x); again: 916 / 1,006 vs 857 (1.07x / 1.17x), layers 1.10x, head+loss 1.04x; both shapes,
+`--steps 5 --parts`: layer-heavy 877 / 885 vs 626 (1.40x / 1.41x), layers
 1.13x, head+loss 0.91x; vocab-heavy 1,067 vs 674 (1.58x), layers 0.90x, head+loss 1.58x.
-PyTorch's layer-heavy step moved between 5.33 and 8.54 s in these runs, ours 4.26-4.92 s.
+PyTorch's layer-heavy step moved between 4.78 and 8.54 s in these runs, ours 4.07-4.92 s.
 """
 
 from __future__ import annotations
