@@ -76,6 +76,10 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     return out.reshape(b, t, h, d)
 
 
+# Batch axes (row, kv head) of the heads-major matmuls.
+_ROW_HEAD_BATCH = ((0, 1), (0, 1))
+
+
 def _heads_major_attention(qg: jax.Array, k: jax.Array, v: jax.Array,
                            mask: jax.Array) -> jax.Array:
     """`xla_attention` over a heads-major cache as two plain batched matmuls, batch (row, kv
@@ -84,15 +88,36 @@ def _heads_major_attention(qg: jax.Array, k: jax.Array, v: jax.Array,
     over 6 layers (2-core CPU, 255 slots)."""
     b, t, kv_heads, g, d = qg.shape
     s = k.shape[2]
-    rows = jnp.transpose(qg, (0, 2, 3, 1, 4)).reshape(b, kv_heads, g * t, d)
-    batch_dims = ((0, 1), (0, 1))
-    scores = jax.lax.dot_general(rows, k, (((3,), (3,)), batch_dims),
-                                 preferred_element_type=jnp.float32) * (d ** -0.5)
+    rows = _block_rows(qg.reshape(b, t, kv_heads * g, d), kv_heads)
+    scores = _bdot(rows, k, 3, 3) * (d ** -0.5)
     scores = jnp.where(mask[:, None, None], scores.reshape(b, kv_heads, g, t, s), MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, g * t, s)
-    out = jax.lax.dot_general(probs, v, (((3,), (2,)), batch_dims))  # [B, K, G*T, D]
-    return jnp.transpose(out.reshape(b, kv_heads, g, t, d), (0, 3, 1, 2, 4)).reshape(
-        b, t, kv_heads * g, d)
+    out = jax.lax.dot_general(probs, v, (((3,), (2,)), _ROW_HEAD_BATCH))  # [B, K, G*T, D]
+    return _block_unrows(out, kv_heads * g)
+
+
+def _block_rows(x: jax.Array, kv_heads: int) -> jax.Array:
+    """Queries [B, T', H, D] as rows [B, K, G*T', D]: per (row, kv head) the group's queries,
+    the left operand of the heads-major batched matmuls."""
+    b, t, h, d = x.shape
+    g = h // kv_heads
+    return jnp.transpose(x.reshape(b, t, kv_heads, g, d), (0, 2, 3, 1, 4)).reshape(
+        b, kv_heads, g * t, d)
+
+
+def _block_unrows(rows: jax.Array, num_heads: int) -> jax.Array:
+    """[B, K, G*T', D] rows back to [B, T', H, D]."""
+    b, kv_heads, gt, d = rows.shape
+    g = num_heads // kv_heads
+    t = gt // g
+    return jnp.transpose(rows.reshape(b, kv_heads, g, t, d), (0, 3, 1, 2, 4)).reshape(
+        b, t, num_heads, d)
+
+
+def _bdot(x: jax.Array, y: jax.Array, x_contract: int, y_contract: int) -> jax.Array:
+    """A matmul batched over the leading (row, kv head) axes, products summed in float32."""
+    return jax.lax.dot_general(x, y, (((x_contract,), (y_contract,)), _ROW_HEAD_BATCH),
+                               preferred_element_type=jnp.float32)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -199,29 +224,6 @@ def _causal_blocks(seq_len: int) -> int:
     return seq_len // block if seq_len % block == 0 else 1
 
 
-def _block_rows(x: jax.Array, kv_heads: int) -> jax.Array:
-    """A query block [B, T', H, D] as `_heads_major_attention`'s rows [B, K, G*T', D]."""
-    b, t, h, d = x.shape
-    g = h // kv_heads
-    return jnp.transpose(x.reshape(b, t, kv_heads, g, d), (0, 2, 3, 1, 4)).reshape(
-        b, kv_heads, g * t, d)
-
-
-def _block_unrows(rows: jax.Array, num_heads: int) -> jax.Array:
-    """[B, K, G*T', D] rows back to [B, T', H, D]."""
-    b, kv_heads, gt, d = rows.shape
-    g = num_heads // kv_heads
-    t = gt // g
-    return jnp.transpose(rows.reshape(b, kv_heads, g, t, d), (0, 3, 1, 2, 4)).reshape(
-        b, t, num_heads, d)
-
-
-def _bdot(x: jax.Array, y: jax.Array, x_contract: int, y_contract: int) -> jax.Array:
-    """A matmul batched over the leading (row, kv head) axes, products summed in float32."""
-    return jax.lax.dot_general(x, y, (((x_contract,), (y_contract,)), ((0, 1), (0, 1))),
-                               preferred_element_type=jnp.float32)
-
-
 def _causal_blocks_forward(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array):
     """`causal_block_attention`'s output and what its backward pass reads: per block the query
     rows, the unnormalised probabilities exp(s - max) and 1 / their row sums."""
@@ -270,10 +272,6 @@ def causal_block_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     return _causal_blocks_forward(q, k, v, segment_ids)[0]
 
 
-def _causal_blocks_fwd(q, k, v, segment_ids):
-    return _causal_blocks_forward(q, k, v, segment_ids)
-
-
 def _causal_blocks_bwd(residuals, d_out):
     kh, vh, saved = residuals
     q_dtype = saved[0][0].dtype  # the query rows
@@ -297,7 +295,7 @@ def _causal_blocks_bwd(residuals, d_out):
     return dq, dk, dv, None
 
 
-causal_block_attention.defvjp(_causal_blocks_fwd, _causal_blocks_bwd)
+causal_block_attention.defvjp(_causal_blocks_forward, _causal_blocks_bwd)
 
 
 # Matmuls per visited [block, block] tile of each splash kernel: the forward does QK^T and PV; the
