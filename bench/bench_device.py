@@ -82,7 +82,7 @@ from common import (  # noqa: E402
     measure_read_bandwidth,
     parse_list,
     peaked_hf_model,
-    time_decode,
+    time_decode_sides,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,15 +188,18 @@ def bench_decode(size: str, args: argparse.Namespace, bandwidth: float, use_hf: 
         roof_step = decode_bytes_per_step(cfg, batch, slots, 2, 2) / bandwidth
         run = functools.partial(_ours_tokens, ours, tokens, lengths)
         run(1), run(args.new_tokens)  # compile both lengths
-        t = time_decode(run, args.new_tokens)
+        runs = [run]
+        if hf is not None:
+            runs.append(functools.partial(hf_generate, hf, tokens, lengths))
+            runs[1](2)  # warm-up
+        timings = time_decode_sides(runs, args.new_tokens)  # the sides take turns
+        t = timings[0]
         row = {"size": size, "batch": batch, "ours_prefill_s": t.prefill_s,
                "ours_step_s": t.step_s, "ours_tokens_per_s": batch / t.step_s,
                "ours_roofline": roof_step / t.step_s,
                "ours_end_to_end_tokens_per_s": t.end_to_end_tokens_per_s()}
         if hf is not None:
-            run_hf = functools.partial(hf_generate, hf, tokens, lengths)
-            run_hf(2)  # warm-up
-            h = time_decode(run_hf, args.new_tokens)
+            h = timings[1]
             row.update(hf_prefill_s=h.prefill_s, hf_step_s=h.step_s,
                        hf_tokens_per_s=batch / h.step_s, hf_roofline=roof_step / h.step_s,
                        hf_end_to_end_tokens_per_s=h.end_to_end_tokens_per_s(),

@@ -15,9 +15,14 @@ there: on 2026-12-06 the layer-heavy batch-8 run differed in one row from step 3
 equal), a near-tie of 4.8e-05 that our fresh-cache prefill (own keys only, `KVCache.fresh`)
 rounds the other way; with the prefill over every cache slot it was identical.
 
-Each side decodes 1 and --new-tokens tokens per row (best of 2 each): "prefill ms" is the first
-run (prompt + first token), "step ms" each further token ((T(n) - T(1)) / (n - 1)), "decode
-tok/s" = batch / step, and "end-to-end tok/s" the full run's new tokens over its wall time.
+Each side decodes 1 and --new-tokens tokens per row: "prefill ms" is the first run (prompt +
+first token), "step ms" each further token ((T(n) - T(1)) / (n - 1)), "decode tok/s" = batch /
+step, and "end-to-end tok/s" the full run's new tokens over its wall time. The sides of a batch
+take turns (`common.time_decode_sides`: two rounds, order reversed in the second, an untimed
+re-entry call at the start of each turn, best of the rounds): until 2026-12-06 each side was
+timed alone, transformers first, and a prefill is short enough for a slow minute of this shared
+VM to land on one side only (the layer-heavy batch-8 prefill, interleaved in one process, 10
+rounds: ours 193 ms median vs transformers' 225, where that day's bench had printed 223 vs 183).
 
 Roofline: a decode step must read every weight once (the embedding's rows for the fed tokens
 only, unless it is tied to the lm head) and the filled part of the KV cache; that bounds the step
@@ -55,7 +60,9 @@ import functools
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -76,7 +83,7 @@ from common import (  # noqa: E402
     parse_list,
     peaked_hf_model,
     reexec_like_the_clis,
-    time_decode,
+    time_decode_sides,
 )
 
 from marco_jax.checkpoint import load_model  # noqa: E402
@@ -95,6 +102,15 @@ def build(tmp: Path, name: str):
     hf.save_pretrained(tmp / name / "hf", safe_serialization=True)
     convert_hf_to_orbax(tmp / name / "hf", tmp / name / "ours", dtype="float32")
     return cfg, hf
+
+
+class Side(NamedTuple):
+    """One decoding side of a batch's rows: transformers in a dtype, or ours in a setting."""
+    label: str
+    run: Callable[[int], np.ndarray]  # n new tokens per row -> tokens [batch, n]
+    step_bytes: float  # what a decode step must read (the roofline)
+    is_hf: bool
+    fp32_ours: bool  # ours in fp32 throughout: where a token divergence gets explained
 
 
 def ours_generate(model, tokens: np.ndarray, lengths: np.ndarray, new_tokens: int) -> np.ndarray:
@@ -216,39 +232,42 @@ def main() -> None:
         for batch in batches:
             tokens, lengths = left_padded_prompts(cfg.vocab_size, batch, args.prompt_len)
             slots = args.prompt_len + args.new_tokens - 1
-            ref = hf_step = None
+            sides: list[Side] = []
             for hf_dtype in ([] if args.skip_hf else hf_dtypes):
                 if hf_dtype not in hf_models:  # the same weights, rounded for bf16
                     hf_models[hf_dtype] = copy.deepcopy(hf).to(getattr(torch, hf_dtype))
-                model = hf_models[hf_dtype]
-                run_hf = functools.partial(hf_generate, model, tokens, lengths)
+                run_hf = functools.partial(hf_generate, hf_models[hf_dtype], tokens, lengths)
                 run_hf(2)  # warm-up
-                t = time_decode(run_hf, args.new_tokens)
-                same = "reference" if ref is None else f"{np.mean(t.tokens == ref):.1%} equal"
-                if ref is None:
-                    ref, hf_step = t.tokens, t.step_s
-                itemsize = jnp.dtype(hf_dtype).itemsize
-                show_row(batch, f"transformers generate {hf_dtype}", t,
-                         decode_bytes_per_step(cfg, batch, slots, itemsize, itemsize), roof, "",
-                         same)
+                size = jnp.dtype(hf_dtype).itemsize
+                sides.append(Side(f"transformers generate {hf_dtype}", run_hf,
+                                  decode_bytes_per_step(cfg, batch, slots, size, size),
+                                  is_hf=True, fp32_ours=False))
             for param_dtype, matmul_dtype in ours:
                 model = load_model(tmp / name / "ours", dtype="float32", param_dtype=param_dtype,
                                    matmul_dtype=matmul_dtype)
                 run = functools.partial(ours_generate, model, tokens, lengths)
                 run(1), run(args.new_tokens)  # compile both lengths
-                t = time_decode(run, args.new_tokens)
-                same = "-" if ref is None else (
-                    "identical" if np.array_equal(t.tokens, ref)
-                    else f"{np.mean(t.tokens == ref):.1%} equal")
-                if (ref is not None and (param_dtype, matmul_dtype) == ("float32", "")
-                        and hf_dtypes[0] == "float32" and same != "identical"):
-                    same += " " + first_divergence(hf, tokens, lengths, ref, t.tokens)
-                vs = "" if hf_step is None else f"{hf_step / t.step_s:5.2f}x"
-                step_bytes = decode_bytes_per_step(cfg, batch, slots,
-                                                   jnp.dtype(param_dtype).itemsize, 4)
                 label = f"marco_jax {param_dtype}" + (f"/{matmul_dtype} mm" if matmul_dtype
                                                       else "")
-                show_row(batch, label, t, step_bytes, roof, vs, same)
+                sides.append(Side(label, run, decode_bytes_per_step(
+                    cfg, batch, slots, jnp.dtype(param_dtype).itemsize, 4), is_hf=False,
+                    fp32_ours=(param_dtype, matmul_dtype) == ("float32", "")))
+            timings = time_decode_sides([side.run for side in sides], args.new_tokens)
+            # transformers' first dtype is the token reference and the step ours are set against.
+            ref = hf_step = None
+            for side, t in zip(sides, timings, strict=True):
+                vs = "" if side.is_hf or hf_step is None else f"{hf_step / t.step_s:5.2f}x"
+                if ref is None and side.is_hf:
+                    ref, hf_step, same = t.tokens, t.step_s, "reference"
+                elif ref is None:
+                    same = "-"
+                elif np.array_equal(t.tokens, ref):
+                    same = "identical"
+                else:
+                    same = f"{np.mean(t.tokens == ref):.1%} equal"
+                    if side.fp32_ours and hf_dtypes[0] == "float32":
+                        same += " " + first_divergence(hf, tokens, lengths, ref, t.tokens)
+                show_row(batch, side.label, t, side.step_bytes, roof, vs, same)
             xla_s, torch_s = head_matmul_ceiling(cfg, batch)
             head_bytes = cfg.hidden_size * cfg.vocab_size * 4
             print(f"      kernel ceiling: lm-head matmul [{batch},{cfg.hidden_size}]x"

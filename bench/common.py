@@ -58,26 +58,44 @@ class DecodeTiming:
         return np.asarray(self.tokens).size / self.total_s
 
 
-def time_decode(run: Callable[[int], Any], new_tokens: int, repeats: int = 2,
-                attempts: int = 3) -> DecodeTiming:
-    """`run(n)` decodes n new tokens per row (compiled/warmed up by the caller for n=1 and
-    n=new_tokens); the best of `repeats` wall times at each length, the two lengths interleaved
-    so that a slow spell of a shared machine hits both. A step is the difference of two runs:
-    when noise makes it non-positive (tiny models, few tokens, busy cores) it is measured again
-    with twice the repeats, and after `attempts` tries that is an error, never a zero step."""
+def time_decode_sides(runs: Sequence[Callable[[int], Any]], new_tokens: int, rounds: int = 2,
+                      attempts: int = 3) -> list[DecodeTiming]:
+    """`runs[i](n)` decodes n new tokens per row on side i (compiled/warmed up by the caller for
+    n=1 and n=new_tokens). The sides take turns within each round, in reversed order every other
+    round, so a slow spell of a shared machine and one side's after-effects on the next (found in
+    bench_train_vs_torch: our step right after a PyTorch step ran ~12% slower) hit every side
+    alike. A turn is an untimed run(1) (re-entry), then run(1) and run(new_tokens) timed; each
+    side's best of `rounds` at each length. A step is the difference of the two lengths: when
+    noise makes a side's non-positive (tiny models, few tokens, busy cores) every side is timed
+    again with twice the rounds, and after `attempts` tries that is an error, never a zero
+    step."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens={new_tokens}: the step time needs at least 2")
+    first = [float("inf")] * len(runs)
+    total = [float("inf")] * len(runs)
+    outs: list[Any] = [None] * len(runs)
     for _ in range(attempts):
-        first = total = float("inf")
-        for _ in range(repeats):
-            _, t1 = best_of(lambda: run(1), 1)
-            out, tn = best_of(lambda: run(new_tokens), 1)
-            first, total = min(first, t1), min(total, tn)
-        if total > first:
-            return DecodeTiming(out, first, (total - first) / (new_tokens - 1), total)
-        repeats *= 2
-    raise RuntimeError(f"decoding {new_tokens} tokens took no longer than 1 ({total:.4g} vs "
-                       f"{first:.4g} s) in {attempts} tries: too few new tokens to time a step")
+        for round_ in range(rounds):
+            order = range(len(runs)) if round_ % 2 == 0 else reversed(range(len(runs)))
+            for i in order:
+                runs[i](1)  # re-entry after the other sides
+                _, t1 = best_of(lambda i=i: runs[i](1), 1)
+                out, tn = best_of(lambda i=i: runs[i](new_tokens), 1)
+                first[i], total[i], outs[i] = min(first[i], t1), min(total[i], tn), out
+        if all(tn > t1 for t1, tn in zip(first, total, strict=True)):
+            return [DecodeTiming(out, t1, (tn - t1) / (new_tokens - 1), tn)
+                    for out, t1, tn in zip(outs, first, total, strict=True)]
+        rounds *= 2
+    bad = next(i for i in range(len(runs)) if total[i] <= first[i])
+    raise RuntimeError(f"side {bad}: decoding {new_tokens} tokens took no longer than 1 "
+                       f"({total[bad]:.4g} vs {first[bad]:.4g} s) in {attempts} tries: too few "
+                       "new tokens to time a step")
+
+
+def time_decode(run: Callable[[int], Any], new_tokens: int, repeats: int = 2,
+                attempts: int = 3) -> DecodeTiming:
+    """`time_decode_sides` of one side, `repeats` rounds."""
+    return time_decode_sides([run], new_tokens, repeats, attempts)[0]
 
 
 def measure_read_bandwidth(gib: float = 1.0, dtype: str = "float32") -> float:

@@ -101,7 +101,30 @@ def test_decode_timing_splits_prefill_and_step_by_hand(monkeypatch):
     assert t.prefill_s == pytest.approx(0.050) and t.step_s == pytest.approx(0.002)
     assert t.total_s == pytest.approx(0.070)
     assert t.end_to_end_tokens_per_s() == pytest.approx(11 / 0.070)
-    assert calls == [1, 11, 1, 11]  # interleaved
+    assert calls == [1, 1, 11, 1, 1, 11]  # an untimed re-entry call, then both lengths
+
+
+def test_decode_sides_take_turns_and_a_side_after_another_is_not_charged(monkeypatch):
+    common, clock = _common(monkeypatch)
+    calls, last = [], [None]
+
+    def side(name, prefill, step):
+        def run(n):  # the first call after the other side pays 30 ms of after-effects
+            clock[0] += prefill + step * (n - 1) + (0.030 if last[0] not in (None, name) else 0)
+            calls.append((name, n))
+            last[0] = name
+            return [[0] * n]
+        return run
+
+    a, b = common.time_decode_sides([side("a", 0.050, 0.002), side("b", 0.020, 0.004)], 6,
+                                    rounds=1)  # b runs only right after a
+    assert (a.prefill_s, a.step_s) == (pytest.approx(0.050), pytest.approx(0.002))
+    assert (b.prefill_s, b.step_s) == (pytest.approx(0.020), pytest.approx(0.004))
+    calls.clear()
+    common.time_decode_sides([side("a", 0.050, 0.002), side("b", 0.020, 0.004)], 6, rounds=3)
+    # Turns of three calls (re-entry, 1, 6 tokens), the order reversed every other round.
+    assert calls[:3] == [("a", 1), ("a", 1), ("a", 6)] and len(calls) == 3 * 6
+    assert [name for name, _ in calls[::3]] == ["a", "b", "b", "a", "a", "b"]
 
 
 def test_decode_timing_refuses_a_step_it_cannot_see(monkeypatch):
