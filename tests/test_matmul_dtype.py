@@ -23,8 +23,10 @@ from hf_fixtures import make_hf_model
 from parity_fixtures import load_hf_weights, rounded_linears, sharpen
 
 from marco_jax.infer import generate
+from marco_jax.model.config import get_preset
 from marco_jax.model.logprobs import token_nll, weighted_nll_sum
-from marco_jax.model.matmul import flat_matmul, head_logits
+from marco_jax.model.matmul import dot_rows_padded, flat_matmul
+from marco_jax.model.qwen2 import init_model
 
 BF16 = jnp.bfloat16
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +64,21 @@ def test_flat_matmul_and_its_gradients_use_rounded_operands(rows, contract_dims)
                                                         - x2 @ k2).max()
 
 
+def test_a_single_row_flat_matmul_and_its_gradients_use_rounded_operands():
+    """One row (batch-1 decoding) takes the padded forward and the outer-product weight
+    gradient."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 48)).astype(np.float32)
+    kernel = rng.standard_normal((48, 40)).astype(np.float32)
+    y, vjp = jax.vjp(lambda a, k: flat_matmul(a, k, 1, BF16), x, kernel)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dk = vjp(g)
+    np.testing.assert_allclose(np.asarray(y), rounded(x) @ rounded(kernel), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), rounded(g) @ rounded(kernel).T, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dk), rounded(x).T @ rounded(g), rtol=1e-5, atol=1e-5)
+
+
 def test_bf16_compute_rounds_the_result_and_keeps_the_default_operands():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((6, 32)), BF16)
@@ -73,13 +90,13 @@ def test_bf16_compute_rounds_the_result_and_keeps_the_default_operands():
                                                          jnp.float32).astype(BF16), np.float32))
 
 
-def test_single_row_head_logits_equal_the_row_of_a_two_row_product():
+def test_a_single_padded_row_equals_the_row_of_a_two_row_product():
     rng = np.random.default_rng(1)
     hidden = jnp.asarray(rng.standard_normal((2, 64)), BF16)
     head = jnp.asarray(rng.standard_normal((64, 300)), BF16)
-    one = np.asarray(head_logits(hidden[:1], head))
+    one = np.asarray(dot_rows_padded(hidden[:1], head))
     assert one.shape == (1, 300) and one.dtype == np.float32
-    np.testing.assert_array_equal(one, np.asarray(head_logits(hidden, head))[:1])
+    np.testing.assert_array_equal(one, np.asarray(dot_rows_padded(hidden, head))[:1])
     np.testing.assert_allclose(one, rounded(hidden[:1]) @ rounded(head), rtol=1e-5, atol=1e-5)
 
 
@@ -254,3 +271,34 @@ def test_unknown_matmul_dtype_is_one_line_and_exit_2():
     lines = [x for x in out.stderr.splitlines() if x.strip()]
     assert lines[-1].startswith("error: ") and "model.matmul_dtype" in lines[-1], lines[-1]
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_bf16_decoding_holds_no_float32_copy_of_the_weights(batch, monkeypatch):
+    """XLA:CPU upcasts a bf16 gather and a one-row bf16 dot to float32, and hoists the weight
+    converts out of the decode loop: every `generate` call held a float32 copy of the embedding
+    table (and at batch 1 of every Linear) until `Embed` tied the table to the token ids and
+    `dot_rows_padded` padded one row to two. The compiled program's temporaries say which."""
+    import sys
+
+    from flax import nnx
+
+    gen = sys.modules["marco_jax.infer.generate"]
+    config = get_preset("tiny", vocab_size=8192, param_dtype="bfloat16",
+                        matmul_dtype="bfloat16")
+    model = init_model(config)
+    temps = []
+    decode = gen._decode_jit
+
+    def compiled_temp_then_decode(*args, **kwargs):
+        compiled = decode.lower(*args, **kwargs).compile()
+        temps.append(compiled.memory_analysis().temp_size_in_bytes)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "_decode_jit", compiled_temp_then_decode)
+    prompts = np.tile(np.arange(3, 11), (batch, 1))
+    tokens = generate(model, prompts, 4, eos_ids=()).tokens
+    assert np.asarray(tokens).shape == (batch, 4) and len(temps) == 1
+    table_f32 = 4 * config.vocab_size * config.hidden_size
+    layers_f32 = 4 * sum(a.size for a in jax.tree.leaves(nnx.state(model.model.layers)))
+    assert temps[0] < min(table_f32, layers_f32) / 4, (temps[0], table_f32, layers_f32)

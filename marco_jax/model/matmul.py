@@ -16,8 +16,11 @@ What XLA:CPU (jaxlib 0.10.2, YNNPACK dots) needs for that, measured on [4096, 38
   kernel (upcast to float32: 28 ms), and XLA folds a transpose inserted before the dot back into
   it; a transposed copy built as the concatenation of two transposed halves stays a separate
   row-major operand and the dot runs in bf16 (9 ms with the copy; `transposed_copy`);
-- a bf16 dot with a single row outside a loop takes a slow path ([1, 384] x [384, 32000]: ~18 ms,
-  vs 1.2 ms for two rows or in float32), so `head_logits` pads one row to two.
+- a bf16 dot with a single row takes a slow path outside a loop ([1, 384] x [384, 32000]: ~18 ms,
+  vs 1.2 ms for two rows or in float32) and inside one is rewritten as a float32 dot whose
+  weight converts XLA hoists out of the loop: a batch-1 `generate` with bf16 matmuls held a
+  float32 copy of every weight (qwen2-0.5b: 1.4 GB of temporaries). `dot_rows_padded` pads one
+  row to two (the lm head and the Linear forward).
 On TPU and GPU the Linear keeps its N-D einsum (qwen2.py) with the same operand rounding and
 JAX's own backward pass, whose input gradient multiplies the unrounded fp32 cotangent; on CPU it
 is rounded to bf16 first, so gradients differ between platforms at bf16 resolution. The lm head's
@@ -43,12 +46,12 @@ def dot_rows(x: jax.Array, w: jax.Array, contract_w: int = 0) -> jax.Array:
                                preferred_element_type=jnp.float32)
 
 
-def head_logits(hidden: jax.Array, head: jax.Array) -> jax.Array:
-    """hidden [M, E] (the head's dtype) @ head [E, V] -> float32 logits [M, V]; a single
-    low-precision row is padded to two (module doc)."""
-    if hidden.shape[0] == 1 and hidden.dtype != _F32:
-        return dot_rows(jnp.concatenate([hidden, jnp.zeros_like(hidden)]), head)[:1]
-    return dot_rows(hidden, head)
+def dot_rows_padded(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [M, K] @ w [K, N] (same dtype) -> float32 [M, N]; a single low-precision row is padded
+    to two (module doc)."""
+    if x.shape[0] == 1 and x.dtype != _F32:
+        return dot_rows(jnp.concatenate([x, jnp.zeros_like(x)]), w)[:1]
+    return dot_rows(x, w)
 
 
 def transposed_copy(x: jax.Array) -> jax.Array:
@@ -62,12 +65,12 @@ def transposed_copy(x: jax.Array) -> jax.Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _rounded_matmul(x: jax.Array, w: jax.Array, operand_dtype: jnp.dtype, x_dtype: jnp.dtype,
                     w_dtype: jnp.dtype) -> jax.Array:
-    return dot_rows(x.astype(operand_dtype), w.astype(operand_dtype)).astype(x_dtype)
+    return dot_rows_padded(x.astype(operand_dtype), w.astype(operand_dtype)).astype(x_dtype)
 
 
 def _rounded_fwd(x, w, operand_dtype, x_dtype, w_dtype):
     x_low, w_low = x.astype(operand_dtype), w.astype(operand_dtype)
-    return dot_rows(x_low, w_low).astype(x_dtype), (x_low, w_low)
+    return dot_rows_padded(x_low, w_low).astype(x_dtype), (x_low, w_low)
 
 
 def rounded_matmul_grads(x_low: jax.Array, w_low: jax.Array, g: jax.Array, x_dtype: jnp.dtype,

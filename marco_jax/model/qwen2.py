@@ -27,7 +27,7 @@ from marco_jax.model.activations import silu_mul
 from marco_jax.model.attention import attend, attention_mask, xla_attention
 from marco_jax.model.config import Qwen2Config
 from marco_jax.model.kv_cache import KVCache
-from marco_jax.model.matmul import flat_matmul, head_logits
+from marco_jax.model.matmul import dot_rows_padded, flat_matmul
 from marco_jax.model.target import target_platform
 from marco_jax.parallel.constraints import RESIDUAL, constrain
 
@@ -81,7 +81,15 @@ class Embed(nnx.Module):
                                 config, None)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding.value, tokens, axis=0)
+        table = self.embedding.value
+        if table.dtype != jnp.float32 and target_platform() == "cpu":
+            # XLA:CPU gathers bf16 through a float32 convert of the table, which fuses into the
+            # gather (only the picked rows convert) unless the table is loop-invariant: in a
+            # decode loop the convert of the whole table is hoisted and run once per `generate`
+            # call (qwen2-0.5b: 545 MB of temporaries). Tying the table to the token ids keeps
+            # it inside the loop.
+            table, tokens = jax.lax.optimization_barrier((table, tokens))
+        return jnp.take(table, tokens, axis=0)
 
 
 class RMSNorm(nnx.Module):
@@ -318,7 +326,7 @@ class Qwen2ForCausalLM(nnx.Module):
         head = self.lm_head_kernel() if head is None else head
         hidden = hidden.astype(head.dtype)
         if target_platform() == "cpu":  # 2-D, one bf16 row padded (marco_jax/model/matmul.py)
-            rows = head_logits(hidden.reshape(-1, hidden.shape[-1]), head)
+            rows = dot_rows_padded(hidden.reshape(-1, hidden.shape[-1]), head)
             return rows.reshape(*hidden.shape[:-1], head.shape[-1])
         return jnp.einsum("...e,ev->...v", hidden, head, preferred_element_type=jnp.float32)
 
