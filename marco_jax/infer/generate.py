@@ -290,7 +290,7 @@ def generate(model: Qwen2ForCausalLM, prompt_tokens: jax.Array | np.ndarray, max
     stop_ids[:len(stop)] = stop
     # Host arrays go to the jitted call as they are: its C++ path transfers them.
     return _decode_jit(graphdef, state, _head_for(model, graphdef, state),
-                       _layers_for(model, graphdef, state), tokens, mask.astype(np.int32),
+                       _layers_for(model, graphdef, state), tokens, mask,
                        stop_ids, np.int32(pad), key,
                        max_new_tokens=max_new_tokens, sampling=sampling, vocab_limit=vocab_limit)
 
