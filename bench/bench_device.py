@@ -29,9 +29,10 @@ lower MFU than 7B on the same chip (smaller matmuls), so the comparison is a bar
 Decoding: a random `transformers.Qwen2ForCausalLM` of the size's dims in bf16 is saved and
 converted with our converter, so both sides decode the same weights; left-padded random prompts,
 greedy, no stop token. Ours: `marco_jax.infer.generate`, bf16 weights and compute (compile
-excluded). Each side is timed at 1 and at `--new-tokens` new tokens per row (best of 2): the
-first run is the prefill, each further token's step is the difference over the extra tokens, and
-tokens/s = batch / step. transformers' `generate` runs beside it, timed the same way, when torch
+excluded). Each side is timed at 1 and at `--new-tokens` new tokens per row (best of 2 rounds,
+the sides taking turns: `common.time_decode_sides`): the first run is the prefill, each further
+token's step is the difference over the extra tokens, and tokens/s = batch / step.
+transformers' `generate` runs beside it, timed the same way, when torch
 sees a GPU (else, or with `--skip-hf`, ours alone; without transformers ours decodes random
 weights of its own). Token agreement is reported, not asserted (bf16 kernels differ). Roofline:
 every step reads all weights once plus the KV cache, at the device bandwidth measured here (a

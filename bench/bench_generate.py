@@ -47,7 +47,7 @@ operands with fp32 accumulation (`model.matmul_dtype`, AMX on Sapphire Rapids an
 `--hf-dtypes bfloat16` adds transformers with bf16 weights (`torch_dtype=bfloat16`), the peer of
 those. Tokens of bf16 sides are compared with transformers' fp32 tokens as a fraction equal
 (these random models have near-tied logits, so bf16 rounding changes most of them, on both sides).
-2026-12-06 23:00, AMX VM, one run (after the bf16 gather and one-row fixes, README "bf16 matmuls
+2026-12-06 22:25, AMX VM, one run (after the bf16 gather and one-row fixes, README "bf16 matmuls
 on CPU"): bf16 weights and matmuls, steps 2.38 / 4.16 ms (vocab-heavy batch 1 / 8) and 3.66 /
 5.80 ms (layer-heavy) vs fp32 2.37 / 5.76 and 4.31 / 7.84 and transformers bf16 6.44 / 9.71 and
 8.19 / 10.37 ms.
