@@ -61,10 +61,10 @@ def self_attention_mask(segment_ids: jax.Array) -> jax.Array:
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                   kv_heads_major: bool = False) -> jax.Array:
-    """Grouped einsums, scores in fp32; mask [B, T, S]. k/v [B, S, K, D], or [B, K, S, D] with
-    `kv_heads_major` (the CPU KV cache's layout: the einsums then need no transposed copy)."""
+    """Grouped einsums, scores in fp32; mask [B, T, S]. k/v [B, S, K, D], or [B*K, S, D] with
+    `kv_heads_major` (the CPU KV cache's layout: the matmuls then need no transposed copy)."""
     b, t, h, d = q.shape
-    kv_heads = k.shape[1] if kv_heads_major else k.shape[2]
+    kv_heads = k.shape[0] // b if kv_heads_major else k.shape[2]
     qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
     if kv_heads_major:
         return _heads_major_attention(qg, k, v, mask)
@@ -82,18 +82,21 @@ _ROW_HEAD_BATCH = ((0, 1), (0, 1))
 
 def _heads_major_attention(qg: jax.Array, k: jax.Array, v: jax.Array,
                            mask: jax.Array) -> jax.Array:
-    """`xla_attention` over a heads-major cache as two plain batched matmuls, batch (row, kv
-    head), the group's queries [G*T] as rows. The einsum form left t and g as separate free axes
-    and XLA:CPU ran its probs @ v as a strided Eigen dot: 3.43 vs 0.67 ms per batch-8 decode step
-    over 6 layers (2-core CPU, 255 slots)."""
+    """`xla_attention` over a heads-major cache [B*K, S, D] as two plain matmuls batched over
+    (row, kv head), the group's queries [G*T] as rows. The einsum form left t and g as separate
+    free axes and XLA:CPU ran its probs @ v as a strided Eigen dot: 3.43 vs 0.67 ms per batch-8
+    decode step over 6 layers (2-core CPU, 255 slots). One flat batch axis, not (B, K): at one
+    row XLA drops a size-1 batch axis, and the cache write feeding that squeezed view was
+    duplicated, so every step copied each layer's K and V four times (`KVCache`)."""
     b, t, kv_heads, g, d = qg.shape
-    s = k.shape[2]
-    rows = _block_rows(qg.reshape(b, t, kv_heads * g, d), kv_heads)
-    scores = _bdot(rows, k, 3, 3) * (d ** -0.5)
+    s = k.shape[1]
+    rows = _block_rows(qg.reshape(b, t, kv_heads * g, d), kv_heads).reshape(b * kv_heads, g * t, d)
+    flat = (((2,), (2,)), ((0,), (0,)))
+    scores = jax.lax.dot_general(rows, k, flat, preferred_element_type=jnp.float32) * (d ** -0.5)
     scores = jnp.where(mask[:, None, None], scores.reshape(b, kv_heads, g, t, s), MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, g * t, s)
-    out = jax.lax.dot_general(probs, v, (((3,), (2,)), _ROW_HEAD_BATCH))  # [B, K, G*T, D]
-    return _block_unrows(out, kv_heads * g)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b * kv_heads, g * t, s)
+    out = jax.lax.dot_general(probs, v, (((2,), (1,)), ((0,), (0,))))  # [B*K, G*T, D]
+    return _block_unrows(out.reshape(b, kv_heads, g * t, d), kv_heads * g)
 
 
 def _block_rows(x: jax.Array, kv_heads: int) -> jax.Array:

@@ -142,7 +142,7 @@ class Attention(nnx.Module):
                  start: jax.Array | None, cache_heads_major: bool = False,
                  cache_fresh: bool = False
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-        """`cache_kv`: this layer's [B, S, K, D] cache, or [B, K, S, D] with `cache_heads_major`
+        """`cache_kv`: this layer's [B, S, K, D] cache, or [B*K, S, D] with `cache_heads_major`
         (`KVCache.per_layer`); `cache_fresh`: it is empty (`KVCache.fresh`)."""
         q = apply_rope(self.q_proj(x), cos, sin)
         k = apply_rope(self.k_proj(x), cos, sin)
@@ -155,10 +155,10 @@ class Attention(nnx.Module):
         # KV cache (prefill / decode into a left-padded cache): the XLA path, whatever the impl.
         ck, cv = cache_kv
         k_new, v_new = k, v
-        if cache_heads_major:
-            k, v, slot_axis = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), 2
-        else:
-            slot_axis = 1
+        slot_axis = 1
+        if cache_heads_major:  # [B, T, K, D] -> [B*K, T, D]
+            b, t, kv_heads, d = k.shape
+            k, v = (jnp.swapaxes(a, 1, 2).reshape(b * kv_heads, t, d) for a in (k, v))
         k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), start, axis=slot_axis)
         v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), start, axis=slot_axis)
         if cache_fresh:  # the only keys are this call's, at slots [0, T): the same mask
