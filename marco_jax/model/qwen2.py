@@ -155,18 +155,17 @@ class Attention(nnx.Module):
         # KV cache (prefill / decode into a left-padded cache): the XLA path, whatever the impl.
         ck, cv = cache_kv
         k_new, v_new = k, v
-        slot_axis = 1
-        if cache_heads_major:  # [B, T, K, D] -> [B*K, T, D]
+        if cache_heads_major:  # [B, T, K, D] -> [B*K, T, D]; slots are axis 1 in both layouts
             b, t, kv_heads, d = k.shape
             k, v = (jnp.swapaxes(a, 1, 2).reshape(b * kv_heads, t, d) for a in (k, v))
-        k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), start, axis=slot_axis)
-        v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), start, axis=slot_axis)
+        k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), start, axis=1)
+        v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), start, axis=1)
         if cache_fresh:  # the only keys are this call's, at slots [0, T): the same mask
             out = attend(q, k_new.astype(ck.dtype).astype(q.dtype),
                          v_new.astype(cv.dtype).astype(q.dtype), segment_ids, "xla")
         else:
             mask = attention_mask(segment_ids, cache_segment_ids, start + jnp.arange(x.shape[1]),
-                                  jnp.arange(k.shape[slot_axis]))
+                                  jnp.arange(k.shape[1]))
             out = xla_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, cache_heads_major)
         return self.o_proj(out), (k, v)
 
