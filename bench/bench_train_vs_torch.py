@@ -102,7 +102,13 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import host_malloc_line, random_hf_model, reexec_like_the_clis  # noqa: E402
+from common import (  # noqa: E402
+    alternating,
+    host_malloc_line,
+    random_hf_model,
+    reexec_like_the_clis,
+    timed_after_reentry,
+)
 
 from marco_jax.config.cli import fail  # noqa: E402
 from marco_jax.config.schema import OptimSection, TrainSection  # noqa: E402
@@ -131,23 +137,6 @@ SHAPES = {
 def mean_loss(sums: dict) -> float:
     """The step returns additive sums; the mean loss per target token."""
     return float(sums["loss_sum"]) / max(float(sums["weight"]), 1.0)
-
-
-def alternating(sides: list, round_: int) -> list:
-    """The sides in order on even rounds, reversed on odd ones (load drift and neighbours hit
-    every side alike)."""
-    return sides if round_ % 2 == 0 else sides[::-1]
-
-
-def timed_after_reentry(fn) -> float:
-    """Seconds of one call of `fn`, run once untimed first. Our step's first run right after a
-    PyTorch step is slower than in a loop of our own steps (layer-heavy, one run of 4 rounds:
-    4.96 s vs 4.42 s median; PyTorch's 5.19 vs 5.27 s: no such cost), which a training loop never
-    pays: timing the second call measures each side in its steady state."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def make_jax_step(model_cfg, tokens: np.ndarray, warmup: int, loss_chunk: int):

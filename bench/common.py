@@ -43,6 +43,23 @@ def best_of(fn: Callable[[], Any], repeats: int = 2) -> tuple[Any, float]:
     return out, best
 
 
+def alternating(sides: Sequence, round_: int) -> list:
+    """The sides in order on even rounds, reversed on odd ones (load drift and neighbours hit
+    every side alike)."""
+    return list(sides) if round_ % 2 == 0 else list(sides)[::-1]
+
+
+def timed_after_reentry(fn: Callable[[], Any]) -> float:
+    """Seconds of one call of `fn`, run once untimed first. Our step's first run right after a
+    PyTorch step is slower than in a loop of our own steps (layer-heavy, one run of 4 rounds:
+    4.96 s vs 4.42 s median; PyTorch's 5.19 vs 5.27 s: no such cost), which a training loop never
+    pays: timing the second call measures each side in its steady state."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 @dataclass(frozen=True)
 class DecodeTiming:
     """One side's greedy decode of `new_tokens` per row, split as serving benches report it:
@@ -62,13 +79,12 @@ def time_decode_sides(runs: Sequence[Callable[[int], Any]], new_tokens: int, rou
                       attempts: int = 3) -> list[DecodeTiming]:
     """`runs[i](n)` decodes n new tokens per row on side i (compiled/warmed up by the caller for
     n=1 and n=new_tokens). The sides take turns within each round, in reversed order every other
-    round, so a slow spell of a shared machine and one side's after-effects on the next (found in
-    bench_train_vs_torch: our step right after a PyTorch step ran ~12% slower) hit every side
-    alike. A turn is an untimed run(1) (re-entry), then run(1) and run(new_tokens) timed; each
-    side's best of `rounds` at each length. A step is the difference of the two lengths: when
-    noise makes a side's non-positive (tiny models, few tokens, busy cores) every side is timed
-    again with twice the rounds, and after `attempts` tries that is an error, never a zero
-    step."""
+    round (`alternating`), so a slow spell of a shared machine hits every side alike; a turn is
+    run(1) timed after an untimed re-entry call (`timed_after_reentry`: one side's after-effects
+    on the next are not charged), then run(new_tokens); each side's best of `rounds` at each
+    length. A step is the difference of the two lengths: when noise makes a side's non-positive
+    (tiny models, few tokens, busy cores) every side is timed again with twice the rounds, and
+    after `attempts` tries that is an error, never a zero step."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens={new_tokens}: the step time needs at least 2")
     first = [float("inf")] * len(runs)
@@ -76,10 +92,8 @@ def time_decode_sides(runs: Sequence[Callable[[int], Any]], new_tokens: int, rou
     outs: list[Any] = [None] * len(runs)
     for _ in range(attempts):
         for round_ in range(rounds):
-            order = range(len(runs)) if round_ % 2 == 0 else reversed(range(len(runs)))
-            for i in order:
-                runs[i](1)  # re-entry after the other sides
-                _, t1 = best_of(lambda i=i: runs[i](1), 1)
+            for i in alternating(range(len(runs)), round_):
+                t1 = timed_after_reentry(lambda i=i: runs[i](1))
                 out, tn = best_of(lambda i=i: runs[i](new_tokens), 1)
                 first[i], total[i], outs[i] = min(first[i], t1), min(total[i], tn), out
         if all(tn > t1 for t1, tn in zip(first, total, strict=True)):
