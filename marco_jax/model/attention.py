@@ -76,8 +76,10 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     return out.reshape(b, t, h, d)
 
 
-# Batch axes (row, kv head) of the heads-major matmuls.
+# Batch axes of the heads-major matmuls: (row, kv head) in the training blocks, one flat
+# row * kv head axis over the decode cache.
 _ROW_HEAD_BATCH = ((0, 1), (0, 1))
+_FLAT_BATCH = ((0,), (0,))
 
 
 def _heads_major_attention(qg: jax.Array, k: jax.Array, v: jax.Array,
@@ -91,11 +93,10 @@ def _heads_major_attention(qg: jax.Array, k: jax.Array, v: jax.Array,
     b, t, kv_heads, g, d = qg.shape
     s = k.shape[1]
     rows = _block_rows(qg.reshape(b, t, kv_heads * g, d), kv_heads).reshape(b * kv_heads, g * t, d)
-    flat = (((2,), (2,)), ((0,), (0,)))
-    scores = jax.lax.dot_general(rows, k, flat, preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = _bdot(rows, k, 2, 2, _FLAT_BATCH) * (d ** -0.5)
     scores = jnp.where(mask[:, None, None], scores.reshape(b, kv_heads, g, t, s), MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b * kv_heads, g * t, s)
-    out = jax.lax.dot_general(probs, v, (((2,), (1,)), ((0,), (0,))))  # [B*K, G*T, D]
+    out = jax.lax.dot_general(probs, v, (((2,), (1,)), _FLAT_BATCH))  # [B*K, G*T, D]
     return _block_unrows(out.reshape(b, kv_heads, g * t, d), kv_heads * g)
 
 
@@ -117,9 +118,10 @@ def _block_unrows(rows: jax.Array, num_heads: int) -> jax.Array:
         b, t, num_heads, d)
 
 
-def _bdot(x: jax.Array, y: jax.Array, x_contract: int, y_contract: int) -> jax.Array:
+def _bdot(x: jax.Array, y: jax.Array, x_contract: int, y_contract: int,
+          batch: tuple = _ROW_HEAD_BATCH) -> jax.Array:
     """A matmul batched over the leading (row, kv head) axes, products summed in float32."""
-    return jax.lax.dot_general(x, y, (((x_contract,), (y_contract,)), _ROW_HEAD_BATCH),
+    return jax.lax.dot_general(x, y, (((x_contract,), (y_contract,)), batch),
                                preferred_element_type=jnp.float32)
 
 
@@ -258,7 +260,7 @@ def causal_block_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     """`xla_attention` over query blocks (`_cpu_query_block`), each against the keys up to its
     end only: the causal upper triangle of blocks is never computed (4 blocks at T=512 compute
     62.5% of the full score work), and the smaller score tiles stay in cache. k and v are laid
-    out heads-major once ([B, K, T, D], the decode cache's layout), so every block is two plain
+    out heads-major once ([B, K, T, D], as the decode cache), so every block is two plain
     batched matmuls on key/value prefixes as in `_heads_major_attention`; slicing the
     [B, T, H, D] layout per block had XLA:CPU transpose each block's key/value prefix again.
 
