@@ -140,3 +140,20 @@ def shared_data() -> Path:
             pytest.fail(f"{message}; MARCO_REQUIRE_SHARED_DATA=1 requires it")
         pytest.skip(message)
     return SHARED_DATA
+
+
+@pytest.fixture
+def decode_programs(monkeypatch) -> list:
+    """The compiled programs `generate` runs in this test, in call order (each compiled once
+    more beside the call): their temporaries and HLO show what a decode loop holds and copies."""
+    import sys
+
+    gen = sys.modules["marco_jax.infer.generate"]  # the package re-exports a function of that name
+    programs, decode = [], gen._decode_jit
+
+    def compiled_then_decode(*args, **kwargs):
+        programs.append(decode.lower(*args, **kwargs).compile())
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "_decode_jit", compiled_then_decode)
+    return programs

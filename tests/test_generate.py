@@ -285,27 +285,18 @@ def test_host_memory_is_the_lower_of_ram_and_the_container_limit(tmp_path):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_decode_steps_write_the_kv_cache_in_place(tiny_model, batch, monkeypatch):
+def test_decode_steps_write_the_kv_cache_in_place(tiny_model, batch, decode_programs):
     """No step copies a layer's K or V buffer. The cache was [B, K, S, D]: at batch 1 XLA:CPU
     dropped the size-1 axis for the attention's view, duplicated the cache write feeding it and
     copied every buffer four times a step; it is [B*K, S, D] (`KVCache`) and is updated in
     place. The compiled program says which (no copy with a buffer's element count)."""
     import re
-    import sys
 
-    gen = sys.modules["marco_jax.infer.generate"]
-    texts = []
-    decode = gen._decode_jit
-
-    def compiled_text_then_decode(*args, **kwargs):
-        texts.append(decode.lower(*args, **kwargs).compile().as_text())
-        return decode(*args, **kwargs)
-
-    monkeypatch.setattr(gen, "_decode_jit", compiled_text_then_decode)
     prompt, new = 5, 7
     generate(tiny_model, np.tile(np.arange(3, 3 + prompt), (batch, 1)), new, eos_ids=())
     cfg = tiny_model.config
     buffer_elements = batch * cfg.num_key_value_heads * (prompt + new - 1) * cfg.dim_per_head
+    hlo = decode_programs[0].as_text()
     copied = [int(np.prod([int(n) for n in dims.split(",") if n]))
-              for dims in re.findall(r"= f32\[([0-9,]*)\]\{[0-9,]*\} copy\(", texts[0])]
+              for dims in re.findall(r"= f32\[([0-9,]*)\]\{[0-9,]*\} copy\(", hlo)]
     assert buffer_elements not in copied, (buffer_elements, copied)

@@ -274,31 +274,20 @@ def test_unknown_matmul_dtype_is_one_line_and_exit_2():
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_bf16_decoding_holds_no_float32_copy_of_the_weights(batch, monkeypatch):
+def test_bf16_decoding_holds_no_float32_copy_of_the_weights(batch, decode_programs):
     """XLA:CPU upcasts a bf16 gather and a one-row bf16 dot to float32, and hoists the weight
     converts out of the decode loop: every `generate` call held a float32 copy of the embedding
     table (and at batch 1 of every Linear) until `Embed` tied the table to the token ids and
     `dot_rows_padded` padded one row to two. The compiled program's temporaries say which."""
-    import sys
-
     from flax import nnx
 
-    gen = sys.modules["marco_jax.infer.generate"]
     config = get_preset("tiny", vocab_size=8192, param_dtype="bfloat16",
                         matmul_dtype="bfloat16")
     model = init_model(config)
-    temps = []
-    decode = gen._decode_jit
-
-    def compiled_temp_then_decode(*args, **kwargs):
-        compiled = decode.lower(*args, **kwargs).compile()
-        temps.append(compiled.memory_analysis().temp_size_in_bytes)
-        return decode(*args, **kwargs)
-
-    monkeypatch.setattr(gen, "_decode_jit", compiled_temp_then_decode)
     prompts = np.tile(np.arange(3, 11), (batch, 1))
     tokens = generate(model, prompts, 4, eos_ids=()).tokens
-    assert np.asarray(tokens).shape == (batch, 4) and len(temps) == 1
+    assert np.asarray(tokens).shape == (batch, 4) and len(decode_programs) == 1
+    temp = decode_programs[0].memory_analysis().temp_size_in_bytes
     table_f32 = 4 * config.vocab_size * config.hidden_size
     layers_f32 = 4 * sum(a.size for a in jax.tree.leaves(nnx.state(model.model.layers)))
-    assert temps[0] < min(table_f32, layers_f32) / 4, (temps[0], table_f32, layers_f32)
+    assert temp < min(table_f32, layers_f32) / 4, (temp, table_f32, layers_f32)
