@@ -11,6 +11,7 @@ done emit `pad_id`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import weakref
 from collections.abc import Callable, Sequence
@@ -90,6 +91,12 @@ def host_memory_bytes(cgroup_limits: Sequence[Path] = _CGROUP_LIMITS) -> int | N
     return total
 
 
+@functools.cache
+def _this_host_memory() -> int | None:
+    """`host_memory_bytes()`, read once per process (every `generate` call asks)."""
+    return host_memory_bytes()
+
+
 def keeps_layer_copy(model: Qwen2ForCausalLM) -> bool:
     """Whether decoding keeps `decode_layers` between calls: on CPU, where the layers run over
     per-layer arrays (`Qwen2ForCausalLM.decode_weights`), in a single-process run (processes
@@ -106,7 +113,7 @@ def _layer_copy_fits(layer_params: Sequence[jax.Array]) -> bool:
     """`keeps_layer_copy` for the decoder layers' param arrays."""
     if jax.default_backend() != "cpu" or jax.process_count() > 1:
         return False
-    memory = host_memory_bytes()
+    memory = _this_host_memory()
     if memory is None:
         return False
     layer_bytes = sum(shard.data.nbytes for a in layer_params for shard in a.addressable_shards)
