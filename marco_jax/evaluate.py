@@ -33,6 +33,7 @@ from marco_jax.evals.suite import (
     suite_mesh,
 )
 from marco_jax.evals.tasks import EvalDataError
+from marco_jax.infer.generate import upcast_weights_warning
 from marco_jax.parallel import initialize_distributed
 
 EXIT_BAD_INPUT = 2
@@ -100,6 +101,9 @@ def _run(argv: list[str]) -> int:
         mesh = suite_mesh(config)
         model = load_eval_model(args.checkpoint, step=args.step, dtype=config.dtype, mesh=mesh,
                                 matmul_dtype=config.matmul_dtype)
+        warning = upcast_weights_warning(model, "the suite config's matmul_dtype")
+        if warning and writer:
+            print(warning, file=sys.stderr)
         return Engine(model, batch_size=config.batch_size, max_len=config.max_len,
                       length_buckets=config.length_buckets, mesh=mesh)
 

@@ -15,6 +15,7 @@ import sys
 from marco_jax.checkpoint import given_overrides, load_model
 from marco_jax.compile_cache import enable_compilation_cache
 from marco_jax.data.tokenizer import get_tokenizer
+from marco_jax.infer.generate import upcast_weights_warning
 from marco_jax.infer.text import generate_text
 
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:  # not a converted checkpoint / run workdir
         print(f"error: --checkpoint: {e}", file=sys.stderr)
         return 2
+    warning = upcast_weights_warning(model, "--matmul-dtype")
+    if warning:
+        print(warning, file=sys.stderr)
     try:
         texts = generate_text(model, get_tokenizer(), args.prompt,
                               max_new_tokens=args.max_new_tokens, chat=args.chat,

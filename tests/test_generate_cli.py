@@ -68,6 +68,21 @@ def test_bf16_matmuls_match_transformers_with_rounded_linears(checkpoint, capsys
     assert expected != hf_continuation(hf_model, tok.encode(prompt), 12, [tok.eos_id])
 
 
+def test_bf16_weights_with_float32_matmuls_get_one_warning_line(checkpoint, tmp_path, capsys):
+    path, _ = checkpoint
+    bf16 = tmp_path / "bf16"
+    convert_hf_to_orbax(path.parent / "hf", bf16, dtype="bfloat16")
+    argv = ["--checkpoint", str(bf16), "--prompt", "Hello", "--max-new-tokens", "2"]
+    assert main(argv) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert len(err) == 1 and "bfloat16 weights with float32 matmuls on CPU" in err[0], err
+    assert "--matmul-dtype=bfloat16" in err[0]
+    for quiet in (["--checkpoint", str(path)], ["--checkpoint", str(bf16), "--matmul-dtype",
+                                                  "bfloat16"]):
+        assert main([*quiet, "--prompt", "Hello", "--max-new-tokens", "2"]) == 0
+        assert "warning" not in capsys.readouterr().err
+
+
 def test_chat_prompt_matches_transformers(checkpoint, capsys):
     path, hf_model = checkpoint
     assert main(["--checkpoint", str(path), "--chat", "--system", "Be brief.",

@@ -128,6 +128,25 @@ _HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def upcast_weights_warning(model: Qwen2ForCausalLM, setting: str) -> str | None:
+    """One warning line where decoding on CPU converts the weights up on every call: XLA:CPU has
+    no mixed-dtype matmul, so bf16 weights under fp32 matmuls decode on fp32 copies of every
+    layer weight made per `generate` call (the compiled program's temporaries; qwen2-0.5b: 1.6 GB
+    beside 1.0 GB of bf16 weights, more than fp32 weights alone; scoring calls convert too).
+    `setting` names the option that avoids it. None where nothing is converted up, or off CPU
+    (there the convert fuses into the dot)."""
+    cfg = model.config
+    if (jax.default_backend() != "cpu"
+            or cfg.jnp_param_dtype.itemsize >= cfg.jnp_matmul_dtype.itemsize):
+        return None
+    copy = cfg.jnp_matmul_dtype.itemsize * sum(
+        a.size for a in jax.tree.leaves(nnx.state(model.model.layers)))
+    return (f"warning: {cfg.param_dtype} weights with {cfg.jnp_matmul_dtype.name} matmuls on CPU:"
+            f" every generate or scoring call makes a {cfg.jnp_matmul_dtype.name} copy of the "
+            f"layer weights ({copy / 1e9:.2f} GB here); {setting}={cfg.param_dtype} computes on "
+            "the weights as stored (fastest on CPUs with AMX)")
+
+
 def kept_derived(held: weakref.WeakKeyDictionary, owner: object, sources: list[jax.Array],
                  key: object, build: Callable[[], T]) -> T:
     """`build()`, or what it returned for the same `owner` (a model, an eval engine), `key` and
