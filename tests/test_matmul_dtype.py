@@ -309,7 +309,7 @@ def test_bf16_weights_under_float32_matmuls_decode_on_a_float32_copy(decode_prog
     assert decode_programs[0].memory_analysis().temp_size_in_bytes >= 0.9 * layers_f32
     warning = upcast_weights_warning(model, "--matmul-dtype")
     assert warning.startswith("warning: bfloat16 weights with float32 matmuls on CPU")
-    assert f"({layers_f32 / 1e9:.2f} GB here)" in warning
+    assert f"({layers_f32 / 1e6:,.1f} MB here)" in warning
     for quiet in (dict(param_dtype="bfloat16", matmul_dtype="bfloat16"), dict(),
                   dict(matmul_dtype="bfloat16")):
         assert upcast_weights_warning(init_model(get_preset("tiny", vocab_size=8192, **quiet)),

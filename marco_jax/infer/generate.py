@@ -143,7 +143,7 @@ def upcast_weights_warning(model: Qwen2ForCausalLM, setting: str) -> str | None:
         a.size for a in jax.tree.leaves(nnx.state(model.model.layers)))
     return (f"warning: {cfg.param_dtype} weights with {cfg.jnp_matmul_dtype.name} matmuls on CPU:"
             f" every generate or scoring call makes a {cfg.jnp_matmul_dtype.name} copy of the "
-            f"layer weights ({copy / 1e9:.2f} GB here); {setting}={cfg.param_dtype} computes on "
+            f"layer weights ({copy / 1e6:,.1f} MB here); {setting}={cfg.param_dtype} computes on "
             "the weights as stored (fastest on CPUs with AMX)")
 
 
