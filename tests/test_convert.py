@@ -217,6 +217,11 @@ def test_cli_reports_missing_inputs(tmp_path, capsys):
     assert cli(["orbax-to-hf", "--checkpoint", str(tmp_path / "nope"), "--out",
                 str(tmp_path / "o")]) == 2
     assert "no such directory" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoints" / "20").mkdir(parents=True)  # a training workdir
+    assert cli(["orbax-to-hf", "--checkpoint", str(tmp_path / "run"), "--out",
+                str(tmp_path / "o")]) == 2
+    assert "a training workdir, not a converted checkpoint; export it with run-to-hf" in \
+        capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text(json.dumps(
         {"model_type": "qwen2", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8,
