@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> str:
             raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such directory")
         if (epath.Path(args.checkpoint) / "checkpoints").is_dir():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint}: a training workdir, not a "
-                                    f"converted checkpoint; export it with run-to-hf --workdir")
+                                    "converted checkpoint; export it with run-to-hf --workdir")
         files = export_orbax_to_hf(args.checkpoint, args.out, max_shard_size=args.max_shard_size,
                                    dtype=args.dtype, overwrite=args.overwrite)
         return f"exported {args.checkpoint} -> {args.out} ({len(files) - 1} safetensors files)"
