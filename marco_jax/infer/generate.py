@@ -322,4 +322,5 @@ def generate(model: Qwen2ForCausalLM, prompt_tokens: jax.Array | np.ndarray, max
 
 
 __all__ = ["GenerateOutput", "decode_head", "decode_layers", "generate", "host_memory_bytes",
-           "keeps_layer_copy", "kept_derived", "left_pad", "stored_decode_head"]
+           "keeps_layer_copy", "kept_derived", "left_pad", "stored_decode_head",
+           "upcast_weights_warning"]
