@@ -10,8 +10,9 @@ from marco_jax.checkpoint.params import (
     save_tree,
     stored_tree,
 )
-from marco_jax.checkpoint.run import RunCheckpointer, open_run
+from marco_jax.checkpoint.run import RunCheckpointer, is_run_workdir, open_run
 
-__all__ = ["RunCheckpointer", "given_overrides", "load_model", "load_params", "open_run",
+__all__ = ["RunCheckpointer", "given_overrides", "is_run_workdir", "load_model", "load_params",
+           "open_run",
            "params_location", "read_model_config", "restore_tree", "save_params", "save_tree",
            "stored_tree"]

@@ -17,7 +17,7 @@ from marco_jax.checkpoint.params import (
     restore_tree,
     stored_tree,
 )
-from marco_jax.checkpoint.run import open_run
+from marco_jax.checkpoint.run import is_run_workdir, open_run
 from marco_jax.model.config import RUNTIME_FIELDS, Qwen2Config
 from marco_jax.model.init import abstract_model
 from marco_jax.model.qwen2 import Qwen2ForCausalLM
@@ -32,7 +32,7 @@ def params_location(path: str | os.PathLike, step: int | None = None) -> tuple[Q
         if step is not None:
             raise ValueError(f"{path}: a converted checkpoint has no steps (step={step})")
         return read_model_config(path), str(root / PARAMS_DIR)
-    if (root / "checkpoints").exists():
+    if is_run_workdir(path):
         run = open_run(path, step)
         return run.config, run.params_dir
     raise FileNotFoundError(f"{path}: neither a converted checkpoint ({CONFIG_FILE}) nor a "

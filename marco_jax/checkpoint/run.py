@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 import orbax.checkpoint as ocp
+from etils import epath
 
 from marco_jax.checkpoint.layout import LAYOUT_VERSION, layout_mismatches
 from marco_jax.checkpoint.params import PARAMS_DIR, model_config_from_dict, quiet_orbax
@@ -32,6 +33,16 @@ from marco_jax.paths import orbax_path
 log = logging.getLogger(__name__)
 
 ITEM_NAMES = (PARAMS_DIR, "opt_state", "data", "meta")
+
+
+def run_checkpoints_dir(workdir: Any) -> epath.Path:
+    """Where a training run keeps its steps."""
+    return orbax_path(workdir) / "checkpoints"
+
+
+def is_run_workdir(path: Any) -> bool:
+    """Whether `path` is a training run's workdir (it has a checkpoints/ directory)."""
+    return run_checkpoints_dir(path).exists()
 
 
 class CheckpointLayoutError(ValueError):
@@ -50,7 +61,7 @@ class RunCheckpointer:
     """Owner of a run's CheckpointManager: save, validated restore with fallback, close."""
 
     def __init__(self, workdir: str, keep: int, async_save: bool = True):
-        self.directory = orbax_path(workdir) / "checkpoints"
+        self.directory = run_checkpoints_dir(workdir)
         self.manager = _manager(self.directory, keep, async_save)
         self.skipped: list[dict[str, Any]] = []  # steps passed over at restore, with reasons
 
@@ -133,7 +144,7 @@ class RunStep:
 
 def open_run(workdir: Any, step: int | None = None) -> RunStep:
     """Step `step` (default: the latest) of the run in `workdir`, with its model config."""
-    directory = orbax_path(workdir) / "checkpoints"
+    directory = run_checkpoints_dir(workdir)
     if not directory.exists():
         raise FileNotFoundError(f"{workdir}: no checkpoints/ (not a training workdir)")
     with quiet_orbax():

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from etils import epath
 
+from marco_jax.checkpoint import is_run_workdir
 from marco_jax.convert.from_run import export_run_to_hf, export_run_to_orbax
 from marco_jax.convert.hf_to_ours import convert_hf_to_orbax
 from marco_jax.convert.ours_to_hf import export_orbax_to_hf
@@ -87,7 +88,7 @@ def _run(args: argparse.Namespace) -> str:
     if args.command == "orbax-to-hf":
         if not epath.Path(args.checkpoint).is_dir():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such directory")
-        if (epath.Path(args.checkpoint) / "checkpoints").is_dir():
+        if is_run_workdir(args.checkpoint):
             raise FileNotFoundError(f"--checkpoint {args.checkpoint}: a training workdir, not a "
                                     "converted checkpoint; export it with run-to-hf --workdir")
         files = export_orbax_to_hf(args.checkpoint, args.out, max_shard_size=args.max_shard_size,

@@ -31,7 +31,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from marco_jax.checkpoint import given_overrides, load_model, params_location
+from marco_jax.checkpoint import given_overrides, is_run_workdir, load_model, params_location
 from marco_jax.config.load import load_module
 from marco_jax.convert.hf_to_ours import convert_hf_to_orbax
 from marco_jax.evals import metrics
@@ -333,7 +333,7 @@ def checkpoint_kind(path: str, step: int | None = None) -> str:
     kind = None
     if (root / "model_config.json").exists():
         kind = "ours"
-    elif (root / "checkpoints").exists():
+    elif is_run_workdir(path):
         kind = "run"
     elif (root / "config.json").exists() and (any(root.glob("*.safetensors"))
                                               or any(root.glob("*.bin"))):

@@ -120,7 +120,8 @@ def _block_unrows(rows: jax.Array, num_heads: int) -> jax.Array:
 
 def _bdot(x: jax.Array, y: jax.Array, x_contract: int, y_contract: int,
           batch: tuple = _ROW_HEAD_BATCH) -> jax.Array:
-    """A matmul batched over the leading (row, kv head) axes, products summed in float32."""
+    """A matmul batched over `batch` (the leading (row, kv head) axes by default, one flat
+    row * kv head axis with `_FLAT_BATCH`), products summed in float32."""
     return jax.lax.dot_general(x, y, (((x_contract,), (y_contract,)), batch),
                                preferred_element_type=jnp.float32)
 

@@ -26,7 +26,7 @@ from flax import nnx
 
 from marco_jax.checkpoint.layout import layout_metadata
 from marco_jax.checkpoint.load import params_location
-from marco_jax.checkpoint.run import RunCheckpointer
+from marco_jax.checkpoint.run import RunCheckpointer, is_run_workdir
 from marco_jax.config import Experiment, to_experiment
 from marco_jax.data import pipeline
 from marco_jax.model.config import Qwen2Config, from_experiment
@@ -73,7 +73,7 @@ def check_setup(config: Experiment, model_cfg: Qwen2Config, workdir: str, mesh: 
                          f"per micro-batch is not divisible by the {rows} data-parallel shards "
                          f"of mesh {dict(mesh.shape)}")
     init_from = config.train.init_from
-    if init_from and not (epath.Path(workdir) / "checkpoints").exists():  # a fresh run reads it
+    if init_from and not is_run_workdir(workdir):  # a fresh run reads it
         try:
             params_location(init_from)
         except FileNotFoundError as e:  # "<path>: neither a converted checkpoint nor ..."
