@@ -300,3 +300,24 @@ def test_decode_steps_write_the_kv_cache_in_place(tiny_model, batch, decode_prog
     copied = [int(np.prod([int(n) for n in dims.split(",") if n]))
               for dims in re.findall(r"= f32\[([0-9,]*)\]\{[0-9,]*\} copy\(", hlo)]
     assert buffer_elements not in copied, (buffer_elements, copied)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_decode_step_matmuls_contract_row_major_right_operands(tiny_model, batch,
+                                                               decode_programs):
+    """Every matmul of a decode step, the attention's over the KV cache included, contracts
+    the right operand's dimension right after its batch dimensions ([.., K, N], no transposed
+    read): the CPU cache keeps K keys-minor ([B*K, D, S], `KVCache`). With K as [B*K, S, D]
+    the scores were q @ k^T, which XLA:CPU ran 1.4-1.8x slower (bench/RESULTS.md)."""
+    import re
+
+    generate(tiny_model, np.tile(np.arange(3, 8), (batch, 1)), 6, eos_ids=())
+    dots = [line for line in decode_programs[0].as_text().splitlines()
+            if " dot(" in line and "while/body" in line]
+    # the attention's two (batched); at one row XLA turns the weight matmuls into reductions
+    assert sum("rhs_batch_dims" in line for line in dots) == 2, dots
+    for line in dots:
+        batch_dims = re.search(r"rhs_batch_dims=\{([0-9,]*)\}", line)
+        contracting = re.search(r"rhs_contracting_dims=\{([0-9,]*)\}", line).group(1)
+        after_batch = len(batch_dims.group(1).split(",")) if batch_dims else 0
+        assert contracting == str(after_batch), line

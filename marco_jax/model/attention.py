@@ -61,8 +61,9 @@ def self_attention_mask(segment_ids: jax.Array) -> jax.Array:
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                   kv_heads_major: bool = False) -> jax.Array:
-    """Grouped einsums, scores in fp32; mask [B, T, S]. k/v [B, S, K, D], or [B*K, S, D] with
-    `kv_heads_major` (the CPU KV cache's layout: the matmuls then need no transposed copy)."""
+    """Grouped einsums, scores in fp32; mask [B, T, S]. k/v [B, S, K, D], or with
+    `kv_heads_major` k [B*K, D, S] and v [B*K, S, D] (the CPU KV cache's layout: the matmuls
+    then need no transposed copy)."""
     b, t, h, d = q.shape
     kv_heads = k.shape[0] // b if kv_heads_major else k.shape[2]
     qg = q.reshape(b, t, kv_heads, h // kv_heads, d)
@@ -84,16 +85,17 @@ _FLAT_BATCH = ((0,), (0,))
 
 def _heads_major_attention(qg: jax.Array, k: jax.Array, v: jax.Array,
                            mask: jax.Array) -> jax.Array:
-    """`xla_attention` over a heads-major cache [B*K, S, D] as two plain matmuls batched over
-    (row, kv head), the group's queries [G*T] as rows. The einsum form left t and g as separate
-    free axes and XLA:CPU ran its probs @ v as a strided Eigen dot: 3.43 vs 0.67 ms per batch-8
-    decode step over 6 layers (2-core CPU, 255 slots). One flat batch axis, not (B, K): at one
-    row XLA drops a size-1 batch axis, and the cache write feeding that squeezed view was
-    duplicated, so every step copied each layer's K and V four times (`KVCache`)."""
+    """`xla_attention` over a heads-major cache (k [B*K, D, S], v [B*K, S, D]) as two plain
+    matmuls batched over (row, kv head), the group's queries [G*T] as rows. The einsum form
+    left t and g as separate free axes and XLA:CPU ran its probs @ v as a strided Eigen dot:
+    3.43 vs 0.67 ms per batch-8 decode step over 6 layers (2-core CPU, 255 slots). One flat
+    batch axis, not (B, K): at one row XLA drops a size-1 batch axis, and the cache write
+    feeding that squeezed view was duplicated, so every step copied each layer's K and V four
+    times (`KVCache`)."""
     b, t, kv_heads, g, d = qg.shape
-    s = k.shape[1]
+    s = v.shape[1]
     rows = _block_rows(qg.reshape(b, t, kv_heads * g, d), kv_heads).reshape(b * kv_heads, g * t, d)
-    scores = _bdot(rows, k, 2, 2, _FLAT_BATCH) * (d ** -0.5)
+    scores = _bdot(rows, k, 2, 1, _FLAT_BATCH) * (d ** -0.5)
     scores = jnp.where(mask[:, None, None], scores.reshape(b, kv_heads, g, t, s), MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b * kv_heads, g * t, s)
     out = jax.lax.dot_general(probs, v, (((2,), (1,)), _FLAT_BATCH))  # [B*K, G*T, D]

@@ -149,8 +149,9 @@ class Attention(nnx.Module):
                  start: jax.Array | None, cache_heads_major: bool = False,
                  cache_fresh: bool = False
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-        """`cache_kv`: this layer's [B, S, K, D] cache, or [B*K, S, D] with `cache_heads_major`
-        (`KVCache.per_layer`); `cache_fresh`: it is empty (`KVCache.fresh`)."""
+        """`cache_kv`: this layer's [B, S, K, D] cache, or with `cache_heads_major`
+        (`KVCache.per_layer`) k [B*K, D, S] and v [B*K, S, D]; `cache_fresh`: it is empty
+        (`KVCache.fresh`)."""
         q = apply_rope(self.q_proj(x), cos, sin)
         k = apply_rope(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
@@ -162,17 +163,20 @@ class Attention(nnx.Module):
         # KV cache (prefill / decode into a left-padded cache): the XLA path, whatever the impl.
         ck, cv = cache_kv
         k_new, v_new = k, v
-        if cache_heads_major:  # [B, T, K, D] -> [B*K, T, D]; slots are axis 1 in both layouts
+        k_slots = 1
+        if cache_heads_major:  # [B, T, K, D] -> k [B*K, D, T], v [B*K, T, D]
             b, t, kv_heads, d = k.shape
-            k, v = (jnp.swapaxes(a, 1, 2).reshape(b * kv_heads, t, d) for a in (k, v))
-        k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), start, axis=1)
+            k = jnp.transpose(k, (0, 2, 3, 1)).reshape(b * kv_heads, d, t)
+            v = jnp.swapaxes(v, 1, 2).reshape(b * kv_heads, t, d)
+            k_slots = 2
+        k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), start, axis=k_slots)
         v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), start, axis=1)
         if cache_fresh:  # the only keys are this call's, at slots [0, T): the same mask
             out = attend(q, k_new.astype(ck.dtype).astype(q.dtype),
                          v_new.astype(cv.dtype).astype(q.dtype), segment_ids, "xla")
         else:
             mask = attention_mask(segment_ids, cache_segment_ids, start + jnp.arange(x.shape[1]),
-                                  jnp.arange(k.shape[1]))
+                                  jnp.arange(v.shape[1]))
             out = xla_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, cache_heads_major)
         return self.o_proj(out), (k, v)
 
