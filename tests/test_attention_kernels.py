@@ -94,6 +94,22 @@ def test_cpu_causal_blocks_bfloat16_close_to_full_mask():
                              grad_atol=6e-2, probe_seed=9)
 
 
+def test_heads_major_self_attention_equals_einsum_path():
+    """Self-attention over the CPU cache layout (k [B*K, D, T], v [B*K, T, D]; a short
+    prompt's prefill) equals the einsum path on every real query (packed documents, left
+    padding, GQA)."""
+    b, kv, d, t = 2, 2, 32, 250
+    q, k, v = _qkv(b, t, 6, kv, d, seed=3)
+    segments = _packed_segments(t)
+    mask = attention.self_attention_mask(segments)
+    k_cache = jnp.transpose(k, (0, 2, 3, 1)).reshape(b * kv, d, t)
+    v_cache = jnp.swapaxes(v, 1, 2).reshape(b * kv, t, d)
+    out = jax.jit(attention.xla_attention, static_argnums=4)(q, k_cache, v_cache, mask, True)
+    ref = attention.xla_attention(q, k, v, mask)
+    real = (segments != 0)[:, :, None, None]
+    np.testing.assert_allclose(np.where(real, out, 0), np.where(real, ref, 0), atol=1e-5)
+
+
 def _model_loss(model, tokens, positions, segments):
     logits = model(tokens, positions, segments)
     logp = jax.nn.log_softmax(logits[:, :-1])

@@ -215,12 +215,18 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
         return splash_attention(q, k, v, segment_ids)
     if impl == "cudnn":
         return cudnn_attention(q, k, v, segment_ids)
-    if impl == "xla" and target_platform() == "cpu" and _causal_blocks(q.shape[1]) > 1:
+    if impl == "xla" and uses_causal_blocks(q.shape[1]):
         return causal_block_attention(q, k, v, segment_ids)
     mask = self_attention_mask(segment_ids)
     if impl == "dot_product_attention":
         return dot_product_attention(q, k, v, mask)
     return xla_attention(q, k, v, mask)
+
+
+def uses_causal_blocks(seq_len: int) -> bool:
+    """Whether `attend(impl="xla")` runs `causal_block_attention` for this trace (CPU, and
+    `seq_len` splits into more than one query block)."""
+    return target_platform() == "cpu" and _causal_blocks(seq_len) > 1
 
 
 def _cpu_query_block(seq_len: int) -> int:
