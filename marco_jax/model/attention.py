@@ -215,7 +215,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
         return splash_attention(q, k, v, segment_ids)
     if impl == "cudnn":
         return cudnn_attention(q, k, v, segment_ids)
-    if impl == "xla" and uses_causal_blocks(q.shape[1]):
+    if impl == "xla" and target_platform() == "cpu":
         return causal_block_attention(q, k, v, segment_ids)
     mask = self_attention_mask(segment_ids)
     if impl == "dot_product_attention":
@@ -230,12 +230,14 @@ def uses_causal_blocks(seq_len: int) -> bool:
 
 
 def _cpu_query_block(seq_len: int) -> int:
-    return max(CPU_MIN_QUERY_BLOCK, -(-seq_len // CPU_QUERY_BLOCKS))
+    """Queries per block of `causal_block_attention`: all of them where `seq_len` does not
+    split into blocks of the preferred size (one block: the plain matmuls, no causal saving)."""
+    block = max(CPU_MIN_QUERY_BLOCK, -(-seq_len // CPU_QUERY_BLOCKS))
+    return block if seq_len % block == 0 else seq_len
 
 
 def _causal_blocks(seq_len: int) -> int:
-    block = _cpu_query_block(seq_len)
-    return seq_len // block if seq_len % block == 0 else 1
+    return seq_len // _cpu_query_block(seq_len)
 
 
 def _causal_blocks_forward(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array):
