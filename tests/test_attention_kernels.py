@@ -86,6 +86,19 @@ def test_cpu_causal_blocks_equal_full_mask_forward_and_gradients():
                              grad_atol=2e-5, probe_seed=8)
 
 
+def test_cpu_attention_of_one_block_equals_full_mask_forward_and_gradients():
+    """A length that does not split into query blocks (here 250) runs as one block of every
+    query: still the blocked kernel on CPU (`attend`), equal to the full-mask path."""
+    t = 250
+    assert attention._causal_blocks(t) == 1
+    q, k, v = _qkv(2, t, 6, 2, 32, seed=4)
+    segments = _packed_segments(t)
+    out = attention.attend(q, k, v, segments, "xla")
+    np.testing.assert_array_equal(out, attention.causal_block_attention(q, k, v, segments))
+    _assert_equals_full_mask(attention.causal_block_attention, q, k, v, segments, fwd_atol=1e-5,
+                             grad_atol=2e-5, probe_seed=10)
+
+
 def test_cpu_causal_blocks_bfloat16_close_to_full_mask():
     """bf16 operands (scores and softmax in fp32 in both paths): equal at bf16 resolution."""
     q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(2, 256, 4, 2, 32, seed=2))
