@@ -224,8 +224,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
 
 
 def uses_causal_blocks(seq_len: int) -> bool:
-    """Whether `attend(impl="xla")` runs `causal_block_attention` for this trace (CPU, and
-    `seq_len` splits into more than one query block)."""
+    """Whether `attend(impl="xla")` runs `causal_block_attention` over more than one query
+    block for this trace (CPU, and `seq_len` splits into blocks)."""
     return target_platform() == "cpu" and _causal_blocks(seq_len) > 1
 
 

@@ -184,8 +184,9 @@ class Attention(nnx.Module):
             # The decode steps' two plain matmuls over the keys and values as the cache lays
             # them out. The einsum form had XLA:CPU transpose score-sized tensors and each
             # layer's output (layer-heavy batch-8 bf16 prefill of 128 tokens, 2-core CPU: 98 ->
-            # 87 ms). Longer prompts keep the causal query blocks: the same matmuls per block on
-            # key prefixes ran no faster (prefixes of keys-minor K are strided slices).
+            # 87 ms); one-block `causal_block_attention` ran at 108-110 ms there. Longer prompts
+            # keep the causal query blocks: these matmuls per block on key prefixes ran no
+            # faster (prefixes of keys-minor K are strided slices).
             out = xla_attention(q, k_new.astype(q.dtype), v_new.astype(q.dtype),
                                 self_attention_mask(segment_ids), kv_heads_major=True)
         elif cache_fresh:
