@@ -83,6 +83,28 @@ def test_bf16_weights_with_float32_matmuls_get_one_warning_line(checkpoint, tmp_
         assert "warning" not in capsys.readouterr().err
 
 
+def test_lm_eval_model_logs_the_same_warning_for_bf16_weights(checkpoint, tmp_path, caplog):
+    """The lm-eval model (a library class, no CLI) logs the generate CLI's warning line when a
+    bf16 checkpoint meets fp32 matmuls, naming its model_args setting; not otherwise."""
+    import logging
+
+    from marco_jax.evals.lm_eval_model import MarcoJaxLM
+
+    path, _ = checkpoint
+    bf16 = tmp_path / "bf16"
+    convert_hf_to_orbax(path.parent / "hf", bf16, dtype="bfloat16")
+    with caplog.at_level(logging.WARNING, logger="marco_jax.evals.lm_eval_model"):
+        MarcoJaxLM(checkpoint=str(bf16))
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "bfloat16 weights with float32 matmuls on CPU" in warned[0]
+    assert "model_args matmul_dtype=bfloat16" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="marco_jax.evals.lm_eval_model"):
+        MarcoJaxLM(checkpoint=str(path))
+        MarcoJaxLM(checkpoint=str(bf16), matmul_dtype="bfloat16")
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
 def test_chat_prompt_matches_transformers(checkpoint, capsys):
     path, hf_model = checkpoint
     assert main(["--checkpoint", str(path), "--chat", "--system", "Be brief.",

@@ -41,6 +41,7 @@ empty-context prefix.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +54,10 @@ from marco_jax.checkpoint import given_overrides, load_model
 from marco_jax.data.chat import render_chatml
 from marco_jax.data.tokenizer import ENDOFTEXT, Qwen2Tokenizer, get_tokenizer
 from marco_jax.evals.engine import Engine
+from marco_jax.infer.generate import upcast_weights_warning
 from marco_jax.model.qwen2 import Qwen2ForCausalLM
+
+_LOG = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -100,6 +104,9 @@ class MarcoJaxLM(TemplateLM):
             if model is None:
                 model = load_model(str(checkpoint), step=step,
                                    **given_overrides(dtype=dtype, matmul_dtype=matmul_dtype))
+                warning = upcast_weights_warning(model, "model_args matmul_dtype")
+                if warning:  # as the generate and evaluate CLIs say it
+                    _LOG.warning(warning.removeprefix("warning: "))
             engine = Engine(model, tokenizer or get_tokenizer(),
                             batch_size=_batch_size(batch_size), max_len=int(max_length),
                             length_buckets=_buckets(length_buckets, int(max_length)))
