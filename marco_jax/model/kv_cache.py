@@ -67,3 +67,15 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.segment_ids.shape[1]
+
+
+# Slot axis of a per-layer CPU buffer: K is keys-minor [B*K, D, S], V [B*K, S, D].
+HEADS_MAJOR_SLOT_AXES = (2, 1)
+
+
+def to_heads_major(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """New keys/values [B, T, K, D] in the per-layer CPU cache's layout (`KVCache`): k
+    [B*K, D, T], v [B*K, T, D]."""
+    b, t, kv_heads, d = k.shape
+    return (jnp.transpose(k, (0, 2, 3, 1)).reshape(b * kv_heads, d, t),
+            jnp.swapaxes(v, 1, 2).reshape(b * kv_heads, t, d))

@@ -32,7 +32,7 @@ from marco_jax.model.attention import (
     xla_attention,
 )
 from marco_jax.model.config import Qwen2Config
-from marco_jax.model.kv_cache import KVCache
+from marco_jax.model.kv_cache import HEADS_MAJOR_SLOT_AXES, KVCache, to_heads_major
 from marco_jax.model.matmul import dot_rows_padded, flat_matmul
 from marco_jax.model.target import target_platform
 from marco_jax.parallel.constraints import RESIDUAL, constrain
@@ -171,14 +171,12 @@ class Attention(nnx.Module):
         # This call's keys and values rounded as the cache stores them, then in its layout.
         k_stored, v_stored = k.astype(ck.dtype), v.astype(cv.dtype)
         k_new, v_new = k_stored, v_stored
-        k_slots = 1
-        if cache_heads_major:  # [B, T, K, D] -> k [B*K, D, T], v [B*K, T, D]
-            b, t, kv_heads, d = k.shape
-            k_new = jnp.transpose(k_new, (0, 2, 3, 1)).reshape(b * kv_heads, d, t)
-            v_new = jnp.swapaxes(v_new, 1, 2).reshape(b * kv_heads, t, d)
-            k_slots = 2
-        k = jax.lax.dynamic_update_slice_in_dim(ck, k_new, start, axis=k_slots)
-        v = jax.lax.dynamic_update_slice_in_dim(cv, v_new, start, axis=1)
+        k_axis, v_axis = 1, 1
+        if cache_heads_major:
+            k_new, v_new = to_heads_major(k_stored, v_stored)
+            k_axis, v_axis = HEADS_MAJOR_SLOT_AXES
+        k = jax.lax.dynamic_update_slice_in_dim(ck, k_new, start, axis=k_axis)
+        v = jax.lax.dynamic_update_slice_in_dim(cv, v_new, start, axis=v_axis)
         # A fresh cache's only keys are this call's, at slots [0, T): self-attention's mask.
         if cache_fresh and cache_heads_major and not uses_causal_blocks(x.shape[1]):
             # The decode steps' two plain matmuls over the keys and values as the cache lays
