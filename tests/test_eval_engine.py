@@ -180,7 +180,8 @@ def test_greedy_generation_matches_transformers_token_for_token(pair, tokenizer)
 def test_kept_weight_layouts_are_built_once_and_match_the_sliced_path(pair, tokenizer,
                                                                      xcopa_requests, monkeypatch):
     """On CPU the engine builds its per-layer params once, for scoring and generation alike (an
-    untied fp32 head is read as stored); over the memory budget it slices the stacked params in
+    untied fp32 head is read as stored by scoring, and packed once for generation where the CPU
+    matmul kernel runs); over the memory budget it slices the stacked params in
     every call instead, with the same scores and tokens."""
     import sys
 
@@ -203,7 +204,8 @@ def test_kept_weight_layouts_are_built_once_and_match_the_sliced_path(pair, toke
         return scores, ids, builds, engine._kept_layouts()[1]
 
     kept_scores, kept_ids, builds, layers = run(Engine(model, tokenizer, **kwargs))
-    assert builds == {"head": 0, "layers": 1} and layers is not None
+    # The head is stored as scoring reads it; generation packs it for the CPU matmul kernel.
+    assert builds == {"head": int(gen.packs_head(model)), "layers": 1} and layers is not None
     monkeypatch.setattr(gen, "LAYER_COPY_MAX_RAM_FRACTION", 0.0)
     sliced_scores, sliced_ids, builds, layers = run(Engine(model, tokenizer, **kwargs))
     assert builds == {"head": 0, "layers": 0} and layers is None

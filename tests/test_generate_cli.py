@@ -68,11 +68,20 @@ def test_bf16_matmuls_match_transformers_with_rounded_linears(checkpoint, capsys
     assert expected != hf_continuation(hf_model, tok.encode(prompt), 12, [tok.eos_id])
 
 
-def test_bf16_weights_with_float32_matmuls_get_one_warning_line(checkpoint, tmp_path, capsys):
+def test_bf16_weights_with_float32_matmuls_get_one_warning_line(checkpoint, tmp_path, capsys,
+                                                                monkeypatch):
+    """Without the CPU matmul kernel, bf16 weights under fp32 matmuls are converted on every call:
+    one warning line. With it, decoding reads fp32 packed copies made once: no warning."""
+    from marco_jax.model.packed_matmul import kernels_available
+
     path, _ = checkpoint
     bf16 = tmp_path / "bf16"
     convert_hf_to_orbax(path.parent / "hf", bf16, dtype="bfloat16")
     argv = ["--checkpoint", str(bf16), "--prompt", "Hello", "--max-new-tokens", "2"]
+    assert kernels_available()
+    assert main(argv) == 0
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.setenv("MARCO_CPU_KERNELS", "0")
     assert main(argv) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
     assert len(err) == 1 and "bfloat16 weights with float32 matmuls on CPU" in err[0], err
@@ -83,7 +92,8 @@ def test_bf16_weights_with_float32_matmuls_get_one_warning_line(checkpoint, tmp_
         assert "warning" not in capsys.readouterr().err
 
 
-def test_lm_eval_model_logs_the_same_warning_for_bf16_weights(checkpoint, tmp_path, caplog):
+def test_lm_eval_model_logs_the_same_warning_for_bf16_weights(checkpoint, tmp_path, caplog,
+                                                               monkeypatch):
     """The lm-eval model (a library class, no CLI) logs the generate CLI's warning line when a
     bf16 checkpoint meets fp32 matmuls, naming its model_args setting; not otherwise."""
     import logging
@@ -93,6 +103,7 @@ def test_lm_eval_model_logs_the_same_warning_for_bf16_weights(checkpoint, tmp_pa
     path, _ = checkpoint
     bf16 = tmp_path / "bf16"
     convert_hf_to_orbax(path.parent / "hf", bf16, dtype="bfloat16")
+    monkeypatch.setenv("MARCO_CPU_KERNELS", "0")  # with the kernel nothing is converted per call
     with caplog.at_level(logging.WARNING, logger="marco_jax.evals.lm_eval_model"):
         MarcoJaxLM(checkpoint=str(bf16))
     warned = [r.getMessage() for r in caplog.records]

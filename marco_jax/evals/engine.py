@@ -43,12 +43,15 @@ from marco_jax.infer.generate import (
     decode_layers,
     keeps_layer_copy,
     kept_derived,
+    packs_head,
+    packs_weights,
     stored_decode_head,
 )
 from marco_jax.infer.sampling import SamplingParams, sample_tokens
 from marco_jax.infer.text import prompt_ids, stop_ids
 from marco_jax.model.kv_cache import KVCache
 from marco_jax.model.logprobs import target_logprobs
+from marco_jax.model.packed_matmul import PackedKernel
 from marco_jax.model.qwen2 import Qwen2ForCausalLM
 from marco_jax.parallel.constraints import trace_under_mesh
 from marco_jax.parallel.rules import data_parallel_size, logical_to_sharding, logical_to_spec
@@ -120,7 +123,7 @@ def _pick(logits: jax.Array, key: jax.Array, sampling: SamplingParams,
     return sample_tokens(logits, key, sampling)
 
 
-def _prefill(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array,
+def _prefill(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array | PackedKernel,
              layers: tuple[nnx.State, ...] | None, tokens: jax.Array,
              mask: jax.Array, seed: jax.Array, *, cache_len: int, sampling: SamplingParams,
              vocab_limit: int | None) -> tuple[jax.Array, KVCache]:
@@ -136,7 +139,7 @@ def _prefill(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array,
     return first, cache
 
 
-def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array,
+def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array | PackedKernel,
                   layers: tuple[nnx.State, ...] | None, cache: KVCache,
                   last: jax.Array, lengths: jax.Array, done: jax.Array, step: jax.Array,
                   seed: jax.Array, stop_token_ids: jax.Array, pad_id: jax.Array, *, steps: int,
@@ -170,8 +173,10 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array,
     return out, cache, last, done
 
 
-# engine -> its kept decode layouts (`Engine._kept_layouts`).
+# engine -> its kept decode layouts (`Engine._kept_layouts`), its packed generation head
+# (`Engine._generation_head`).
 _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PACKED_HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Engine:
@@ -215,16 +220,19 @@ class Engine:
                                      static_argnames=("steps", "sampling", "vocab_limit"),
                                      donate_argnums=(4,))
         # Weight layouts built on first use and kept (`_kept_layouts`).
-        self._decode_head = jax.jit(trace_under_mesh(decode_head, mesh), static_argnums=(0,))
-        self._decode_layers = jax.jit(trace_under_mesh(decode_layers, mesh), static_argnums=(0,))
+        self._decode_head = jax.jit(trace_under_mesh(decode_head, mesh), static_argnums=(0, 2))
+        self._decode_layers = jax.jit(trace_under_mesh(decode_layers, mesh),
+                                      static_argnums=(0, 2))
 
     def _kept_layouts(self) -> tuple[jax.Array, tuple[nnx.State, ...] | None]:
         """(lm head, per-layer params or None), built on first use and kept for every later
         prefill, decode chunk and (on CPU) scoring batch: the head as `decode_head` (a tied head
         is a transposed copy of the embedding), the layers as `decode_layers` where
         `keeps_layer_copy` allows (on CPU, within a memory budget; else each call slices the
-        stacked params itself). Rebuilt when the engine's params arrays change (`nnx.update` on
-        the model it was built from, without a mesh). See `marco_jax.infer.generate`."""
+        stacked params itself), their Linear kernels packed where `packs_weights` (the CPU
+        matmul kernel, for scoring and generation alike). Rebuilt when the engine's params
+        arrays change (`nnx.update` on the model it was built from, without a mesh). See
+        `marco_jax.infer.generate`."""
         return kept_derived(_LAYOUTS, self, jax.tree.leaves(self._state), None,
                             self._build_layouts)
 
@@ -232,10 +240,20 @@ class Engine:
         model = nnx.merge(self._graphdef, self._state)
         head = stored_decode_head(model)
         if head is None:
-            head = self._decode_head(self._graphdef, self._state)
-        layers = (self._decode_layers(self._graphdef, self._state) if keeps_layer_copy(model)
-                  else None)
+            head = self._decode_head(self._graphdef, self._state, False)
+        layers = (self._decode_layers(self._graphdef, self._state, packs_weights(model))
+                  if keeps_layer_copy(model) else None)
         return head, layers
+
+    def _generation_head(self, head: jax.Array) -> jax.Array | PackedKernel:
+        """The head generation reads: packed where `packs_head` (built on the first generation
+        and kept beside the scoring head, whose many rows XLA's dot serves as well), else
+        `head`, the kept scoring head."""
+        model = nnx.merge(self._graphdef, self._state)
+        if self.mesh is not None or not packs_head(model):
+            return head
+        return kept_derived(_PACKED_HEADS, self, [model.lm_head_source()], None,
+                            lambda: self._decode_head(self._graphdef, self._state, True))
 
     # -- plumbing: placing inputs, gathering outputs, splitting work over processes -------------
     def _put(self, array: np.ndarray) -> jax.Array:
@@ -474,6 +492,7 @@ class Engine:
         stop_arr = np.full((max(4, len(stop_tokens)),), -1, np.int32)
         stop_arr[:len(stop_tokens)] = stop_tokens
         head, layers = self._kept_layouts()
+        head = self._generation_head(head)
         first, cache = self._prefill(self._graphdef, self._state, head, layers,
                                      self._put(tokens), self._put(mask), seed, cache_len=cache_len,
                                      sampling=sampling, vocab_limit=self.vocab_limit)

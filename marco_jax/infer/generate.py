@@ -25,6 +25,7 @@ from flax import nnx
 
 from marco_jax.infer.sampling import SamplingParams, sample_tokens
 from marco_jax.model.kv_cache import KVCache
+from marco_jax.model.packed_matmul import PackedKernel, pack_kernel, uses_packed_matmul
 from marco_jax.model.qwen2 import Qwen2ForCausalLM
 
 T = TypeVar("T")
@@ -57,15 +58,27 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, multiple: int = 1
     return tokens, mask
 
 
-def decode_head(graphdef: nnx.GraphDef, state: nnx.State) -> jax.Array:
-    """The lm head as decoding reads it, [embed, vocab] in the matmul dtype (jit it: for a tied
-    head it is a transposed copy of the embedding)."""
-    return nnx.merge(graphdef, state).lm_head_kernel()
+def decode_head(graphdef: nnx.GraphDef, state: nnx.State, pack: bool = False
+                ) -> jax.Array | PackedKernel:
+    """The lm head as decoding reads it, [embed, vocab] in the matmul dtype, or with `pack` as a
+    `PackedKernel` (jit it: for a tied head it is a transposed copy of the embedding)."""
+    head = nnx.merge(graphdef, state).lm_head_kernel()
+    return pack_kernel(head) if pack else head
 
 
-def decode_layers(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.State, ...]:
-    """Each decoder layer's params as separate arrays (jit it; `Qwen2ForCausalLM.layer_arrays`)."""
-    return nnx.merge(graphdef, state).layer_arrays()
+def decode_layers(graphdef: nnx.GraphDef, state: nnx.State, pack: bool = False
+                  ) -> tuple[nnx.State, ...]:
+    """Each decoder layer's params as separate arrays (jit it; `Qwen2ForCausalLM.layer_arrays`),
+    with `pack` their Linear kernels packed."""
+    return nnx.merge(graphdef, state).layer_arrays(pack)
+
+
+def packs_weights(model: Qwen2ForCausalLM) -> bool:
+    """Whether the decode layouts kept for `model` are packed for the CPU matmul kernel
+    (`marco_jax.model.packed_matmul`: CPU, float32 matmuls, the kernel built), which takes
+    unsharded weights: params on one device."""
+    return (len(model.lm_head_source().sharding.device_set) == 1
+            and uses_packed_matmul(model.config.jnp_matmul_dtype))
 
 
 # The most of this host's memory a kept per-layer copy of the decoder params may take.
@@ -106,22 +119,23 @@ def keeps_layer_copy(model: Qwen2ForCausalLM) -> bool:
     call slices the stacked params itself: measured on a 2-core CPU, a 128-token prefill of a
     6-layer, 384-wide model (52 MB of layer params) 59.0 -> 42.3 ms median with the copy kept;
     the slices were the whole XLA temporary of that call, faulted in afresh each time."""
-    return _layer_copy_fits(jax.tree.leaves(nnx.state(model.model.layers)))
+    return _copy_fits(jax.tree.leaves(nnx.state(model.model.layers)), packs_weights(model))
 
 
-def _layer_copy_fits(layer_params: Sequence[jax.Array]) -> bool:
-    """`keeps_layer_copy` for the decoder layers' param arrays."""
+def _copy_fits(sources: Sequence[jax.Array], packed: bool) -> bool:
+    """`keeps_layer_copy` for a copy of these param arrays (float32 when `packed`)."""
     if jax.default_backend() != "cpu" or jax.process_count() > 1:
         return False
     memory = _this_host_memory()
     if memory is None:
         return False
-    layer_bytes = sum(shard.data.nbytes for a in layer_params for shard in a.addressable_shards)
-    return layer_bytes <= LAYER_COPY_MAX_RAM_FRACTION * memory
+    copy_bytes = sum((shard.data.size * 4 if packed else shard.data.nbytes)
+                     for a in sources for shard in a.addressable_shards)
+    return copy_bytes <= LAYER_COPY_MAX_RAM_FRACTION * memory
 
 
-_decode_head_jit = jax.jit(decode_head, static_argnums=0)
-_decode_layers_jit = jax.jit(decode_layers, static_argnums=0)
+_decode_head_jit = jax.jit(decode_head, static_argnums=(0, 2))
+_decode_layers_jit = jax.jit(decode_layers, static_argnums=(0, 2))
 # model -> (weak references to the source arrays, a key, the derived arrays): decode layouts
 # built once per params and reused by later calls on the same model.
 _HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -133,11 +147,13 @@ def upcast_weights_warning(model: Qwen2ForCausalLM, setting: str) -> str | None:
     no mixed-dtype matmul, so bf16 weights under fp32 matmuls decode on fp32 copies of every
     layer weight made per `generate` call (the compiled program's temporaries; qwen2-0.5b: 1.6 GB
     beside 1.0 GB of bf16 weights, more than fp32 weights alone; scoring calls convert too).
-    `setting` names the option that avoids it. None where nothing is converted up, or off CPU
-    (there the convert fuses into the dot)."""
+    `setting` names the option that avoids it. None where nothing is converted up, off CPU
+    (there the convert fuses into the dot), and where the kept decode layouts are float32 packed
+    copies, converted once per params (`packs_weights`, `keeps_layer_copy`)."""
     cfg = model.config
     if (jax.default_backend() != "cpu"
-            or cfg.jnp_param_dtype.itemsize >= cfg.jnp_matmul_dtype.itemsize):
+            or cfg.jnp_param_dtype.itemsize >= cfg.jnp_matmul_dtype.itemsize
+            or (packs_weights(model) and keeps_layer_copy(model))):
         return None
     copy = cfg.jnp_matmul_dtype.itemsize * sum(
         a.size for a in jax.tree.leaves(nnx.state(model.model.layers)))
@@ -171,11 +187,22 @@ def stored_decode_head(model: Qwen2ForCausalLM) -> jax.Array | None:
     return None
 
 
-def _head_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State) -> jax.Array:
+def packs_head(model: Qwen2ForCausalLM) -> bool:
+    """Whether decoding reads a packed copy of the lm head (`packs_weights`, within the
+    `keeps_layer_copy` memory budget)."""
+    return packs_weights(model) and _copy_fits([model.lm_head_source()], packed=True)
+
+
+def _head_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State
+              ) -> jax.Array | PackedKernel:
     """`decode_head`, computed once per head parameter array and reused by later calls on the
-    same model. A tied head's transpose is a slow copy (33 ms for tiny-20m's 151,936 x 128
-    embedding on a 2-core CPU, four times its 128-token prefill). Costs one head-sized array per
-    live model whose head is tied or stored in another dtype than the matmul dtype."""
+    same model: packed where `packs_head`, else the [embed, vocab] matrix (a tied head's
+    transpose is a slow copy: 33 ms for tiny-20m's 151,936 x 128 embedding on a 2-core CPU, four
+    times its 128-token prefill). Costs one head-sized array per live model whose head is packed,
+    tied or stored in another dtype than the matmul dtype."""
+    if packs_head(model):
+        return kept_derived(_HEADS, model, [model.lm_head_source()], "packed",
+                            lambda: _decode_head_jit(graphdef, state, True))
     stored = stored_decode_head(model)
     if stored is not None:
         return stored
@@ -190,13 +217,14 @@ def _layers_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.Stat
     `state`: `nnx.split(model)`'s, whose layer params are the model's own arrays (one graph walk
     per call instead of three: each costs ~0.5 ms of Python for 6 layers)."""
     sources = jax.tree.leaves(state["model"]["layers"])
-    if not _layer_copy_fits(sources):
+    pack = packs_weights(model)
+    if not _copy_fits(sources, pack):
         return None
-    return kept_derived(_LAYERS, model, sources, None,
-                        lambda: _decode_layers_jit(graphdef, state))
+    return kept_derived(_LAYERS, model, sources, pack,
+                        lambda: _decode_layers_jit(graphdef, state, pack))
 
 
-def _decode(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array,
+def _decode(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array | PackedKernel,
             layers: tuple[nnx.State, ...] | None, tokens: jax.Array,
             mask: jax.Array, stop_ids: jax.Array, pad_id: jax.Array, rng: jax.Array, *,
             max_new_tokens: int, sampling: SamplingParams,
@@ -322,5 +350,6 @@ def generate(model: Qwen2ForCausalLM, prompt_tokens: jax.Array | np.ndarray, max
 
 
 __all__ = ["GenerateOutput", "decode_head", "decode_layers", "generate", "host_memory_bytes",
-           "keeps_layer_copy", "kept_derived", "left_pad", "stored_decode_head",
+           "keeps_layer_copy", "kept_derived", "left_pad", "packs_head", "packs_weights",
+           "stored_decode_head",
            "upcast_weights_warning"]

@@ -34,6 +34,7 @@ from marco_jax.model.attention import (
 from marco_jax.model.config import Qwen2Config
 from marco_jax.model.kv_cache import HEADS_MAJOR_SLOT_AXES, KVCache, to_heads_major
 from marco_jax.model.matmul import dot_rows_padded, flat_matmul
+from marco_jax.model.packed_matmul import PackedKernel, pack_kernel, packed_matmul
 from marco_jax.model.target import target_platform
 from marco_jax.parallel.constraints import RESIDUAL, constrain
 
@@ -65,7 +66,11 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        if target_platform() == "cpu":  # one 2-D matmul, see marco_jax/model/matmul.py
+        kernel = self.kernel.value
+        if isinstance(kernel, PackedKernel):  # CPU inference weights (`layer_arrays(pack=True)`)
+            flat = x.reshape(*x.shape[: x.ndim - self.contract_dims], -1)
+            y = packed_matmul(flat, kernel).astype(self.dtype)
+        elif target_platform() == "cpu":  # one 2-D matmul, see marco_jax/model/matmul.py
             y = flat_matmul(x, self.kernel.value, self.contract_dims, self.matmul_dtype)
         else:
             contract = "abcd"[: self.contract_dims]
@@ -319,9 +324,9 @@ class Qwen2Model(nnx.Module):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DecodeWeights:
-    """`Qwen2ForCausalLM.decode_weights()`: the lm head [embed, vocab] and, where it pays,
-    per-layer params (None: the layers scan over the stacked params)."""
-    head: jax.Array
+    """`Qwen2ForCausalLM.decode_weights()`: the lm head [embed, vocab] (or packed) and, where it
+    pays, per-layer params (None: the layers scan over the stacked params)."""
+    head: jax.Array | PackedKernel
     layers: tuple[nnx.State, ...] | None
 
 
@@ -346,9 +351,12 @@ class Qwen2ForCausalLM(nnx.Module):
             return self.model.embed_tokens.embedding.value.T.astype(dtype)
         return self.lm_head.kernel.value.astype(dtype)
 
-    def logits(self, hidden: jax.Array, head: jax.Array | None = None) -> jax.Array:
+    def logits(self, hidden: jax.Array, head: jax.Array | PackedKernel | None = None
+               ) -> jax.Array:
         """fp32 logits; `head` [embed, vocab] defaults to `lm_head_kernel()`, whose dtype the
-        hidden states are rounded to."""
+        hidden states are rounded to, or is that kernel packed (`decode_head(pack=True)`)."""
+        if isinstance(head, PackedKernel):
+            return packed_matmul(hidden.astype(jnp.float32), head)
         head = self.lm_head_kernel() if head is None else head
         hidden = hidden.astype(head.dtype)
         if target_platform() == "cpu":  # 2-D, one bf16 row padded (marco_jax/model/matmul.py)
@@ -374,14 +382,26 @@ class Qwen2ForCausalLM(nnx.Module):
         hidden, _ = self.hidden(tokens, positions, segment_ids)
         return self.logits(hidden)
 
-    def layer_arrays(self) -> tuple[nnx.State, ...]:
+    def layer_arrays(self, pack: bool = False) -> tuple[nnx.State, ...]:
         """Each decoder layer's params as separate arrays: a copy of the stacked params, one
-        `nnx.State` per layer, for `hidden(layer_states=...)` and `decode_weights(layers=...)`."""
-        _, stacked = nnx.split(self.model.layers)
-        return tuple(jax.tree.map(lambda a, i=i: a[i], stacked)
-                     for i in range(self.config.num_hidden_layers))
+        `nnx.State` per layer, for `hidden(layer_states=...)` and `decode_weights(layers=...)`.
+        `pack`: every Linear kernel as a float32 `PackedKernel` (CPU inference, no gradient:
+        marco_jax/model/packed_matmul.py)."""
+        graphdef, stacked = nnx.split(self.model.layers)
+        layers = []
+        for i in range(self.config.num_hidden_layers):
+            state = jax.tree.map(lambda a, i=i: a[i], stacked)
+            if pack:
+                layer = nnx.merge(graphdef, state)
+                for _, module in nnx.iter_modules(layer):
+                    if isinstance(module, Linear):
+                        module.kernel.value = pack_kernel(module.kernel.value,
+                                                          module.contract_dims)
+                state = nnx.state(layer)
+            layers.append(state)
+        return tuple(layers)
 
-    def decode_weights(self, head: jax.Array | None = None,
+    def decode_weights(self, head: jax.Array | PackedKernel | None = None,
                        layers: Sequence[nnx.State] | None = None) -> DecodeWeights:
         """Loop-invariant weight layouts for `decode_step`, built once before a decode loop: the
         lm head as a contiguous [embed, vocab] matrix (a tied head is the embedding transposed;
