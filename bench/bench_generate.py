@@ -35,15 +35,19 @@ read again and again as a decode loop reads its weights; the larger of the two i
 figure alone put steps above 100% of the roofline (up to 170% in one run).
 
 Kernel ceiling: after each batch's rows, the lm head's matmul alone ([batch, hidden] x
-[hidden, vocab], fp32, the largest single weight read of a step) timed in a jitted loop (XLA, as
-inside our decode loop) and with `torch.mm` (PyTorch's BLAS), beside the time to read its
-weights at the measured bandwidth. At one row both read at about the bandwidth; at 8 rows the
-matmul kernels of both libraries run well below it on a 2-core CPU, so the roofline above is not
-reachable there by any kernel either side has.
+[hidden, vocab], fp32, the largest single weight read of a step) timed in a jitted loop: XLA's
+dot (what an unpacked decode runs), our packed-weights kernel (what our fp32 decode runs on CPU,
+marco_jax/model/packed_matmul.py) and `torch.mm` (PyTorch's BLAS), beside the time to read its
+weights at the measured bandwidth. At 8 rows XLA's and PyTorch's dots take about the read time
+plus the arithmetic (2-core CPU, 2026-12-07: 2.5-3.0 ms vs 0.95 ms to read); the kernel streams
+each weight once while it computes (1.4-1.8 ms).
 
-`--ours` lists our sides as param dtype[/matmul dtype]: `bfloat16` stores the weights in bf16
-(compute stays fp32), halving the weight bytes; `bfloat16/bfloat16` also runs the matmuls on bf16
-operands with fp32 accumulation (`model.matmul_dtype`, AMX on Sapphire Rapids and later CPUs).
+`--ours` lists our sides as param dtype[/matmul dtype][+xla]: `bfloat16` stores the weights in
+bf16 (compute stays fp32; decoding reads fp32 packed copies made once), `bfloat16/bfloat16` also
+runs the matmuls on bf16 operands with fp32 accumulation (`model.matmul_dtype`, AMX on Sapphire
+Rapids and later CPUs), and `+xla` runs that side with XLA's dots instead of the packed-weights
+kernel (MARCO_CPU_KERNELS=0 during its calls; a model of its own, so the kept layouts of the
+two sides never replace each other).
 `--hf-dtypes bfloat16` adds transformers with bf16 weights (`torch_dtype=bfloat16`), the peer of
 those. Tokens of bf16 sides are compared with transformers' fp32 tokens as a fraction equal
 (these random models have near-tied logits, so bf16 rounding changes most of them, on both sides).
@@ -92,6 +96,7 @@ from marco_jax.config.cli import fail  # noqa: E402
 from marco_jax.convert.hf_to_ours import convert_hf_to_orbax  # noqa: E402
 from marco_jax.infer import generate  # noqa: E402
 from marco_jax.model.config import get_preset  # noqa: E402
+from marco_jax.model.packed_matmul import pack_kernel, packed_matmul  # noqa: E402
 
 
 def build(tmp: Path, name: str):
@@ -114,9 +119,21 @@ class Side(NamedTuple):
     fp32_ours: bool  # ours in fp32 throughout: where a token divergence gets explained
 
 
-def ours_generate(model, tokens: np.ndarray, lengths: np.ndarray, new_tokens: int) -> np.ndarray:
-    return np.asarray(generate(model, tokens, new_tokens, prompt_lengths=lengths,
-                               eos_ids=()).tokens)
+def ours_generate(model, tokens: np.ndarray, lengths: np.ndarray, new_tokens: int,
+                  xla_dots: bool = False) -> np.ndarray:
+    """Our greedy tokens; `xla_dots`: with the CPU matmul kernel switched off for the call."""
+    saved = os.environ.get("MARCO_CPU_KERNELS")
+    if xla_dots:
+        os.environ["MARCO_CPU_KERNELS"] = "0"
+    try:
+        return np.asarray(generate(model, tokens, new_tokens, prompt_lengths=lengths,
+                                   eos_ids=()).tokens)
+    finally:
+        if xla_dots:
+            if saved is None:
+                os.environ.pop("MARCO_CPU_KERNELS")
+            else:
+                os.environ["MARCO_CPU_KERNELS"] = saved
 
 
 class Roofline:
@@ -160,26 +177,33 @@ def first_divergence(hf, tokens: np.ndarray, lengths: np.ndarray, ref: np.ndarra
     return f"(first at row {row} step {step}: transformers' top-2 gap {top2[1] - top2[0]:.2g})"
 
 
-def head_matmul_ceiling(cfg, batch: int, repeats: int = 32) -> tuple[float, float]:
-    """Seconds per [batch, hidden] x [hidden, vocab] fp32 matmul: (XLA in a jitted loop whose
-    steps depend on each other, as in decoding; torch.mm into a preallocated output), best of 3."""
+def head_matmul_ceiling(cfg, batch: int, repeats: int = 32) -> tuple[float, float, float]:
+    """Seconds per [batch, hidden] x [hidden, vocab] fp32 matmul: (XLA's dot and the packed
+    kernel, each in a jitted loop whose steps depend on each other, as in decoding; torch.mm into
+    a preallocated output), best of 3."""
     import torch
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((cfg.hidden_size, cfg.vocab_size), np.float32)
     x = rng.standard_normal((batch, cfg.hidden_size), np.float32)
 
-    @jax.jit
-    def chain(x, w):
-        def body(_, carry):
-            x, acc = carry
-            y = x @ w
-            return x + 1e-6 * y[:, : x.shape[1]], acc + y[:, 0].sum()
-        return jax.lax.fori_loop(0, repeats, body, (x, jnp.float32(0)))[1]
+    def chain(matmul):
+        @jax.jit
+        def loop(x, w):
+            def body(_, carry):
+                x, acc = carry
+                y = matmul(x, w)
+                return x + 1e-6 * y[:, : x.shape[1]], acc + y[:, 0].sum()
+            return jax.lax.fori_loop(0, repeats, body, (x, jnp.float32(0)))[1]
+        return loop
 
     xj, wj = jnp.asarray(x), jnp.asarray(w)
-    chain(xj, wj).block_until_ready()
-    _, xla_s = best_of(lambda: chain(xj, wj).block_until_ready(), repeats=3)
+    seconds = []
+    for loop, weight in ((chain(jnp.matmul), wj), (chain(packed_matmul), pack_kernel(wj))):
+        loop(xj, weight).block_until_ready()
+        seconds.append(best_of(lambda f=loop, w=weight: f(xj, w).block_until_ready(),
+                               repeats=3)[1])
+    xla_s, packed_s = seconds
     xt, wt, out = torch.from_numpy(x), torch.from_numpy(w), torch.empty(batch, cfg.vocab_size)
 
     def torch_loop():
@@ -188,7 +212,7 @@ def head_matmul_ceiling(cfg, batch: int, repeats: int = 32) -> tuple[float, floa
 
     torch_loop()
     _, torch_s = best_of(torch_loop, repeats=3)
-    return xla_s / repeats, torch_s / repeats
+    return xla_s / repeats, packed_s / repeats, torch_s / repeats
 
 
 def main() -> None:
@@ -197,8 +221,8 @@ def main() -> None:
     p.add_argument("--batches", default="1,8")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--ours", default="float32,bfloat16,bfloat16/bfloat16",
-                   help="our sides: param dtype[/matmul dtype], compute is fp32")
+    p.add_argument("--ours", default="float32,float32+xla,bfloat16,bfloat16/bfloat16",
+                   help="our sides: param dtype[/matmul dtype][+xla], compute is fp32")
     p.add_argument("--hf-dtypes", default="float32,bfloat16",
                    help="transformers weight dtypes (the first one is the token reference)")
     p.add_argument("--skip-hf", action="store_true")
@@ -207,10 +231,11 @@ def main() -> None:
     batches = parse_list("--batches", args.batches, cast=int)
     dtypes = ("float32", "bfloat16")
     hf_dtypes = parse_list("--hf-dtypes", args.hf_dtypes, dtypes)
-    ours = [tuple(v.split("/")) if "/" in v else (v, "") for v in args.ours.split(",") if v]
-    bad = [v for v in ours if len(v) != 2 or v[0] not in dtypes or v[1] not in ("", *dtypes)]
+    ours = [(*(v.split("/") if "/" in v else (v, "")), xla) for v, xla in (
+        (v.removesuffix("+xla"), v.endswith("+xla")) for v in args.ours.split(",") if v)]
+    bad = [v for v in ours if len(v) != 3 or v[0] not in dtypes or v[1] not in ("", *dtypes)]
     if bad or not ours:
-        fail(f"--ours {args.ours}: expected a comma list of PARAM[/MATMUL] dtypes of "
+        fail(f"--ours {args.ours}: expected a comma list of PARAM[/MATMUL][+xla] dtypes of "
              f"{', '.join(dtypes)}")
     if args.new_tokens < 2:
         fail(f"--new-tokens {args.new_tokens}: expected >= 2 (the step time is T(n) - T(1))")
@@ -243,13 +268,13 @@ def main() -> None:
                 sides.append(Side(f"transformers generate {hf_dtype}", run_hf,
                                   decode_bytes_per_step(cfg, batch, slots, size, size),
                                   is_hf=True, fp32_ours=False))
-            for param_dtype, matmul_dtype in ours:
+            for param_dtype, matmul_dtype, xla_dots in ours:
                 model = load_model(tmp / name / "ours", dtype="float32", param_dtype=param_dtype,
                                    matmul_dtype=matmul_dtype)
-                run = functools.partial(ours_generate, model, tokens, lengths)
+                run = functools.partial(ours_generate, model, tokens, lengths, xla_dots=xla_dots)
                 run(1), run(args.new_tokens)  # compile both lengths
-                label = f"marco_jax {param_dtype}" + (f"/{matmul_dtype} mm" if matmul_dtype
-                                                      else "")
+                label = (f"marco_jax {param_dtype}" + (f"/{matmul_dtype} mm" if matmul_dtype
+                                                       else "") + (" XLA dots" if xla_dots else ""))
                 sides.append(Side(label, run, decode_bytes_per_step(
                     cfg, batch, slots, jnp.dtype(param_dtype).itemsize, 4), is_hf=False,
                     fp32_ours=(param_dtype, matmul_dtype) == ("float32", "")))
@@ -269,12 +294,13 @@ def main() -> None:
                     if side.fp32_ours and hf_dtypes[0] == "float32":
                         same += " " + first_divergence(hf, tokens, lengths, ref, t.tokens)
                 show_row(batch, side.label, t, side.step_bytes, roof, vs, same)
-            xla_s, torch_s = head_matmul_ceiling(cfg, batch)
+            xla_s, packed_s, torch_s = head_matmul_ceiling(cfg, batch)
             head_bytes = cfg.hidden_size * cfg.vocab_size * 4
             print(f"      kernel ceiling: lm-head matmul [{batch},{cfg.hidden_size}]x"
                   f"[{cfg.hidden_size},{cfg.vocab_size}] fp32 alone: XLA {xla_s * 1e3:.2f} ms, "
-                  f"PyTorch {torch_s * 1e3:.2f} ms; reading its weights at the roof "
-                  f"bandwidth {head_bytes / roof.bandwidth(head_bytes) * 1e3:.2f} ms")
+                  f"packed kernel {packed_s * 1e3:.2f} ms, PyTorch {torch_s * 1e3:.2f} ms; "
+                  f"reading its weights at the roof bandwidth "
+                  f"{head_bytes / roof.bandwidth(head_bytes) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

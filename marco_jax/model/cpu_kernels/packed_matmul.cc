@@ -26,7 +26,10 @@ namespace {
 
 constexpr int64_t kTile = 32;        // output columns per tile
 constexpr int64_t kRowBlock = 8;     // output rows held in registers at once
-constexpr int64_t kPrefetch = 512;   // floats ahead in the tile (16 rows of 32)
+// Software prefetch distance into the tile: with one or two rows a tile row takes a few cycles,
+// so the prefetch runs further ahead (8 KiB, non-temporal: read once) than with more (2 KiB).
+constexpr int64_t kAheadFew = 8192 / sizeof(float);
+constexpr int64_t kAheadMany = 2048 / sizeof(float);
 // Below this many multiply-adds the call runs on the calling thread alone: handing tiles to the
 // pool costs more than it saves.
 constexpr int64_t kMinParallelFma = 1 << 17;
@@ -48,8 +51,13 @@ void TileRows(const float* x, int64_t k, const float* tile, int64_t n, float* y)
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Vec16{};
   const float* w = tile;
   for (int64_t i = 0; i < k; ++i, w += kTile) {
-    __builtin_prefetch(w + kPrefetch, 0, 3);
-    __builtin_prefetch(w + kPrefetch + 16, 0, 3);
+    if constexpr (R <= 2) {
+      __builtin_prefetch(w + kAheadFew, 0, 0);
+      __builtin_prefetch(w + kAheadFew + 16, 0, 0);
+    } else {
+      __builtin_prefetch(w + kAheadMany, 0, 3);
+      __builtin_prefetch(w + kAheadMany + 16, 0, 3);
+    }
     const Vec16 w0 = Load(w), w1 = Load(w + 16);
     for (int r = 0; r < R; ++r) {
       const float xr = x[r * k + i];

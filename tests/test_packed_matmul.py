@@ -1,0 +1,172 @@
+"""The CPU matmul kernel on packed weights (marco_jax/model/packed_matmul.py): products against a
+float64 numpy reference on every row-block remainder, padded tiles and both thread paths; what
+decoding compiles; its tokens against XLA's dots; the build cache and the fallback without a
+compiler."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from marco_jax.infer import generate
+from marco_jax.model.config import Qwen2Config
+from marco_jax.model.packed_matmul import (
+    TILE,
+    kernels_available,
+    pack_kernel,
+    packed_matmul,
+    unpack_kernel,
+)
+from marco_jax.model.qwen2 import init_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    # gcc is on every machine this project tests on; a missing kernel is a failure, not a skip.
+    assert kernels_available(), "the CPU matmul kernel did not build (see the warning above)"
+
+
+def _packed_product(x: np.ndarray, w: np.ndarray, contract_dims: int) -> np.ndarray:
+    packed = jax.jit(pack_kernel, static_argnums=1)(jnp.asarray(w), contract_dims)
+    return np.asarray(jax.jit(packed_matmul)(jnp.asarray(x), packed))
+
+
+# (kernel shape, contract dims): layer shapes, o_proj's two contracted axes, a vocabulary that
+# is not a multiple of 32 (a padded last tile), fewer than 32 outputs, one input feature.
+SHAPES = [((48, 96), 1), ((96, 48), 1), ((48, 3, 16), 1), ((3, 16, 48), 2), ((40, 1000), 1),
+          ((17, 7), 1), ((1, 64), 1)]
+
+
+@pytest.mark.parametrize("shape, contract_dims", SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 7, 8, 9, 15, 16, 23, 300])
+def test_products_equal_a_float64_reference(shape, contract_dims, rows):
+    rng = np.random.default_rng(rows)
+    w = rng.standard_normal(shape).astype(np.float32)
+    k = int(np.prod(shape[:contract_dims]))
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    got = _packed_product(x, w, contract_dims)
+    ref = x.astype(np.float64) @ w.reshape(k, -1).astype(np.float64)
+    assert got.shape == (rows, *shape[contract_dims:])
+    # float32 sums of k products: error bounded by k ulps of the sum of magnitudes
+    bound = k * np.finfo(np.float32).eps * (np.abs(x) @ np.abs(w.reshape(k, -1)))
+    np.testing.assert_array_less(np.abs(got.reshape(rows, -1) - ref), bound + 1e-30)
+
+
+def test_the_threaded_path_equals_the_single_thread_path():
+    """Above 2^17 multiply-adds the tiles are shared out over XLA's thread pool: large and small
+    calls of the same rows and columns agree to the bit (each tile's sums are the same code)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((384, 4000)).astype(np.float32)
+    x = rng.standard_normal((64, 384)).astype(np.float32)
+    whole = _packed_product(x, w, 1)  # 98M multiply-adds: threaded
+    for col in (0, 2016, 3968):  # one tile each: 12k multiply-adds per row, single thread
+        part = _packed_product(x[:1], w[:, col: col + TILE], 1)
+        np.testing.assert_array_equal(part, whole[:1, col: col + TILE])
+
+
+def test_pack_round_trips_and_pads_with_zeros():
+    w = np.arange(5 * 70, dtype=np.float32).reshape(5, 70)
+    packed = pack_kernel(jnp.asarray(w))
+    assert packed.tiles.shape == (3, 5, TILE) and packed.out_shape == (70,)
+    np.testing.assert_array_equal(np.asarray(packed.tiles)[2, :, 6:], 0)
+    np.testing.assert_array_equal(np.asarray(unpack_kernel(packed)), w)
+    with pytest.raises(ValueError, match="x has 4 features, the kernel 5"):
+        packed_matmul(jnp.ones((2, 4)), packed)
+
+
+def _model(**overrides):
+    config = Qwen2Config(vocab_size=1000, hidden_size=64, intermediate_size=160,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         rope_theta=10_000.0, initializer_range=0.3, **overrides)
+    return init_model(config, seed=3)
+
+
+def test_packed_layers_run_every_linear_through_the_kernel():
+    """`layer_arrays(pack=True)`: each layer's seven Linear kernels are packed and every one of
+    them is a call of the kernel in the compiled forward, with the unpacked forward's hidden
+    states."""
+    model = _model()
+    packed = jax.jit(lambda: model.layer_arrays(pack=True))()
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 1000, (2, 12)), jnp.int32)
+    forward = jax.jit(lambda layers: model.hidden(tokens, layer_states=layers)[0])
+    text = forward.lower(packed).as_text()
+    assert text.count("custom_call @marco_packed_matmul(") == 7 * 2
+    assert "marco_packed_matmul" not in forward.lower(model.layer_arrays()).as_text()
+    np.testing.assert_allclose(np.asarray(forward(packed)),
+                               np.asarray(forward(model.layer_arrays())), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": True},
+                                       {"param_dtype": "bfloat16"}],
+                         ids=["untied", "tied", "bf16-params"])
+def test_generate_on_packed_weights_matches_xla_dots(overrides, monkeypatch):
+    """Greedy tokens at batch 1 and 8 are those of XLA's dots (MARCO_CPU_KERNELS=0), with the
+    kernel in the compiled decode loop (tied heads and bf16 params with fp32 matmuls too)."""
+    gen = sys.modules["marco_jax.infer.generate"]
+    model = _model(**overrides)
+    assert gen.packs_weights(model) and gen.packs_head(model)
+    prompts = np.random.default_rng(1).integers(0, 1000, (8, 9))
+    lengths = np.array([9, 3, 9, 1, 5, 9, 7, 2])
+    graphdef, state = nnx.split(model)
+    head = gen._head_for(model, graphdef, state)
+    assert isinstance(head, gen.PackedKernel) and head.tiles.dtype == jnp.float32
+    ours = [np.asarray(generate(model, prompts[:b], 24, prompt_lengths=lengths[:b],
+                                eos_ids=()).tokens) for b in (1, 8)]
+    monkeypatch.setenv("MARCO_CPU_KERNELS", "0")
+    assert not gen.packs_weights(model)
+    xla = [np.asarray(generate(model, prompts[:b], 24, prompt_lengths=lengths[:b],
+                               eos_ids=()).tokens) for b in (1, 8)]
+    for a, b in zip(ours, xla, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(np.unique(ours[1])) > 20  # not one repeated token
+
+
+def _run(code: str, cache: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "XDG_CACHE_HOME": str(cache), "JAX_PLATFORMS": "cpu",
+               "PYTHONPATH": str(REPO), **env}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=environ, timeout=300, check=False)
+
+
+PROBE = """
+    import jax.numpy as jnp, numpy as np
+    from marco_jax.model.packed_matmul import kernels_available, pack_kernel, packed_matmul
+    print(kernels_available())
+    if kernels_available():
+        w = np.arange(12, dtype=np.float32).reshape(3, 4)
+        print(np.asarray(packed_matmul(jnp.ones((1, 3)), pack_kernel(jnp.asarray(w)))).tolist())
+"""
+
+
+def test_the_library_is_built_once_per_cache_and_failures_fall_back(tmp_path):
+    """The first process builds the library into the cache, the next loads it unchanged; with a
+    compiler that fails, one warning line and XLA's dots."""
+    first = _run(PROBE, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split() == ["True", "[[12.0,", "15.0,", "18.0,", "21.0]]"]
+    built = list((tmp_path / "marco_jax" / "cpu_kernels").glob("packed_matmul-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    again = _run(PROBE, tmp_path)
+    assert again.stdout == first.stdout and built[0].stat().st_mtime_ns == stamp
+    assert "warning" not in again.stderr
+
+    broken = _run(PROBE, tmp_path / "other", CXX="false")
+    assert broken.returncode == 0, broken.stderr
+    assert broken.stdout.split() == ["False"]
+    warnings = [line for line in broken.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "CPU matmul kernel unavailable" in warnings[0], broken.stderr
+    off = _run(PROBE, tmp_path / "off", MARCO_CPU_KERNELS="0")
+    assert off.stdout.split() == ["False"] and "warning" not in off.stderr
+    assert not (tmp_path / "off").exists()
