@@ -294,19 +294,27 @@ def test_bf16_decoding_holds_no_float32_copy_of_the_weights(batch, decode_progra
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's lowering")
-def test_bf16_weights_under_float32_matmuls_decode_on_a_float32_copy(decode_programs):
+def test_bf16_weights_under_float32_matmuls_decode_on_a_float32_copy(decode_programs,
+                                                                      monkeypatch):
     """What `upcast_weights_warning` tells CLI users: XLA:CPU has no mixed-dtype matmul, so a
-    decode program over bf16 weights with fp32 matmuls holds fp32 copies of the layer weights.
-    If XLA ever fuses that convert into the dot, this fails and the warning should go."""
+    decode program over bf16 weights with fp32 matmuls on XLA's dots (MARCO_CPU_KERNELS=0) holds
+    fp32 copies of the layer weights. If XLA ever fuses that convert into the dot, this fails and
+    the warning should go. With the packed-weights kernel the program holds no such copy (the
+    packed fp32 layers are kept between calls instead) and nothing is warned."""
     from flax import nnx
 
     from marco_jax.infer.generate import upcast_weights_warning
 
     config = get_preset("tiny", vocab_size=8192, param_dtype="bfloat16")
     model = init_model(config)
-    generate(model, np.tile(np.arange(3, 11), (2, 1)), 4, eos_ids=())
+    prompts = np.tile(np.arange(3, 11), (2, 1))
     layers_f32 = 4 * sum(a.size for a in jax.tree.leaves(nnx.state(model.model.layers)))
-    assert decode_programs[0].memory_analysis().temp_size_in_bytes >= 0.9 * layers_f32
+    generate(model, prompts, 4, eos_ids=())
+    assert decode_programs[0].memory_analysis().temp_size_in_bytes < 0.25 * layers_f32
+    assert upcast_weights_warning(model, "--matmul-dtype") is None
+    monkeypatch.setenv("MARCO_CPU_KERNELS", "0")
+    generate(model, prompts, 4, eos_ids=())
+    assert decode_programs[1].memory_analysis().temp_size_in_bytes >= 0.9 * layers_f32
     warning = upcast_weights_warning(model, "--matmul-dtype")
     assert warning.startswith("warning: bfloat16 weights with float32 matmuls on CPU")
     assert f"({layers_f32 / 1e6:,.1f} MB here)" in warning
