@@ -151,8 +151,9 @@ def cache_dir() -> Path:
 def _library_path(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                              check=False).stdout.splitlines()[:1]
+    jaxlib_version = getattr(jax.lib, "__version__", "")
     key = hashlib.sha256("\n".join([
-        _SOURCE.read_text(), compiler, *version, jax.__version__, jax.lib.__version__,
+        _SOURCE.read_text(), compiler, *version, jax.__version__, jaxlib_version,
         platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
     return cache_dir() / f"packed_matmul-{key}.so"
 
