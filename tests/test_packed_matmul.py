@@ -37,8 +37,10 @@ def kernel():
     assert kernels_available(), "the CPU matmul kernel did not build (see the warning above)"
 
 
-def _packed_product(x: np.ndarray, w: np.ndarray, contract_dims: int) -> np.ndarray:
-    packed = jax.jit(pack_kernel, static_argnums=1)(jnp.asarray(w), contract_dims)
+def _packed_product(x: np.ndarray, w: np.ndarray, contract_dims: int,
+                    dtype: str = "float32") -> np.ndarray:
+    packed = jax.jit(pack_kernel, static_argnums=(1, 2))(jnp.asarray(w), contract_dims, dtype)
+    assert packed.tiles.dtype == dtype
     return np.asarray(jax.jit(packed_matmul)(jnp.asarray(x), packed))
 
 
@@ -50,12 +52,14 @@ SHAPES = [((48, 96), 1), ((96, 48), 1), ((48, 3, 16), 1), ((3, 16, 48), 2), ((40
 
 @pytest.mark.parametrize("shape, contract_dims", SHAPES, ids=lambda v: str(v))
 @pytest.mark.parametrize("rows", [1, 2, 3, 5, 7, 8, 9, 15, 16, 23, 300])
-def test_products_equal_a_float64_reference(shape, contract_dims, rows):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_products_equal_a_float64_reference(shape, contract_dims, rows, dtype):
+    """bf16 weights: the reference multiplies the bf16 values (widened exactly to float64)."""
     rng = np.random.default_rng(rows)
-    w = rng.standard_normal(shape).astype(np.float32)
+    w = np.asarray(jnp.asarray(rng.standard_normal(shape), dtype).astype(jnp.float32))
     k = int(np.prod(shape[:contract_dims]))
     x = rng.standard_normal((rows, k)).astype(np.float32)
-    got = _packed_product(x, w, contract_dims)
+    got = _packed_product(x, w, contract_dims, dtype)
     ref = x.astype(np.float64) @ w.reshape(k, -1).astype(np.float64)
     assert got.shape == (rows, *shape[contract_dims:])
     # float32 sums of k products: error bounded by k ulps of the sum of magnitudes
@@ -75,14 +79,17 @@ def test_the_threaded_path_equals_the_single_thread_path():
         np.testing.assert_array_equal(part, whole[:1, col: col + TILE])
 
 
-def test_pack_round_trips_and_pads_with_zeros():
-    w = np.arange(5 * 70, dtype=np.float32).reshape(5, 70)
-    packed = pack_kernel(jnp.asarray(w))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_pack_round_trips_and_pads_with_zeros(dtype):
+    w = (np.arange(5 * 70) % 200 + 1).astype(np.float32).reshape(5, 70)  # exact in bf16 too
+    packed = pack_kernel(jnp.asarray(w), dtype=dtype)
     assert packed.tiles.shape == (3, 5, TILE) and packed.out_shape == (70,)
-    np.testing.assert_array_equal(np.asarray(packed.tiles)[2, :, 6:], 0)
-    np.testing.assert_array_equal(np.asarray(unpack_kernel(packed)), w)
+    np.testing.assert_array_equal(np.asarray(packed.tiles, np.float32)[2, :, 6:], 0)
+    np.testing.assert_array_equal(np.asarray(unpack_kernel(packed), np.float32), w)
     with pytest.raises(ValueError, match="x has 4 features, the kernel 5"):
         packed_matmul(jnp.ones((2, 4)), packed)
+    with pytest.raises(ValueError, match="dtype float16; expected float32 or bfloat16"):
+        pack_kernel(jnp.asarray(w), dtype=jnp.float16)
 
 
 def _model(**overrides):
@@ -120,7 +127,8 @@ def test_generate_on_packed_weights_matches_xla_dots(overrides, monkeypatch):
     lengths = np.array([9, 3, 9, 1, 5, 9, 7, 2])
     graphdef, state = nnx.split(model)
     head = gen._head_for(model, graphdef, state)
-    assert isinstance(head, gen.PackedKernel) and head.tiles.dtype == jnp.float32
+    # bf16 weights are packed as stored (widened in registers), anything else in float32
+    assert isinstance(head, gen.PackedKernel) and head.tiles.dtype == model.config.jnp_param_dtype
     ours = [np.asarray(generate(model, prompts[:b], 24, prompt_lengths=lengths[:b],
                                 eos_ids=()).tokens) for b in (1, 8)]
     monkeypatch.setenv("MARCO_CPU_KERNELS", "0")

@@ -25,7 +25,12 @@ from flax import nnx
 
 from marco_jax.infer.sampling import SamplingParams, sample_tokens
 from marco_jax.model.kv_cache import KVCache
-from marco_jax.model.packed_matmul import PackedKernel, pack_kernel, uses_packed_matmul
+from marco_jax.model.packed_matmul import (
+    PackedKernel,
+    pack_kernel,
+    packed_dtype,
+    uses_packed_matmul,
+)
 from marco_jax.model.qwen2 import Qwen2ForCausalLM
 
 T = TypeVar("T")
@@ -62,8 +67,9 @@ def decode_head(graphdef: nnx.GraphDef, state: nnx.State, pack: bool = False
                 ) -> jax.Array | PackedKernel:
     """The lm head as decoding reads it, [embed, vocab] in the matmul dtype, or with `pack` as a
     `PackedKernel` (jit it: for a tied head it is a transposed copy of the embedding)."""
-    head = nnx.merge(graphdef, state).lm_head_kernel()
-    return pack_kernel(head) if pack else head
+    model = nnx.merge(graphdef, state)
+    head = model.lm_head_kernel()
+    return pack_kernel(head, dtype=packed_dtype(model.config.jnp_param_dtype)) if pack else head
 
 
 def decode_layers(graphdef: nnx.GraphDef, state: nnx.State, pack: bool = False
@@ -123,13 +129,13 @@ def keeps_layer_copy(model: Qwen2ForCausalLM) -> bool:
 
 
 def _copy_fits(sources: Sequence[jax.Array], packed: bool) -> bool:
-    """`keeps_layer_copy` for a copy of these param arrays (float32 when `packed`)."""
+    """`keeps_layer_copy` for a copy of these param arrays (in `packed_dtype` when `packed`)."""
     if jax.default_backend() != "cpu" or jax.process_count() > 1:
         return False
     memory = _this_host_memory()
     if memory is None:
         return False
-    copy_bytes = sum((shard.data.size * 4 if packed else shard.data.nbytes)
+    copy_bytes = sum(shard.data.size * (packed_dtype(a.dtype) if packed else a.dtype).itemsize
                      for a in sources for shard in a.addressable_shards)
     return copy_bytes <= LAYER_COPY_MAX_RAM_FRACTION * memory
 
@@ -148,8 +154,8 @@ def upcast_weights_warning(model: Qwen2ForCausalLM, setting: str) -> str | None:
     layer weight made per `generate` call (the compiled program's temporaries; qwen2-0.5b: 1.6 GB
     beside 1.0 GB of bf16 weights, more than fp32 weights alone; scoring calls convert too).
     `setting` names the option that avoids it. None where nothing is converted up, off CPU
-    (there the convert fuses into the dot), and where the kept decode layouts are float32 packed
-    copies, converted once per params (`packs_weights`, `keeps_layer_copy`)."""
+    (there the convert fuses into the dot), and where decoding reads kept packed copies, which
+    the CPU matmul kernel widens in registers (`packs_weights`, `keeps_layer_copy`)."""
     cfg = model.config
     if (jax.default_backend() != "cpu"
             or cfg.jnp_param_dtype.itemsize >= cfg.jnp_matmul_dtype.itemsize

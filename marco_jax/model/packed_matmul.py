@@ -13,7 +13,8 @@ Where it runs: inference on CPU with float32 matmuls, over the decode weights th
 the eval engine build once per params (`Qwen2ForCausalLM.layer_arrays(pack=True)`,
 `decode_head`), for prefill and decode alike. Training keeps XLA's dots (the kernel has no
 gradient). bf16 matmuls keep XLA's dots too (AMX tiles on CPUs that have them); bf16 weights
-under float32 matmuls are packed in float32, once, instead of converted on every call.
+under float32 matmuls are packed as stored, in bf16, and widened to float32 in registers (half
+the bytes of a float32 copy; XLA:CPU converts them to float32 copies in every call instead).
 
 Build: `g++ -O3 -march=native` (the compiler in $CXX, else g++, c++, clang++) into
 `$XDG_CACHE_HOME/marco_jax/cpu_kernels/` (default `~/.cache/...`), keyed by the source, the
@@ -44,15 +45,19 @@ from marco_jax.model.target import target_platform
 
 TILE = 32  # output columns per packed tile (kTile in the kernel)
 _TARGET = "marco_packed_matmul"
+# tiles dtype -> FFI target (and the library's handler symbol)
+_TARGETS = {jnp.dtype(jnp.float32): _TARGET, jnp.dtype(jnp.bfloat16): _TARGET + "_bf16"}
+_HANDLERS = {_TARGET: "MarcoPackedMatmul", _TARGET + "_bf16": "MarcoPackedMatmulBf16"}
 _SOURCE = Path(__file__).parent / "cpu_kernels" / "packed_matmul.cc"
 _OFF = ("0", "false", "no", "off")
+_F32 = jnp.dtype(jnp.float32)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PackedKernel:
-    """A Linear kernel [k1..kc, n...] packed for `packed_matmul`: float32 tiles
-    [ceil(N / 32), K, 32] with K = k1*..*kc and N = prod(n...) (zero columns pad the last tile);
+    """A Linear kernel [k1..kc, n...] packed for `packed_matmul`: tiles [ceil(N / 32), K, 32] in
+    float32 or bfloat16, K = k1*..*kc, N = prod(n...) (zero columns pad the last tile);
     `out_shape` is (n...)."""
     tiles: jax.Array
     out_shape: tuple[int, ...] = dataclasses.field(metadata={"static": True})
@@ -66,14 +71,22 @@ class PackedKernel:
         return math.prod(self.out_shape)
 
 
-def pack_kernel(kernel: jax.Array, contract_dims: int = 1) -> PackedKernel:
-    """kernel [k1..kc, n...] (the first `contract_dims` axes contracted) -> `PackedKernel`,
-    float32. A copy: build it once, outside loops (jit it)."""
+PACKED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+def pack_kernel(kernel: jax.Array, contract_dims: int = 1,
+                dtype: jnp.dtype = jnp.float32) -> PackedKernel:
+    """kernel [k1..kc, n...] (the first `contract_dims` axes contracted) -> `PackedKernel` in
+    `dtype` (float32, or bfloat16 for weights stored so: half the bytes, the same products). A
+    copy: build it once, outside loops (jit it)."""
+    if jnp.dtype(dtype) not in PACKED_DTYPES:
+        raise ValueError(f"pack_kernel: dtype {jnp.dtype(dtype).name}; expected float32 or "
+                         "bfloat16")
     k = math.prod(kernel.shape[:contract_dims])
     out_shape = tuple(kernel.shape[contract_dims:])
     n = math.prod(out_shape)
     padded = -(-n // TILE) * TILE
-    w = kernel.reshape(k, n).astype(jnp.float32)
+    w = kernel.reshape(k, n).astype(dtype)
     if padded != n:
         w = jnp.pad(w, ((0, 0), (0, padded - n)))
     tiles = w.reshape(k, padded // TILE, TILE).transpose(1, 0, 2)
@@ -81,25 +94,30 @@ def pack_kernel(kernel: jax.Array, contract_dims: int = 1) -> PackedKernel:
 
 
 def unpack_kernel(packed: PackedKernel) -> jax.Array:
-    """The float32 kernel [K, n...] a `PackedKernel` was packed from (contract axes flattened)."""
+    """The kernel [K, n...] a `PackedKernel` was packed from (contract axes flattened), in the
+    packed dtype."""
     t, k, _ = packed.tiles.shape
     w = packed.tiles.transpose(1, 0, 2).reshape(k, t * TILE)[:, : packed.out_features]
     return w.reshape(k, *packed.out_shape)
 
 
 def packed_matmul(x: jax.Array, packed: PackedKernel) -> jax.Array:
-    """x [..., K] @ the packed kernel -> [..., n...] float32 (products summed in float32, tile by
-    tile: the same sums as a float32 dot up to the order of addition). CPU only; no gradient.
-    Needs `kernels_available()`."""
+    """x [..., K] @ the packed kernel -> [..., n...] float32 (x in float32, bf16 weights widened
+    to float32; products summed in float32, tile by tile: the sums of a float32 dot up to the
+    order of addition). CPU only; no gradient. Needs `kernels_available()`."""
     if not _register():
         raise RuntimeError(f"{_TARGET}: the CPU kernel is not available ({_build_error()})")
     k = packed.in_features
+    if jnp.dtype(packed.tiles.dtype) not in _TARGETS:
+        raise ValueError(f"packed_matmul: tiles of {packed.tiles.dtype}; expected float32 or "
+                         "bfloat16")
     if x.shape[-1] != k:
         raise ValueError(f"packed_matmul: x has {x.shape[-1]} features, the kernel {k}")
     lead = x.shape[:-1]
     rows = x.reshape(-1, k).astype(jnp.float32)
     padded = packed.tiles.shape[0] * TILE
-    y = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((rows.shape[0], padded), jnp.float32))(
+    target = _TARGETS[jnp.dtype(packed.tiles.dtype)]
+    y = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows.shape[0], padded), jnp.float32))(
         rows, packed.tiles)
     if padded != packed.out_features:
         y = y[:, : packed.out_features]
@@ -115,6 +133,12 @@ def kernels_available() -> bool:
     """Whether `packed_matmul` can run in this process: enabled, and the kernel built (or found
     built) and registered with XLA. The first call on a machine compiles it (~2 s)."""
     return kernels_enabled() and _register()
+
+
+def packed_dtype(param_dtype: jnp.dtype) -> jnp.dtype:
+    """The dtype weights stored in `param_dtype` are packed in: bf16 stays bf16 (read at half the
+    bytes, widened in registers), anything else becomes float32."""
+    return jnp.dtype(param_dtype) if jnp.dtype(param_dtype) == jnp.bfloat16 else _F32
 
 
 def uses_packed_matmul(matmul_dtype: jnp.dtype) -> bool:
@@ -198,8 +222,9 @@ def _register() -> bool:
         if not path.exists():
             _build(compiler, path)
         library = ctypes.CDLL(str(path))
-        jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(library.MarcoPackedMatmul),
-                                    platform="cpu")
+        for target, handler in _HANDLERS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, handler)),
+                                        platform="cpu")
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         _ERROR.append(str(e))
         print(f"warning: CPU matmul kernel unavailable, using XLA's dots: {e}", file=sys.stderr)

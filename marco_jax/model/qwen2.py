@@ -34,7 +34,12 @@ from marco_jax.model.attention import (
 from marco_jax.model.config import Qwen2Config
 from marco_jax.model.kv_cache import HEADS_MAJOR_SLOT_AXES, KVCache, to_heads_major
 from marco_jax.model.matmul import dot_rows_padded, flat_matmul
-from marco_jax.model.packed_matmul import PackedKernel, pack_kernel, packed_matmul
+from marco_jax.model.packed_matmul import (
+    PackedKernel,
+    pack_kernel,
+    packed_dtype,
+    packed_matmul,
+)
 from marco_jax.model.target import target_platform
 from marco_jax.parallel.constraints import RESIDUAL, constrain
 
@@ -385,8 +390,8 @@ class Qwen2ForCausalLM(nnx.Module):
     def layer_arrays(self, pack: bool = False) -> tuple[nnx.State, ...]:
         """Each decoder layer's params as separate arrays: a copy of the stacked params, one
         `nnx.State` per layer, for `hidden(layer_states=...)` and `decode_weights(layers=...)`.
-        `pack`: every Linear kernel as a float32 `PackedKernel` (CPU inference, no gradient:
-        marco_jax/model/packed_matmul.py)."""
+        `pack`: every Linear kernel as a `PackedKernel` (float32, or bf16 as stored; CPU
+        inference, no gradient: marco_jax/model/packed_matmul.py)."""
         graphdef, stacked = nnx.split(self.model.layers)
         layers = []
         for i in range(self.config.num_hidden_layers):
@@ -395,8 +400,9 @@ class Qwen2ForCausalLM(nnx.Module):
                 layer = nnx.merge(graphdef, state)
                 for _, module in nnx.iter_modules(layer):
                     if isinstance(module, Linear):
-                        module.kernel.value = pack_kernel(module.kernel.value,
-                                                          module.contract_dims)
+                        kernel = module.kernel.value
+                        module.kernel.value = pack_kernel(kernel, module.contract_dims,
+                                                          packed_dtype(kernel.dtype))
                 state = nnx.state(layer)
             layers.append(state)
         return tuple(layers)

@@ -1,5 +1,7 @@
 // y[M, N] = x[M, K] @ w, float32, with w packed as tiles [N / 32, K, 32] (w[:, 32t:32t+32] is
-// tile t, row-major): an XLA FFI custom call for CPU inference (marco_jax/model/packed_matmul.py).
+// tile t, row-major), w in float32 or bfloat16 (widened to float32 in registers: the products and
+// sums of a float32 matmul on the bf16 values, half the bytes read): XLA FFI custom calls for CPU
+// inference (marco_jax/model/packed_matmul.py).
 //
 // Why: a decode step multiplies a few rows by every weight. XLA:CPU's dots take about the time of
 // reading the weights plus the time of the arithmetic at 8 rows (they do not overlap), so a
@@ -17,6 +19,7 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -28,13 +31,15 @@ constexpr int64_t kTile = 32;        // output columns per tile
 constexpr int64_t kRowBlock = 8;     // output rows held in registers at once
 // Software prefetch distance into the tile: with one or two rows a tile row takes a few cycles,
 // so the prefetch runs further ahead (8 KiB, non-temporal: read once) than with more (2 KiB).
-constexpr int64_t kAheadFew = 8192 / sizeof(float);
-constexpr int64_t kAheadMany = 2048 / sizeof(float);
+constexpr int64_t kAheadFewBytes = 8192;
+constexpr int64_t kAheadManyBytes = 2048;
 // Below this many multiply-adds the call runs on the calling thread alone: handing tiles to the
 // pool costs more than it saves.
 constexpr int64_t kMinParallelFma = 1 << 17;
 
 typedef float Vec16 __attribute__((vector_size(64)));
+typedef uint16_t Half16 __attribute__((vector_size(32)));
+typedef uint32_t Word16 __attribute__((vector_size(64)));
 
 inline Vec16 Load(const float* p) {
   Vec16 v;
@@ -42,21 +47,33 @@ inline Vec16 Load(const float* p) {
   return v;
 }
 
+// 16 bfloat16 values as float32: the upper half of each float's bits.
+inline Vec16 Load(const uint16_t* p) {
+  Half16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const Word16 bits = __builtin_convertvector(h, Word16) << 16;
+  Vec16 v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
 inline void Store(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
 
 // Rows [0, R) of x (row stride k) times one packed tile [k, 32] -> y[:, 0:32] (row stride n).
-template <int R>
-void TileRows(const float* x, int64_t k, const float* tile, int64_t n, float* y) {
+template <int R, typename W>
+void TileRows(const float* x, int64_t k, const W* tile, int64_t n, float* y) {
+  constexpr int64_t ahead = (R <= 2 ? kAheadFewBytes : kAheadManyBytes) / sizeof(W);
+  constexpr int64_t lines = kTile * sizeof(W) / 64;  // cache lines per tile row: 2 or 1
   Vec16 acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Vec16{};
-  const float* w = tile;
+  const W* w = tile;
   for (int64_t i = 0; i < k; ++i, w += kTile) {
-    if constexpr (R <= 2) {
-      __builtin_prefetch(w + kAheadFew, 0, 0);
-      __builtin_prefetch(w + kAheadFew + 16, 0, 0);
-    } else {
-      __builtin_prefetch(w + kAheadMany, 0, 3);
-      __builtin_prefetch(w + kAheadMany + 16, 0, 3);
+    for (int64_t line = 0; line < lines; ++line) {
+      if constexpr (R <= 2) {
+        __builtin_prefetch(w + ahead + line * 16, 0, 0);
+      } else {
+        __builtin_prefetch(w + ahead + line * 16, 0, 3);
+      }
     }
     const Vec16 w0 = Load(w), w1 = Load(w + 16);
     for (int r = 0; r < R; ++r) {
@@ -72,8 +89,9 @@ void TileRows(const float* x, int64_t k, const float* tile, int64_t n, float* y)
 }
 
 // Every row of x times tile `t`.
-void Tile(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y, int64_t t) {
-  const float* tile = w + t * k * kTile;
+template <typename W>
+void Tile(const float* x, int64_t m, int64_t k, const W* w, int64_t n, float* y, int64_t t) {
+  const W* tile = w + t * k * kTile;
   float* out = y + t * kTile;
   int64_t r = 0;
   for (; r + kRowBlock <= m; r += kRowBlock) TileRows<kRowBlock>(x + r * k, k, tile, n, out + r * n);
@@ -93,9 +111,10 @@ void Tile(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float
 
 // Tiles handed out in chunks to whichever thread asks next; the caller works too, so the call
 // finishes even if no pool thread ever starts (tasks that start late find no chunk left).
+template <typename W>
 struct Work {
   const float* x;
-  const float* w;
+  const W* w;
   float* y;
   int64_t m, k, n, tiles, chunk;
   std::atomic<int64_t> next{0};
@@ -112,15 +131,17 @@ struct Work {
   }
 };
 
-ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+template <ffi::DataType T>
+ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<T> w,
                         ffi::ResultBuffer<ffi::F32> y) {
+  using W = std::remove_pointer_t<decltype(w.typed_data())>;
   const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
   if (xd.size() != 2 || wd.size() != 3 || yd.size() != 2 || wd[2] != kTile || xd[1] != wd[1] ||
       yd[0] != xd[0] || yd[1] != wd[0] * kTile) {
     return ffi::Error::InvalidArgument(
         "marco_packed_matmul: expected x [M, K], w [N / 32, K, 32] and y [M, N]");
   }
-  auto work = std::make_shared<Work>();
+  auto work = std::make_shared<Work<W>>();
   work->x = x.typed_data();
   work->w = w.typed_data();
   work->y = y->typed_data();
@@ -141,9 +162,16 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedMatmul, PackedMatmul,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedMatmul, PackedMatmul<ffi::F32>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedMatmulBf16, PackedMatmul<ffi::BF16>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
