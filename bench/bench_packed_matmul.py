@@ -12,7 +12,9 @@ needs); ours is `packed_matmul` on the weight packed once ([N / 32, K, 32], bf16
 registers). Each call is jitted alone, the sides take turns within every round (order reversed
 every other round), and the median and best of the rounds are printed with the weight's read
 rate and GFLOP/s; "ours / XLA" > 1 means ours is faster. A 1 GiB jitted reduction gives the DRAM
-read bandwidth beside them.
+read bandwidth beside them. The bf16 XLA side converts the whole weight in every call; inside a
+decode loop XLA hoists that convert out of the loop (one float32 copy per `generate` call, read
+by every step), so for decode steps its float32 rows are the fairer comparison.
 """
 
 from __future__ import annotations

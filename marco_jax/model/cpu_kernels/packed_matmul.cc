@@ -20,6 +20,7 @@
 #include <memory>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -88,13 +89,13 @@ void TileRows(const float* x, int64_t k, const W* tile, int64_t n, float* y) {
   }
 }
 
-// Every row of x times tile `t`.
+// Every row of x times one tile [k, 32].
 template <typename W>
-void Tile(const float* x, int64_t m, int64_t k, const W* w, int64_t n, float* y, int64_t t) {
-  const W* tile = w + t * k * kTile;
-  float* out = y + t * kTile;
+void TileAllRows(const float* x, int64_t m, int64_t k, const W* tile, int64_t n, float* out) {
   int64_t r = 0;
-  for (; r + kRowBlock <= m; r += kRowBlock) TileRows<kRowBlock>(x + r * k, k, tile, n, out + r * n);
+  for (; r + kRowBlock <= m; r += kRowBlock) {
+    TileRows<kRowBlock>(x + r * k, k, tile, n, out + r * n);
+  }
   const float* xr = x + r * k;
   float* yr = out + r * n;
   switch (m - r) {
@@ -107,6 +108,24 @@ void Tile(const float* x, int64_t m, int64_t k, const W* w, int64_t n, float* y,
     case 7: TileRows<7>(xr, k, tile, n, yr); break;
     default: break;
   }
+}
+
+// Every row of x times tile `t`. A bf16 tile read by more than one row block is widened once
+// into a float32 copy (per thread), so a prefill does not pay the widening per row block.
+template <typename W>
+void Tile(const float* x, int64_t m, int64_t k, const W* w, int64_t n, float* y, int64_t t) {
+  const W* tile = w + t * k * kTile;
+  float* out = y + t * kTile;
+  if constexpr (std::is_same_v<W, uint16_t>) {
+    if (m > kRowBlock) {
+      thread_local std::vector<float> wide;
+      wide.resize(k * kTile);
+      for (int64_t i = 0; i < k * kTile; i += 16) Store(wide.data() + i, Load(tile + i));
+      TileAllRows(x, m, k, static_cast<const float*>(wide.data()), n, out);
+      return;
+    }
+  }
+  TileAllRows(x, m, k, tile, n, out);
 }
 
 // Tiles handed out in chunks to whichever thread asks next; the caller works too, so the call
