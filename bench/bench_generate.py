@@ -40,7 +40,7 @@ dot (what an unpacked decode runs), our packed-weights kernel (what our fp32 dec
 marco_jax/model/packed_matmul.py) and `torch.mm` (PyTorch's BLAS), beside the time to read its
 weights at the measured bandwidth. At 8 rows XLA's and PyTorch's dots take about the read time
 plus the arithmetic (2-core CPU, 2026-12-07: 2.5-3.0 ms vs 0.95 ms to read); the kernel streams
-each weight once while it computes (1.4-1.8 ms).
+each weight once while it computes (1.2-1.8 ms).
 
 `--ours` lists our sides as param dtype[/matmul dtype][+xla]: `bfloat16` stores the weights in
 bf16 (compute stays fp32; decoding reads fp32 packed copies made once), `bfloat16/bfloat16` also

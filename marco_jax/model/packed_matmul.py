@@ -6,7 +6,7 @@ the time to read the weight plus the time of the arithmetic (measured on a 2-cor
 which held batch-8 decode steps at 36-45% of the memory-bandwidth roofline. The kernel in
 `cpu_kernels/packed_matmul.cc` reads weights packed as column tiles, `[N / 32, K, 32]`, each one
 contiguous block streamed once while its products accumulate in registers, and shares the tiles
-out over XLA's intra-op thread pool (same shape: 1.4-1.8 ms; `bench/bench_packed_matmul.py`
+out over XLA's intra-op thread pool (same shape: 1.2-1.8 ms; `bench/bench_packed_matmul.py`
 prints both sides on the layer and head shapes, 1 to 1,024 rows).
 
 Where it runs: inference on CPU with float32 matmuls, over the decode weights that `generate` and
