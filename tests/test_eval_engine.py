@@ -213,6 +213,29 @@ def test_kept_weight_layouts_are_built_once_and_match_the_sliced_path(pair, toke
     assert kept_ids == sliced_ids
 
 
+def test_engine_layouts_follow_the_cpu_kernel_switch(pair, tokenizer, xcopa_requests,
+                                                     monkeypatch):
+    """An engine's kept layers are packed for the CPU matmul kernel, and rebuilt unpacked when
+    MARCO_CPU_KERNELS=0 is set later in the process (and the scores stay the same)."""
+    import sys
+
+    gen = sys.modules["marco_jax.infer.generate"]
+    _, model = pair
+    engine = Engine(model, tokenizer, batch_size=3, max_len=64, length_buckets=(32, 64))
+
+    def packed_leaves() -> int:
+        layers = engine._kept_layouts()[1]
+        leaves = jax.tree.leaves(layers, is_leaf=lambda v: isinstance(v, gen.PackedKernel))
+        return sum(isinstance(v, gen.PackedKernel) for v in leaves)
+
+    with_kernel = engine.loglikelihood(xcopa_requests[:3])
+    assert packed_leaves() == 7 * model.config.num_hidden_layers
+    monkeypatch.setenv("MARCO_CPU_KERNELS", "0")
+    without = engine.loglikelihood(xcopa_requests[:3])
+    assert packed_leaves() == 0
+    np.testing.assert_allclose(with_kernel, without, rtol=1e-6)
+
+
 def test_engine_layouts_follow_a_params_update_and_are_what_it_reads(pair, tokenizer,
                                                                      xcopa_requests):
     """After `nnx.update` on its model the engine scores and generates with the new params (its

@@ -44,6 +44,7 @@ def _packed_product(x: np.ndarray, w: np.ndarray, contract_dims: int,
     return np.asarray(jax.jit(packed_matmul)(jnp.asarray(x), packed))
 
 
+# Rows: every remainder of the 8-row register block, and three 512-row panels (1100).
 # (kernel shape, contract dims): layer shapes, o_proj's two contracted axes, a vocabulary that
 # is not a multiple of 32 (a padded last tile), fewer than 32 outputs, one input feature.
 SHAPES = [((48, 96), 1), ((96, 48), 1), ((48, 3, 16), 1), ((3, 16, 48), 2), ((40, 1000), 1),
@@ -51,7 +52,7 @@ SHAPES = [((48, 96), 1), ((96, 48), 1), ((48, 3, 16), 1), ((3, 16, 48), 2), ((40
 
 
 @pytest.mark.parametrize("shape, contract_dims", SHAPES, ids=lambda v: str(v))
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 7, 8, 9, 15, 16, 23, 300])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 7, 8, 9, 15, 16, 23, 300, 1100])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_products_equal_a_float64_reference(shape, contract_dims, rows, dtype):
     """bf16 weights: the reference multiplies the bf16 values (widened exactly to float64)."""
@@ -138,6 +139,23 @@ def test_generate_on_packed_weights_matches_xla_dots(overrides, monkeypatch):
     for a, b in zip(ours, xla, strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(np.unique(ours[1])) > 20  # not one repeated token
+
+
+def test_sharded_params_keep_xla_dots():
+    """The kernel takes whole weights: a model whose params span devices is not packed (XLA
+    would quietly gather them for the custom call), and decodes as before."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    gen = sys.modules["marco_jax.infer.generate"]
+    model = _model()
+    assert gen.packs_weights(model) and len(jax.devices()) >= 2
+    mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+    state = nnx.state(model)
+    nnx.update(model, jax.device_put(state, NamedSharding(mesh, PartitionSpec())))
+    assert len(model.lm_head_source().sharding.device_set) == 2
+    assert not gen.packs_weights(model) and not gen.packs_head(model)
+    tokens = np.asarray(generate(model, np.arange(1, 6)[None], 4, eos_ids=()).tokens)
+    assert tokens.shape == (1, 4)
 
 
 def _run(code: str, cache: Path, **env: str) -> subprocess.CompletedProcess:

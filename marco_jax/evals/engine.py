@@ -233,8 +233,8 @@ class Engine:
         matmul kernel, for scoring and generation alike). Rebuilt when the engine's params
         arrays change (`nnx.update` on the model it was built from, without a mesh). See
         `marco_jax.infer.generate`."""
-        return kept_derived(_LAYOUTS, self, jax.tree.leaves(self._state), None,
-                            self._build_layouts)
+        return kept_derived(_LAYOUTS, self, jax.tree.leaves(self._state),
+                            self.mesh is None and packs_weights(self.model), self._build_layouts)
 
     def _build_layouts(self) -> tuple[jax.Array, tuple[nnx.State, ...] | None]:
         model = nnx.merge(self._graphdef, self._state)
@@ -247,12 +247,13 @@ class Engine:
 
     def _generation_head(self, head: jax.Array) -> jax.Array | PackedKernel:
         """The head generation reads: packed where `packs_head` (built on the first generation
-        and kept beside the scoring head, whose many rows XLA's dot serves as well), else
-        `head`, the kept scoring head."""
+        and kept beside the scoring head, whose many rows XLA's dot serves as well; the memory
+        budget counts both heads and the layers), else `head`, the kept scoring head."""
         model = nnx.merge(self._graphdef, self._state)
-        if self.mesh is not None or not packs_head(model):
+        source = model.lm_head_source()
+        if self.mesh is not None or not packs_head(model, [] if head is source else [head]):
             return head
-        return kept_derived(_PACKED_HEADS, self, [model.lm_head_source()], None,
+        return kept_derived(_PACKED_HEADS, self, [source], True,
                             lambda: self._decode_head(self._graphdef, self._state, True))
 
     # -- plumbing: placing inputs, gathering outputs, splitting work over processes -------------

@@ -193,10 +193,12 @@ def stored_decode_head(model: Qwen2ForCausalLM) -> jax.Array | None:
     return None
 
 
-def packs_head(model: Qwen2ForCausalLM) -> bool:
-    """Whether decoding reads a packed copy of the lm head (`packs_weights`, within the
-    `keeps_layer_copy` memory budget)."""
-    return packs_weights(model) and _copy_fits([model.lm_head_source()], packed=True)
+def packs_head(model: Qwen2ForCausalLM, also_kept: Sequence[jax.Array] = ()) -> bool:
+    """Whether decoding reads a packed copy of the lm head: `packs_weights`, and the packed head,
+    the packed layers and `also_kept` (other copies kept beside them) within the
+    `keeps_layer_copy` memory budget together."""
+    sources = [model.lm_head_source(), *jax.tree.leaves(nnx.state(model.model.layers))]
+    return packs_weights(model) and _copy_fits([*sources, *also_kept], packed=True)
 
 
 def _head_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State

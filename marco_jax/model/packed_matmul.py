@@ -172,14 +172,28 @@ def cache_dir() -> Path:
     return Path(base) / "marco_jax" / "cpu_kernels"
 
 
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-DNDEBUG")
+
+
 def _library_path(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                              check=False).stdout.splitlines()[:1]
     jaxlib_version = getattr(jax.lib, "__version__", "")
     key = hashlib.sha256("\n".join([
-        _SOURCE.read_text(), compiler, *version, jax.__version__, jaxlib_version,
+        _SOURCE.read_text(), compiler, *_FLAGS, *version, jax.__version__, jaxlib_version,
         platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
     return cache_dir() / f"packed_matmul-{key}.so"
+
+
+def _umask() -> int:
+    """This process's umask, read without setting it (os.umask would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _build(compiler: str, out: Path) -> None:
@@ -189,12 +203,12 @@ def _build(compiler: str, out: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        cmd = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-DNDEBUG",
-               "-isystem", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp]
+        cmd = [compiler, *_FLAGS, "-isystem", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"{' '.join(cmd[:3])} ... failed: {last}")
+        os.chmod(tmp, 0o755 & ~_umask())  # mkstemp's 0600 would keep other users of a cache out
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -225,7 +239,7 @@ def _register() -> bool:
         for target, handler in _HANDLERS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, handler)),
                                         platform="cpu")
-    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
         _ERROR.append(str(e))
         print(f"warning: CPU matmul kernel unavailable, using XLA's dots: {e}", file=sys.stderr)
         return False

@@ -30,6 +30,7 @@ namespace {
 
 constexpr int64_t kTile = 32;        // output columns per tile
 constexpr int64_t kRowBlock = 8;     // output rows held in registers at once
+constexpr int64_t kRowPanel = 512;   // rows of x per pass over the tiles
 // Software prefetch distance into the tile: with one or two rows a tile row takes a few cycles,
 // so the prefetch runs further ahead (8 KiB, non-temporal: read once) than with more (2 KiB).
 constexpr int64_t kAheadFewBytes = 8192;
@@ -160,22 +161,31 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     return ffi::Error::InvalidArgument(
         "marco_packed_matmul: expected x [M, K], w [N / 32, K, 32] and y [M, N]");
   }
-  auto work = std::make_shared<Work<W>>();
-  work->x = x.typed_data();
-  work->w = w.typed_data();
-  work->y = y->typed_data();
-  work->m = xd[0];
-  work->k = xd[1];
-  work->tiles = wd[0];
-  work->n = wd[0] * kTile;
-  if (work->m == 0 || work->tiles == 0) return ffi::Error::Success();
-  const int64_t helpers =
-      work->m * work->k * work->n < kMinParallelFma ? 0 : std::max<int64_t>(0, pool.num_threads());
-  // About four chunks per thread: even shares when one thread starts late.
-  work->chunk = std::max<int64_t>(1, work->tiles / (4 * (helpers + 1)));
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work]() { work->Run(); });
-  work->Run();
-  while (work->done.load(std::memory_order_acquire) < work->tiles) std::this_thread::yield();
+  const int64_t m = xd[0], k = xd[1], tiles = wd[0], n = tiles * kTile;
+  if (m == 0 || tiles == 0) return ffi::Error::Success();
+  // XLA's pool has a thread per forced host device (--xla_force_host_platform_device_count),
+  // which may exceed the cores: never more workers than cores.
+  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t pool_helpers = std::min<int64_t>(pool.num_threads(), cores - 1);
+  // Row panels: a panel's rows of x stay in cache while every tile passes over them (scoring
+  // sends thousands of rows; unpanelled, x would be read from memory once per tile).
+  for (int64_t r0 = 0; r0 < m; r0 += kRowPanel) {
+    auto work = std::make_shared<Work<W>>();
+    work->m = std::min(kRowPanel, m - r0);
+    work->k = k;
+    work->n = n;
+    work->tiles = tiles;
+    work->x = x.typed_data() + r0 * k;
+    work->w = w.typed_data();
+    work->y = y->typed_data() + r0 * n;
+    const int64_t helpers =
+        work->m * k * n < kMinParallelFma ? 0 : std::max<int64_t>(0, pool_helpers);
+    // About four chunks per thread: even shares when one thread starts late.
+    work->chunk = std::max<int64_t>(1, tiles / (4 * (helpers + 1)));
+    for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work]() { work->Run(); });
+    work->Run();
+    while (work->done.load(std::memory_order_acquire) < tiles) std::this_thread::yield();
+  }
   return ffi::Error::Success();
 }
 
