@@ -6,7 +6,7 @@
 // Why: a decode step multiplies a few rows by every weight. XLA:CPU's dots take about the time of
 // reading the weights plus the time of the arithmetic at 8 rows (they do not overlap), so a
 // batch-8 step ran at 36-45% of the memory-bandwidth roofline. Here each tile is one contiguous
-// block streamed once (software prefetch two lines ahead per row), its products accumulate in
+// block streamed once (its rows prefetched 2-8 KiB ahead), its products accumulate in
 // registers (8 rows x 32 columns: 16 vector accumulators), and the tiles are shared out over
 // XLA's intra-op thread pool. Columns of the unpacked [K, N] layout would be read at a stride of
 // N floats per row, which defeats the hardware prefetchers (as fast as XLA's dot, no faster).
