@@ -68,6 +68,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
+from unittest import mock
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -122,18 +123,9 @@ class Side(NamedTuple):
 def ours_generate(model, tokens: np.ndarray, lengths: np.ndarray, new_tokens: int,
                   xla_dots: bool = False) -> np.ndarray:
     """Our greedy tokens; `xla_dots`: with the CPU matmul kernel switched off for the call."""
-    saved = os.environ.get("MARCO_CPU_KERNELS")
-    if xla_dots:
-        os.environ["MARCO_CPU_KERNELS"] = "0"
-    try:
+    with mock.patch.dict(os.environ, {"MARCO_CPU_KERNELS": "0"} if xla_dots else {}):
         return np.asarray(generate(model, tokens, new_tokens, prompt_lengths=lengths,
                                    eos_ids=()).tokens)
-    finally:
-        if xla_dots:
-            if saved is None:
-                os.environ.pop("MARCO_CPU_KERNELS")
-            else:
-                os.environ["MARCO_CPU_KERNELS"] = saved
 
 
 class Roofline:

@@ -251,7 +251,9 @@ class Engine:
         budget counts both heads and the layers), else `head`, the kept scoring head."""
         model = nnx.merge(self._graphdef, self._state)
         source = model.lm_head_source()
-        if self.mesh is not None or not packs_head(model, [] if head is source else [head]):
+        if self.mesh is not None or not packs_head(
+                model, [] if head is source else [head],
+                jax.tree.leaves(self._state["model"]["layers"])):
             return head
         return kept_derived(_PACKED_HEADS, self, [source], True,
                             lambda: self._decode_head(self._graphdef, self._state, True))

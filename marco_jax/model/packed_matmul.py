@@ -71,15 +71,12 @@ class PackedKernel:
         return math.prod(self.out_shape)
 
 
-PACKED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
-
-
 def pack_kernel(kernel: jax.Array, contract_dims: int = 1,
                 dtype: jnp.dtype = jnp.float32) -> PackedKernel:
     """kernel [k1..kc, n...] (the first `contract_dims` axes contracted) -> `PackedKernel` in
     `dtype` (float32, or bfloat16 for weights stored so: half the bytes, the same products). A
     copy: build it once, outside loops (jit it)."""
-    if jnp.dtype(dtype) not in PACKED_DTYPES:
+    if jnp.dtype(dtype) not in _TARGETS:
         raise ValueError(f"pack_kernel: dtype {jnp.dtype(dtype).name}; expected float32 or "
                          "bfloat16")
     k = math.prod(kernel.shape[:contract_dims])
@@ -105,8 +102,9 @@ def packed_matmul(x: jax.Array, packed: PackedKernel) -> jax.Array:
     """x [..., K] @ the packed kernel -> [..., n...] float32 (x in float32, bf16 weights widened
     to float32; products summed in float32, tile by tile: the sums of a float32 dot up to the
     order of addition). CPU only; no gradient. Needs `kernels_available()`."""
-    if not _register():
-        raise RuntimeError(f"{_TARGET}: the CPU kernel is not available ({_build_error()})")
+    error = _load_error()
+    if error is not None:
+        raise RuntimeError(f"{_TARGET}: the CPU kernel is not available ({error})")
     k = packed.in_features
     if jnp.dtype(packed.tiles.dtype) not in _TARGETS:
         raise ValueError(f"packed_matmul: tiles of {packed.tiles.dtype}; expected float32 or "
@@ -132,7 +130,7 @@ def kernels_enabled() -> bool:
 def kernels_available() -> bool:
     """Whether `packed_matmul` can run in this process: enabled, and the kernel built (or found
     built) and registered with XLA. The first call on a machine compiles it (~2 s)."""
-    return kernels_enabled() and _register()
+    return kernels_enabled() and _load_error() is None
 
 
 def packed_dtype(param_dtype: jnp.dtype) -> jnp.dtype:
@@ -215,19 +213,10 @@ def _build(compiler: str, out: Path) -> None:
             os.unlink(tmp)
 
 
-_ERROR: list[str] = []
-
-
-def _build_error() -> str:
-    return _ERROR[0] if _ERROR else "disabled by MARCO_CPU_KERNELS"
-
-
 @functools.cache
-def _register() -> bool:
-    """Build (or find) the library and register its handler; once per process. A failure is
-    reported once on stderr and leaves XLA's dots in place."""
-    if not kernels_enabled():
-        return False
+def _load_error() -> str | None:
+    """Build (or find) the library and register its handlers, once per process: None, or why it
+    failed (reported once on stderr; XLA's dots stay in place)."""
     try:
         compiler = _compiler()
         if compiler is None:
@@ -240,7 +229,6 @@ def _register() -> bool:
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, handler)),
                                         platform="cpu")
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
-        _ERROR.append(str(e))
         print(f"warning: CPU matmul kernel unavailable, using XLA's dots: {e}", file=sys.stderr)
-        return False
-    return True
+        return str(e)
+    return None

@@ -76,13 +76,13 @@ class Linear(nnx.Module):
             flat = x.reshape(*x.shape[: x.ndim - self.contract_dims], -1)
             y = packed_matmul(flat, kernel).astype(self.dtype)
         elif target_platform() == "cpu":  # one 2-D matmul, see marco_jax/model/matmul.py
-            y = flat_matmul(x, self.kernel.value, self.contract_dims, self.matmul_dtype)
+            y = flat_matmul(x, kernel, self.contract_dims, self.matmul_dtype)
         else:
             contract = "abcd"[: self.contract_dims]
-            out = "wxyz"[: self.kernel.value.ndim - self.contract_dims]
+            out = "wxyz"[: kernel.ndim - self.contract_dims]
             mm = self.matmul_dtype
             y = jnp.einsum(f"...{contract},{contract}{out}->...{out}", x.astype(mm),
-                           self.kernel.value.astype(mm),
+                           kernel.astype(mm),
                            preferred_element_type=None if mm == self.dtype else jnp.float32)
             y = y.astype(self.dtype)
         if self.bias is not None:
