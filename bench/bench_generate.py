@@ -40,7 +40,9 @@ dot (what an unpacked decode runs), our packed-weights kernel (what our fp32 dec
 marco_jax/model/packed_matmul.py) and `torch.mm` (PyTorch's BLAS), beside the time to read its
 weights at the measured bandwidth. At 8 rows XLA's and PyTorch's dots take about the read time
 plus the arithmetic (2-core CPU, 2026-12-07: 2.5-3.0 ms vs 0.95 ms to read); the kernel streams
-each weight once while it computes (1.2-1.8 ms).
+each weight once while it computes (1.2-1.8 ms). A second line times greedy token choice through
+the head: the dot then `greedy_tokens` over the logits (XLA's dot, the kernel) beside the
+kernel's fused greedy, which never writes the logits (what our fp32 greedy decode runs).
 
 `--ours` lists our sides as param dtype[/matmul dtype][+xla]: `bfloat16` stores the weights in
 bf16 (compute stays fp32; decoding reads fp32 packed copies made once), `bfloat16/bfloat16` also
@@ -96,6 +98,7 @@ from marco_jax.checkpoint import load_model  # noqa: E402
 from marco_jax.config.cli import fail  # noqa: E402
 from marco_jax.convert.hf_to_ours import convert_hf_to_orbax  # noqa: E402
 from marco_jax.infer import generate  # noqa: E402
+from marco_jax.infer.sampling import greedy_tokens, packed_greedy_tokens  # noqa: E402
 from marco_jax.model.config import get_preset  # noqa: E402
 from marco_jax.model.packed_matmul import pack_kernel, packed_matmul  # noqa: E402
 
@@ -169,33 +172,48 @@ def first_divergence(hf, tokens: np.ndarray, lengths: np.ndarray, ref: np.ndarra
     return f"(first at row {row} step {step}: transformers' top-2 gap {top2[1] - top2[0]:.2g})"
 
 
-def head_matmul_ceiling(cfg, batch: int, repeats: int = 32) -> tuple[float, float, float]:
-    """Seconds per [batch, hidden] x [hidden, vocab] fp32 matmul: (XLA's dot and the packed
-    kernel, each in a jitted loop whose steps depend on each other, as in decoding; torch.mm into
-    a preallocated output), best of 3."""
+class HeadTimes(NamedTuple):
+    """Seconds per lm-head call at one batch (`head_ceiling`)."""
+    xla: float  # XLA's dot
+    packed: float  # the packed kernel
+    torch: float  # torch.mm
+    xla_greedy: float  # XLA's dot, then greedy_tokens over the logits
+    packed_greedy: float  # the packed kernel, then greedy_tokens over the logits
+    fused_greedy: float  # the kernel's fused greedy (no logits)
+
+
+def head_ceiling(cfg, batch: int, repeats: int = 32) -> HeadTimes:
+    """Seconds per [batch, hidden] x [hidden, vocab] fp32 matmul, and per greedy token choice
+    through it, each in a jitted loop whose steps depend on each other, as in decoding;
+    torch.mm into a preallocated output; best of 3."""
     import torch
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((cfg.hidden_size, cfg.vocab_size), np.float32)
     x = rng.standard_normal((batch, cfg.hidden_size), np.float32)
 
-    def chain(matmul):
+    def chain(step):
         @jax.jit
         def loop(x, w):
             def body(_, carry):
                 x, acc = carry
-                y = matmul(x, w)
-                return x + 1e-6 * y[:, : x.shape[1]], acc + y[:, 0].sum()
+                y = step(x, w).reshape(batch, -1).astype(jnp.float32)
+                return x + 1e-6 * y[:, :1], acc + y[:, 0].sum()
             return jax.lax.fori_loop(0, repeats, body, (x, jnp.float32(0)))[1]
         return loop
 
     xj, wj = jnp.asarray(x), jnp.asarray(w)
+    packed = pack_kernel(wj)
+    sides = ((jnp.matmul, wj), (packed_matmul, packed),
+             (lambda x, w: greedy_tokens(jnp.matmul(x, w)), wj),
+             (lambda x, w: greedy_tokens(packed_matmul(x, w)), packed),
+             (packed_greedy_tokens, packed))
     seconds = []
-    for loop, weight in ((chain(jnp.matmul), wj), (chain(packed_matmul), pack_kernel(wj))):
+    for step, weight in sides:
+        loop = chain(step)
         loop(xj, weight).block_until_ready()
         seconds.append(best_of(lambda f=loop, w=weight: f(xj, w).block_until_ready(),
-                               repeats=3)[1])
-    xla_s, packed_s = seconds
+                               repeats=3)[1] / repeats)
     xt, wt, out = torch.from_numpy(x), torch.from_numpy(w), torch.empty(batch, cfg.vocab_size)
 
     def torch_loop():
@@ -203,8 +221,8 @@ def head_matmul_ceiling(cfg, batch: int, repeats: int = 32) -> tuple[float, floa
             torch.mm(xt, wt, out=out)
 
     torch_loop()
-    _, torch_s = best_of(torch_loop, repeats=3)
-    return xla_s / repeats, packed_s / repeats, torch_s / repeats
+    torch_s = best_of(torch_loop, repeats=3)[1] / repeats
+    return HeadTimes(seconds[0], seconds[1], torch_s, *seconds[2:])
 
 
 def main() -> None:
@@ -286,13 +304,16 @@ def main() -> None:
                     if side.fp32_ours and hf_dtypes[0] == "float32":
                         same += " " + first_divergence(hf, tokens, lengths, ref, t.tokens)
                 show_row(batch, side.label, t, side.step_bytes, roof, vs, same)
-            xla_s, packed_s, torch_s = head_matmul_ceiling(cfg, batch)
+            head = head_ceiling(cfg, batch)
             head_bytes = cfg.hidden_size * cfg.vocab_size * 4
             print(f"      kernel ceiling: lm-head matmul [{batch},{cfg.hidden_size}]x"
-                  f"[{cfg.hidden_size},{cfg.vocab_size}] fp32 alone: XLA {xla_s * 1e3:.2f} ms, "
-                  f"packed kernel {packed_s * 1e3:.2f} ms, PyTorch {torch_s * 1e3:.2f} ms; "
+                  f"[{cfg.hidden_size},{cfg.vocab_size}] fp32 alone: XLA {head.xla * 1e3:.2f} ms, "
+                  f"packed kernel {head.packed * 1e3:.2f} ms, PyTorch {head.torch * 1e3:.2f} ms; "
                   f"reading its weights at the roof bandwidth "
                   f"{head_bytes / roof.bandwidth(head_bytes) * 1e3:.2f} ms")
+            print(f"      greedy through the head: XLA dot + argmax {head.xla_greedy * 1e3:.2f} "
+                  f"ms, packed kernel + argmax {head.packed_greedy * 1e3:.2f} ms, fused in the "
+                  f"kernel {head.fused_greedy * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

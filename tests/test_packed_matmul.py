@@ -18,11 +18,13 @@ import pytest
 from flax import nnx
 
 from marco_jax.infer import generate
+from marco_jax.infer.sampling import packed_greedy_tokens
 from marco_jax.model.config import Qwen2Config
 from marco_jax.model.packed_matmul import (
     TILE,
     kernels_available,
     pack_kernel,
+    packed_argmax_parts,
     packed_matmul,
     unpack_kernel,
 )
@@ -93,6 +95,81 @@ def test_pack_round_trips_and_pads_with_zeros(dtype):
         pack_kernel(jnp.asarray(w), dtype=jnp.float16)
 
 
+_greedy = jax.jit(packed_greedy_tokens, static_argnums=2)
+
+
+def _greedy_and_reference(x: np.ndarray, w: np.ndarray, columns: int | None = None,
+                          dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """(the fused kernel's tokens, numpy's argmax of the kernel's own products over the first
+    `columns` columns): numpy's argmax takes the first of tied values and the first NaN."""
+    packed = pack_kernel(jnp.asarray(w), dtype=dtype)
+    products = np.asarray(jax.jit(packed_matmul)(jnp.asarray(x), packed))
+    return (np.asarray(_greedy(jnp.asarray(x), packed, columns)),
+            products[:, :columns].argmax(axis=1))
+
+
+# (rows, K, N, columns): the heads' shapes; a padded last tile; columns < N (a vocab limit) cut
+# inside a tile and on a tile edge; one column; two 512-row panels. Above 2^17 multiply-adds
+# the kernel's workers share the tiles and their candidates are merged.
+GREEDY_CASES = [(8, 128, 151936, None), (1, 384, 32000, None), (3, 64, 100, None),
+                (8, 96, 5000, 4001), (5, 96, 5000, 4000), (2, 16, 70, 1), (1100, 16, 70, None)]
+
+
+@pytest.mark.parametrize("rows, k, n, columns", GREEDY_CASES, ids=str)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_greedy_equals_the_argmax_of_the_products(rows, k, n, columns, dtype):
+    rng = np.random.default_rng(n + rows)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    got, ref = _greedy_and_reference(x, w, columns, dtype)
+    np.testing.assert_array_equal(got, ref)
+    if columns is not None:
+        assert got.max() < columns
+
+
+def _one_hot_kernel(values: dict[int, float], n: int = 8192, k: int = 64) -> np.ndarray:
+    w = np.zeros((k, n), np.float32)
+    for column, value in values.items():
+        w[0, column] = value
+    return w
+
+
+@pytest.mark.parametrize("values, columns, expected", [
+    ({7000: 5.0, 100: 5.0, 100 + 32 * 70: 5.0, 4000: 5.0}, None, 100),  # a four-way tie
+    ({6000: np.nan, 300: np.nan, 50: 9.0}, None, 300),  # NaN beats a larger value
+    ({8100: 1e30, 7999: 2.0}, 8000, 7999),  # past the limit: never read
+    ({8191: 1.0}, None, 8191),  # the last column
+    ({}, None, 0),  # all equal
+], ids=["tie", "nan", "limit", "last", "flat"])
+def test_fused_greedy_takes_the_first_tie_and_the_first_nan(values, columns, expected):
+    """Ties and NaNs in different tiles, lanes and (8 rows x 64 x 8192 is threaded) workers'
+    chunks, like numpy's argmax of the same products."""
+    x = np.ones((8, 64), np.float32)
+    got, ref = _greedy_and_reference(x, _one_hot_kernel(values), columns)
+    np.testing.assert_array_equal(got, ref)
+    assert set(got) == {expected}
+
+
+def test_fused_greedy_ignores_padding_and_all_minus_inf_rows():
+    """A padded tile's zero columns never win, even where an infinite input makes their
+    products NaN (inf * 0); a row of -inf products gives column 0, as argmax does."""
+    w = np.random.default_rng(1).uniform(1, 2, (4, 70)).astype(np.float32)
+    x = np.array([[np.inf, 0, 0, 0], [1, 1, 1, 1]], np.float32)
+    got, ref = _greedy_and_reference(x, w)
+    np.testing.assert_array_equal(got, ref)
+    assert got[0] == 0  # every real column inf: the first (a padded NaN would have won)
+    got, ref = _greedy_and_reference(np.ones((2, 4), np.float32), np.full((4, 70), -np.inf))
+    assert list(got) == list(ref) == [0, 0]
+
+
+def test_fused_greedy_rejects_bad_columns():
+    packed = pack_kernel(jnp.ones((4, 70)))
+    with pytest.raises(ValueError, match="columns=71; expected 1..70"):
+        packed_argmax_parts(jnp.ones((2, 4)), packed, 71)
+    with pytest.raises(ValueError, match="expected x \\[M, K\\] and one output axis"):
+        packed_argmax_parts(jnp.ones((2, 5)), packed)
+
+
 def _model(**overrides):
     config = Qwen2Config(vocab_size=1000, hidden_size=64, intermediate_size=160,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -139,6 +216,28 @@ def test_generate_on_packed_weights_matches_xla_dots(overrides, monkeypatch):
     for a, b in zip(ours, xla, strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(np.unique(ours[1])) > 20  # not one repeated token
+
+
+def test_greedy_decoding_selects_tokens_in_the_kernel(monkeypatch):
+    """Greedy decoding over the packed head picks tokens with the fused kernel (prefill and
+    loop: two traced calls), within `vocab_limit`; sampling keeps the logits."""
+    gen = sys.modules["marco_jax.infer.generate"]
+    calls = []
+
+    def counted(hidden, head, columns=None):
+        calls.append(columns)
+        return packed_greedy_tokens(hidden, head, columns)
+
+    monkeypatch.setattr(gen, "packed_greedy_tokens", counted)
+    model = _model()
+    prompts = np.random.default_rng(2).integers(0, 1000, (2, 5))
+    free = np.asarray(generate(model, prompts, 13, eos_ids=()).tokens)
+    assert calls == [1000, 1000]
+    assert free.max() >= 500  # otherwise the limit below would prove nothing
+    limited = np.asarray(generate(model, prompts, 13, eos_ids=(), vocab_limit=500).tokens)
+    assert calls[2:] == [500, 500] and limited.max() < 500
+    generate(model, prompts, 13, eos_ids=(), temperature=0.7)
+    assert len(calls) == 4
 
 
 def test_sharded_params_keep_xla_dots():

@@ -43,11 +43,12 @@ from marco_jax.infer.generate import (
     decode_layers,
     keeps_layer_copy,
     kept_derived,
+    next_tokens,
     packs_head,
     packs_weights,
     stored_decode_head,
 )
-from marco_jax.infer.sampling import SamplingParams, sample_tokens
+from marco_jax.infer.sampling import SamplingParams
 from marco_jax.infer.text import prompt_ids, stop_ids
 from marco_jax.model.kv_cache import KVCache
 from marco_jax.model.logprobs import target_logprobs
@@ -116,13 +117,6 @@ def _round_up_coarse(n: int) -> int:
     return 3 * power // 4 if power >= 4 and 3 * power // 4 >= n else power
 
 
-def _pick(logits: jax.Array, key: jax.Array, sampling: SamplingParams,
-          vocab_limit: int | None) -> jax.Array:
-    if vocab_limit is not None and vocab_limit < logits.shape[-1]:
-        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
-    return sample_tokens(logits, key, sampling)
-
-
 def _prefill(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array | PackedKernel,
              layers: tuple[nnx.State, ...] | None, tokens: jax.Array,
              mask: jax.Array, seed: jax.Array, *, cache_len: int, sampling: SamplingParams,
@@ -134,8 +128,8 @@ def _prefill(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array | PackedK
     cache = KVCache.init(model.config, tokens.shape[0], cache_len)
     hidden, cache = model.hidden(tokens, positions, mask, cache,
                                  model.decode_weights(head, layers).layers)
-    first = _pick(model.logits(hidden[:, -1], head), jax.random.fold_in(key, 0), sampling,
-                  vocab_limit)
+    first = next_tokens(model, hidden[:, -1], head, jax.random.fold_in(key, 0), sampling,
+                        vocab_limit)
     return first, cache
 
 
@@ -160,9 +154,10 @@ def _decode_chunk(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array | Pa
     def body(carry):
         i, cache, last, done, out = carry
         pos = (lengths + step + i - 1)[:, None]
-        logits, cache = model.decode_step(last[:, None], pos, jnp.ones_like(pos), cache,
-                                          weights)
-        nxt = _pick(logits[:, 0], jax.random.fold_in(key, step + i), sampling, vocab_limit)
+        hidden, cache = model.hidden(last[:, None], pos, jnp.ones_like(pos), cache,
+                                     weights.layers)
+        nxt = next_tokens(model, hidden[:, 0], weights.head, jax.random.fold_in(key, step + i),
+                          sampling, vocab_limit)
         nxt = jnp.where(done, pad_id, nxt)
         out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], i, axis=1)
         done = done | jnp.any(nxt[:, None] == stop_token_ids[None, :], axis=1)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from marco_jax.infer.sampling import SamplingParams, sample_tokens
+from marco_jax.infer.sampling import SamplingParams, packed_greedy_tokens, sample_tokens
 from marco_jax.model.kv_cache import KVCache
 from marco_jax.model.packed_matmul import (
     PackedKernel,
@@ -237,6 +237,21 @@ def _layers_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.Stat
                         lambda: _decode_layers_jit(graphdef, state, pack))
 
 
+def next_tokens(model: Qwen2ForCausalLM, hidden: jax.Array, head: jax.Array | PackedKernel,
+                rng: jax.Array, sampling: SamplingParams, vocab_limit: int | None) -> jax.Array:
+    """The next token of each row from its last hidden state [B, E] -> int32 [B], never an id >=
+    `vocab_limit` (None: any). Greedy over a packed head runs the head and the argmax in one
+    kernel pass, without the [B, vocab] logits (`packed_greedy_tokens`)."""
+    if sampling.greedy and isinstance(head, PackedKernel):
+        columns = head.out_features if vocab_limit is None else vocab_limit
+        if 0 < columns <= head.out_features:
+            return packed_greedy_tokens(hidden, head, columns)
+    logits = model.logits(hidden, head)
+    if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
+    return sample_tokens(logits, rng, sampling)
+
+
 def _decode(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array | PackedKernel,
             layers: tuple[nnx.State, ...] | None, tokens: jax.Array,
             mask: jax.Array, stop_ids: jax.Array, pad_id: jax.Array, rng: jax.Array, *,
@@ -251,11 +266,6 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array | PackedKe
     def is_stop(t: jax.Array) -> jax.Array:
         return jnp.any(t[:, None] == stop_ids[None, :], axis=1)
 
-    def next_token(logits: jax.Array, step_rng: jax.Array) -> jax.Array:
-        if vocab_limit is not None and vocab_limit < logits.shape[-1]:
-            logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
-        return sample_tokens(logits, step_rng, sampling)
-
     # The last generated token is never fed back, so the cache needs one slot less.
     cache = KVCache.init(model.config, batch, prompt_len + max_new_tokens - 1)
     weights = model.decode_weights(head, layers)  # once, outside the loop
@@ -264,7 +274,7 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array | PackedKe
     # Only the last slot's logits: a [B, P, vocab] fp32 prefill tensor would dwarf the cache.
     # The kept decode head: contiguous, in the matmul dtype (read through the tied embedding, the
     # one-off bf16 product took XLA:CPU's float32 fallback: 13 ms of converts for tiny-20m).
-    first = next_token(model.logits(hidden[:, -1], head), step_rng)
+    first = next_tokens(model, hidden[:, -1], head, step_rng, sampling, vocab_limit)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     done = is_stop(first)
     carry = (jnp.int32(1), out, cache, first, done, jnp.ones((batch,), jnp.int32), rng)
@@ -277,9 +287,10 @@ def _decode(graphdef: nnx.GraphDef, state: nnx.State, head: jax.Array | PackedKe
         step, out, cache, last, done, n_out, rng = carry
         rng, step_rng = jax.random.split(rng)
         pos = (lengths + step - 1)[:, None]
-        logits, cache = model.decode_step(last[:, None], pos, jnp.ones_like(pos), cache,
-                                          weights)
-        nxt = jnp.where(done, pad_id, next_token(logits[:, 0], step_rng))
+        hidden, cache = model.hidden(last[:, None], pos, jnp.ones_like(pos), cache,
+                                     weights.layers)
+        nxt = next_tokens(model, hidden[:, 0], weights.head, step_rng, sampling, vocab_limit)
+        nxt = jnp.where(done, pad_id, nxt)
         out = jax.lax.dynamic_update_slice_in_dim(out, nxt[:, None], step, axis=1)
         n_out = n_out + (~done).astype(jnp.int32)
         done = done | is_stop(nxt)

@@ -8,6 +8,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from marco_jax.model.packed_matmul import PackedKernel, packed_argmax_parts
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
@@ -103,6 +105,20 @@ def greedy_tokens(logits: jax.Array) -> jax.Array:
 
     has_nan = jnp.isnan(jnp.sum(logits, dtype=jnp.float32))
     return jax.lax.cond(has_nan, _first_max_index, two_level, logits)
+
+
+def packed_greedy_tokens(hidden: jax.Array, head: PackedKernel, columns: int | None = None
+                         ) -> jax.Array:
+    """`greedy_tokens(hidden @ head)` over the first `columns` ids (default all), without the
+    logits: the CPU kernel keeps running maxima while it multiplies (`packed_argmax_parts`), and
+    the smallest column holding a row's largest candidate (or its first NaN) is the token. On a
+    152k vocabulary at batch 8, writing the logits and the argmax's passes over them took
+    0.5-0.7 ms of a ~3 ms step (2-core CPU). hidden [B, E] -> int32 [B]."""
+    value, column = packed_argmax_parts(hidden, head, columns)
+    nan = jnp.isnan(value)
+    hits = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan,
+                     value == jnp.max(value, axis=-1, keepdims=True))
+    return jnp.min(jnp.where(hits, column, jnp.iinfo(jnp.int32).max), axis=-1)
 
 
 def sample_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams) -> jax.Array:

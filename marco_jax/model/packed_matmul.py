@@ -11,10 +11,12 @@ prints both sides on the layer and head shapes, 1 to 1,024 rows).
 
 Where it runs: inference on CPU with float32 matmuls, over the decode weights that `generate` and
 the eval engine build once per params (`Qwen2ForCausalLM.layer_arrays(pack=True)`,
-`decode_head`), for prefill and decode alike. Training keeps XLA's dots (the kernel has no
-gradient). bf16 matmuls keep XLA's dots too (AMX tiles on CPUs that have them); bf16 weights
-under float32 matmuls are packed as stored, in bf16, and widened to float32 in registers (half
-the bytes of a float32 copy; XLA:CPU converts them to float32 copies in every call instead).
+`decode_head`), for prefill and decode alike; greedy decoding reduces the head's products
+to the next tokens inside the kernel (`packed_argmax_parts`). Training keeps XLA's dots (the
+kernel has no gradient). bf16 matmuls keep XLA's dots too (AMX tiles on CPUs that have them);
+bf16 weights under float32 matmuls are packed as stored, in bf16, and widened to float32 in
+registers (half the bytes of a float32 copy; XLA:CPU converts them to float32 copies in every
+call instead).
 
 Build: `g++ -O3 -march=native` (the compiler in $CXX, else g++, c++, clang++) into
 `$XDG_CACHE_HOME/marco_jax/cpu_kernels/` (default `~/.cache/...`), keyed by the source, the
@@ -40,16 +42,22 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from marco_jax.model.target import target_platform
 
 TILE = 32  # output columns per packed tile (kTile in the kernel)
 _TARGET = "marco_packed_matmul"
+_ARGMAX_TARGET = "marco_packed_argmax"
 # tiles dtype -> FFI target (and the library's handler symbol)
 _TARGETS = {jnp.dtype(jnp.float32): _TARGET, jnp.dtype(jnp.bfloat16): _TARGET + "_bf16"}
-_HANDLERS = {_TARGET: "MarcoPackedMatmul", _TARGET + "_bf16": "MarcoPackedMatmulBf16"}
+_ARGMAX_TARGETS = {jnp.dtype(jnp.float32): _ARGMAX_TARGET,
+                   jnp.dtype(jnp.bfloat16): _ARGMAX_TARGET + "_bf16"}
+_HANDLERS = {_TARGET: "MarcoPackedMatmul", _TARGET + "_bf16": "MarcoPackedMatmulBf16",
+             _ARGMAX_TARGET: "MarcoPackedArgmax", _ARGMAX_TARGET + "_bf16": "MarcoPackedArgmaxBf16"}
 _SOURCE = Path(__file__).parent / "cpu_kernels" / "packed_matmul.cc"
 _OFF = ("0", "false", "no", "off")
+_MAX_WORKERS = 64  # threads greedy decoding's kernel shares the head's tiles among, at most
 _F32 = jnp.dtype(jnp.float32)
 
 
@@ -120,6 +128,35 @@ def packed_matmul(x: jax.Array, packed: PackedKernel) -> jax.Array:
     if padded != packed.out_features:
         y = y[:, : packed.out_features]
     return y.reshape(*lead, *packed.out_shape)
+
+
+def packed_argmax_parts(x: jax.Array, packed: PackedKernel, columns: int | None = None
+                        ) -> tuple[jax.Array, jax.Array]:
+    """Greedy decoding's heavy half, without writing the logits: x [M, K] @ the packed kernel
+    (one output axis) over its first `columns` columns (default all; the others are never
+    read), reduced while the products are in registers to candidates (value [M, C] float32,
+    column [M, C] int32): the kernel's workers each keep, per 32-column lane, the largest
+    product they met and its first column (NaN above every number). Row r's argmax with
+    jnp.argmax's ties and NaNs is the smallest candidate column holding its largest value, or
+    its first NaN (`infer.sampling.packed_greedy_tokens`). CPU only; needs
+    `kernels_available()`."""
+    error = _load_error()
+    if error is not None:
+        raise RuntimeError(f"{_ARGMAX_TARGET}: the CPU kernel is not available ({error})")
+    n = packed.out_features
+    columns = n if columns is None else int(columns)
+    if len(packed.out_shape) != 1 or x.ndim != 2 or x.shape[1] != packed.in_features:
+        raise ValueError(f"packed_argmax_parts: x {x.shape} @ a kernel [{packed.in_features}, "
+                         f"{n}]; expected x [M, K] and one output axis")
+    if not 0 < columns <= n:
+        raise ValueError(f"packed_argmax_parts: columns={columns}; expected 1..{n}")
+    slots = min(os.cpu_count() or 1, _MAX_WORKERS)  # one per worker the kernel may use
+    shape = (x.shape[0], slots, TILE)
+    value, column = jax.ffi.ffi_call(
+        _ARGMAX_TARGETS[jnp.dtype(packed.tiles.dtype)],
+        (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.int32)))(
+            x.astype(jnp.float32), packed.tiles, columns=np.int64(columns))
+    return value.reshape(x.shape[0], -1), column.reshape(x.shape[0], -1)
 
 
 def kernels_enabled() -> bool:

@@ -11,12 +11,17 @@
 // XLA's intra-op thread pool. Columns of the unpacked [K, N] layout would be read at a stride of
 // N floats per row, which defeats the hardware prefetchers (as fast as XLA's dot, no faster).
 //
+// A second entry point serves greedy decoding over the lm head (PackedArgmax): the same tiles,
+// reduced to running per-lane maxima while the products are in registers, so the [M, vocab]
+// logits are never written nor read back by an argmax.
+//
 // Built at first use with the host compiler and -march=native (packed_matmul.py); the vector
 // type below lowers to AVX-512, AVX2 or NEON registers, whichever the host has.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <thread>
 #include <type_traits>
@@ -42,6 +47,7 @@ constexpr int64_t kMinParallelFma = 1 << 17;
 typedef float Vec16 __attribute__((vector_size(64)));
 typedef uint16_t Half16 __attribute__((vector_size(32)));
 typedef uint32_t Word16 __attribute__((vector_size(64)));
+typedef int32_t Int16 __attribute__((vector_size(64)));
 
 inline Vec16 Load(const float* p) {
   Vec16 v;
@@ -61,9 +67,10 @@ inline Vec16 Load(const uint16_t* p) {
 
 inline void Store(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
 
-// Rows [0, R) of x (row stride k) times one packed tile [k, 32] -> y[:, 0:32] (row stride n).
-template <int R, typename W>
-void TileRows(const float* x, int64_t k, const W* tile, int64_t n, float* y) {
+// Rows [0, R) of x (row stride k) times one packed tile [k, 32]: emit(r, columns 0-15,
+// columns 16-31) per row.
+template <int R, typename W, typename Emit>
+void TileRows(const float* x, int64_t k, const W* tile, Emit& emit) {
   constexpr int64_t ahead = (R <= 2 ? kAheadFewBytes : kAheadManyBytes) / sizeof(W);
   constexpr int64_t lines = kTile * sizeof(W) / 64;  // cache lines per tile row: 2 or 1
   Vec16 acc[R][2];
@@ -84,50 +91,61 @@ void TileRows(const float* x, int64_t k, const W* tile, int64_t n, float* y) {
       acc[r][1] += xr * w1;
     }
   }
-  for (int r = 0; r < R; ++r) {
-    Store(y + r * n, acc[r][0]);
-    Store(y + r * n + 16, acc[r][1]);
-  }
+  for (int r = 0; r < R; ++r) emit(r, acc[r][0], acc[r][1]);
 }
 
-// Every row of x times one tile [k, 32].
-template <typename W>
-void TileAllRows(const float* x, int64_t m, int64_t k, const W* tile, int64_t n, float* out) {
+// Every row of x times one tile [k, 32], in blocks of kRowBlock rows.
+template <typename W, typename Emit>
+void TileAllRows(const float* x, int64_t m, int64_t k, const W* tile, Emit& emit) {
   int64_t r = 0;
-  for (; r + kRowBlock <= m; r += kRowBlock) {
-    TileRows<kRowBlock>(x + r * k, k, tile, n, out + r * n);
-  }
+  auto block = [&](int64_t row, Vec16 lo, Vec16 hi) { emit(r + row, lo, hi); };
+  for (; r + kRowBlock <= m; r += kRowBlock) TileRows<kRowBlock>(x + r * k, k, tile, block);
   const float* xr = x + r * k;
-  float* yr = out + r * n;
   switch (m - r) {
-    case 1: TileRows<1>(xr, k, tile, n, yr); break;
-    case 2: TileRows<2>(xr, k, tile, n, yr); break;
-    case 3: TileRows<3>(xr, k, tile, n, yr); break;
-    case 4: TileRows<4>(xr, k, tile, n, yr); break;
-    case 5: TileRows<5>(xr, k, tile, n, yr); break;
-    case 6: TileRows<6>(xr, k, tile, n, yr); break;
-    case 7: TileRows<7>(xr, k, tile, n, yr); break;
+    case 1: TileRows<1>(xr, k, tile, block); break;
+    case 2: TileRows<2>(xr, k, tile, block); break;
+    case 3: TileRows<3>(xr, k, tile, block); break;
+    case 4: TileRows<4>(xr, k, tile, block); break;
+    case 5: TileRows<5>(xr, k, tile, block); break;
+    case 6: TileRows<6>(xr, k, tile, block); break;
+    case 7: TileRows<7>(xr, k, tile, block); break;
     default: break;
   }
 }
 
 // Every row of x times tile `t`. A bf16 tile read by more than one row block is widened once
 // into a float32 copy (per thread), so a prefill does not pay the widening per row block.
-template <typename W>
-void Tile(const float* x, int64_t m, int64_t k, const W* w, int64_t n, float* y, int64_t t) {
+template <typename W, typename Emit>
+void Tile(const float* x, int64_t m, int64_t k, const W* w, int64_t t, Emit& emit) {
   const W* tile = w + t * k * kTile;
-  float* out = y + t * kTile;
   if constexpr (std::is_same_v<W, uint16_t>) {
     if (m > kRowBlock) {
       thread_local std::vector<float> wide;
       wide.resize(k * kTile);
       for (int64_t i = 0; i < k * kTile; i += 16) Store(wide.data() + i, Load(tile + i));
-      TileAllRows(x, m, k, static_cast<const float*>(wide.data()), n, out);
+      TileAllRows(x, m, k, static_cast<const float*>(wide.data()), emit);
       return;
     }
   }
-  TileAllRows(x, m, k, tile, n, out);
+  TileAllRows(x, m, k, tile, emit);
 }
+
+// Greedy decoding's running reduction, per row and lane (column mod 16 within a tile half): the
+// largest product seen and the column of its first occurrence, NaN above every number (the first
+// NaN stays). A worker meets its tiles in increasing order, so a strictly larger value is the
+// only one that replaces. The caller merges workers and lanes: the largest value, the smallest
+// column among its ties (jnp.argmax's answer).
+struct RunningMax {
+  std::vector<Vec16> value;  // [m][2]
+  std::vector<Int16> column;  // [m][2]
+  bool any = false;
+
+  void Start(int64_t m) {
+    value.assign(2 * m, Vec16{});
+    column.assign(2 * m, Int16{});
+    any = false;
+  }
+};
 
 // Tiles handed out in chunks to whichever thread asks next; the caller works too, so the call
 // finishes even if no pool thread ever starts (tasks that start late find no chunk left).
@@ -135,21 +153,95 @@ template <typename W>
 struct Work {
   const float* x;
   const W* w;
-  float* y;
   int64_t m, k, n, tiles, chunk;
+  float* y = nullptr;  // the products [m, n] (row stride n); or, for greedy decoding:
+  int64_t columns = 0;  // columns that count (the last tile's others are ignored)
+  float* best = nullptr;  // [m, slots, 32]: each worker's RunningMax (its slot)
+  int32_t* best_column = nullptr;  // [m, slots, 32]
+  int64_t slots = 0;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
 
-  void Run() {
+  void Run(int64_t slot) {
+    thread_local RunningMax running;
+    if (y == nullptr) running.Start(m);
     for (;;) {
       const int64_t t0 = next.fetch_add(chunk, std::memory_order_relaxed);
       if (t0 >= tiles) return;
       const int64_t t1 = std::min(tiles, t0 + chunk);
-      for (int64_t t = t0; t < t1; ++t) Tile(x, m, k, w, n, y, t);
+      for (int64_t t = t0; t < t1; ++t) {
+        if (y != nullptr) {
+          float* out = y + t * kTile;
+          auto store = [&](int64_t r, Vec16 lo, Vec16 hi) {
+            Store(out + r * n, lo);
+            Store(out + r * n + 16, hi);
+          };
+          Tile(x, m, k, w, t, store);
+        } else {
+          Track(running, t);
+        }
+      }
+      // Written before `done` counts the chunk: the caller may return as soon as it has.
+      if (y == nullptr) Publish(running, slot);
       done.fetch_add(t1 - t0, std::memory_order_release);
     }
   }
+
+  void Track(RunningMax& running, int64_t t) {
+    const int64_t valid = std::min(kTile, columns - t * kTile);
+    Int16 lanes;
+    for (int i = 0; i < 16; ++i) lanes[i] = i;
+    const Int16 lo_columns = lanes + static_cast<int32_t>(t * kTile), hi_columns = lo_columns + 16;
+    const Int16 lo_valid = lanes < static_cast<int32_t>(valid),
+                hi_valid = lanes + 16 < static_cast<int32_t>(valid);
+    const Vec16 minus_inf = Vec16{} - __builtin_inff();
+    const bool first = !running.any;
+    running.any = true;
+    auto update = [&](Vec16& value, Int16& column, Vec16 v, Int16 at, Int16 ok) {
+      v = ok ? v : minus_inf;  // columns past `columns` never win
+      if (first) {
+        value = v;
+        column = at;
+        return;
+      }
+      const Int16 take = (v > value) | ((v != v) & (value == value));
+      value = take ? v : value;
+      column = take ? at : column;
+    };
+    auto track = [&](int64_t r, Vec16 lo, Vec16 hi) {
+      update(running.value[2 * r], running.column[2 * r], lo, lo_columns, lo_valid);
+      update(running.value[2 * r + 1], running.column[2 * r + 1], hi, hi_columns, hi_valid);
+    };
+    Tile(x, m, k, w, t, track);
+  }
+
+  void Publish(const RunningMax& running, int64_t slot) {
+    for (int64_t r = 0; r < m; ++r) {
+      for (int half = 0; half < 2; ++half) {
+        const int64_t at = (r * slots + slot) * kTile + half * 16;
+        Store(best + at, running.value[2 * r + half]);
+        std::memcpy(best_column + at, &running.column[2 * r + half], sizeof(Int16));
+      }
+    }
+  }
 };
+
+// Runs `work` (its fields but the counters set) over the caller and up to cores - 1 of XLA's
+// intra-op threads (at most `max_helpers`). XLA's pool has a thread per forced host device
+// (--xla_force_host_platform_device_count), which may exceed the cores.
+template <typename W>
+void RunShared(ffi::ThreadPool& pool, std::shared_ptr<Work<W>> work, int64_t max_helpers) {
+  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t helpers =
+      work->m * work->k * work->tiles * kTile < kMinParallelFma
+          ? 0
+          : std::min({static_cast<int64_t>(pool.num_threads()), cores - 1, max_helpers});
+  // About four chunks per thread: even shares when one thread starts late.
+  work->chunk = std::max<int64_t>(1, work->tiles / (4 * (helpers + 1)));
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work, i]() { work->Run(i + 1); });
+  work->Run(0);
+  while (work->done.load(std::memory_order_acquire) < work->tiles) std::this_thread::yield();
+}
 
 template <ffi::DataType T>
 ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<T> w,
@@ -163,10 +255,6 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   }
   const int64_t m = xd[0], k = xd[1], tiles = wd[0], n = tiles * kTile;
   if (m == 0 || tiles == 0) return ffi::Error::Success();
-  // XLA's pool has a thread per forced host device (--xla_force_host_platform_device_count),
-  // which may exceed the cores: never more workers than cores.
-  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int64_t pool_helpers = std::min<int64_t>(pool.num_threads(), cores - 1);
   // Row panels: a panel's rows of x stay in cache while every tile passes over them (scoring
   // sends thousands of rows; unpanelled, x would be read from memory once per tile).
   for (int64_t r0 = 0; r0 < m; r0 += kRowPanel) {
@@ -178,13 +266,45 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     work->x = x.typed_data() + r0 * k;
     work->w = w.typed_data();
     work->y = y->typed_data() + r0 * n;
-    const int64_t helpers =
-        work->m * k * n < kMinParallelFma ? 0 : std::max<int64_t>(0, pool_helpers);
-    // About four chunks per thread: even shares when one thread starts late.
-    work->chunk = std::max<int64_t>(1, tiles / (4 * (helpers + 1)));
-    for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work]() { work->Run(); });
-    work->Run();
-    while (work->done.load(std::memory_order_acquire) < tiles) std::this_thread::yield();
+    RunShared(pool, work, std::numeric_limits<int64_t>::max());
+  }
+  return ffi::Error::Success();
+}
+
+// Greedy decoding over the packed lm head without writing the logits: per row, each worker's
+// running maximum by lane (RunningMax) in its slot of best / column [M, slots, 32]; slots no
+// worker filled keep -inf and the column `columns` (never a token). Tiles past `columns` are
+// never read.
+template <ffi::DataType T>
+ffi::Error PackedArgmax(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<T> w,
+                        int64_t columns, ffi::ResultBuffer<ffi::F32> best,
+                        ffi::ResultBuffer<ffi::S32> column) {
+  using W = std::remove_pointer_t<decltype(w.typed_data())>;
+  const auto xd = x.dimensions(), wd = w.dimensions(), bd = best->dimensions(),
+             cd = column->dimensions();
+  if (xd.size() != 2 || wd.size() != 3 || wd[2] != kTile || xd[1] != wd[1] || columns < 1 ||
+      columns > wd[0] * kTile || bd.size() != 3 || bd[0] != xd[0] || bd[1] < 1 ||
+      bd[2] != kTile || cd.size() != 3 || cd[0] != bd[0] || cd[1] != bd[1] || cd[2] != kTile) {
+    return ffi::Error::InvalidArgument(
+        "marco_packed_argmax: expected x [M, K], w [N / 32, K, 32], 0 < columns <= N, best and "
+        "column [M, slots, 32]");
+  }
+  const int64_t m = xd[0], k = xd[1], slots = bd[1];
+  std::fill_n(best->typed_data(), best->element_count(), -__builtin_inff());
+  std::fill_n(column->typed_data(), column->element_count(), static_cast<int32_t>(columns));
+  for (int64_t r0 = 0; r0 < m; r0 += kRowPanel) {
+    auto work = std::make_shared<Work<W>>();
+    work->m = std::min(kRowPanel, m - r0);
+    work->k = k;
+    work->n = wd[0] * kTile;
+    work->tiles = (columns + kTile - 1) / kTile;
+    work->x = x.typed_data() + r0 * k;
+    work->w = w.typed_data();
+    work->columns = columns;
+    work->slots = slots;
+    work->best = best->typed_data() + r0 * slots * kTile;
+    work->best_column = column->typed_data() + r0 * slots * kTile;
+    RunShared(pool, work, slots - 1);
   }
   return ffi::Error::Success();
 }
@@ -204,3 +324,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedMatmulBf16, PackedMatmul<ffi::BF16>,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedArgmax, PackedArgmax<ffi::F32>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("columns")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedArgmaxBf16, PackedArgmax<ffi::BF16>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Attr<int64_t>("columns")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
