@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 from common import alternating, measure_read_bandwidth, parse_list  # noqa: E402
 
 from marco_jax.config.cli import fail  # noqa: E402
+from marco_jax.model.native import kernels_available  # noqa: E402
 from marco_jax.model.packed_matmul import (  # noqa: E402
-    kernels_available,
     pack_kernel,
     packed_matmul,
 )

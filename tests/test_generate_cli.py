@@ -72,7 +72,7 @@ def test_bf16_weights_with_float32_matmuls_get_one_warning_line(checkpoint, tmp_
                                                                 monkeypatch):
     """Without the CPU matmul kernel, bf16 weights under fp32 matmuls are converted on every call:
     one warning line. With it, decoding reads fp32 packed copies made once: no warning."""
-    from marco_jax.model.packed_matmul import kernels_available
+    from marco_jax.model.native import kernels_available
 
     path, _ = checkpoint
     bf16 = tmp_path / "bf16"

@@ -20,9 +20,9 @@ from flax import nnx
 from marco_jax.infer import generate
 from marco_jax.infer.sampling import packed_greedy_tokens
 from marco_jax.model.config import Qwen2Config
+from marco_jax.model.native import kernels_available
 from marco_jax.model.packed_matmul import (
     TILE,
-    kernels_available,
     pack_kernel,
     packed_argmax_parts,
     packed_matmul,
@@ -266,7 +266,8 @@ def _run(code: str, cache: Path, **env: str) -> subprocess.CompletedProcess:
 
 PROBE = """
     import jax.numpy as jnp, numpy as np
-    from marco_jax.model.packed_matmul import kernels_available, pack_kernel, packed_matmul
+    from marco_jax.model.native import kernels_available
+    from marco_jax.model.packed_matmul import pack_kernel, packed_matmul
     print(kernels_available())
     if kernels_available():
         w = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -280,7 +281,7 @@ def test_the_library_is_built_once_per_cache_and_failures_fall_back(tmp_path):
     first = _run(PROBE, tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.split() == ["True", "[[12.0,", "15.0,", "18.0,", "21.0]]"]
-    built = list((tmp_path / "marco_jax" / "cpu_kernels").glob("packed_matmul-*.so"))
+    built = list((tmp_path / "marco_jax" / "cpu_kernels").glob("kernels-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
     again = _run(PROBE, tmp_path)
@@ -291,7 +292,7 @@ def test_the_library_is_built_once_per_cache_and_failures_fall_back(tmp_path):
     assert broken.returncode == 0, broken.stderr
     assert broken.stdout.split() == ["False"]
     warnings = [line for line in broken.stderr.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "CPU matmul kernel unavailable" in warnings[0], broken.stderr
+    assert len(warnings) == 1 and "CPU kernels unavailable" in warnings[0], broken.stderr
     off = _run(PROBE, tmp_path / "off", MARCO_CPU_KERNELS="0")
     assert off.stdout.split() == ["False"] and "warning" not in off.stderr
     assert not (tmp_path / "off").exists()

@@ -18,32 +18,21 @@ bf16 weights under float32 matmuls are packed as stored, in bf16, and widened to
 registers (half the bytes of a float32 copy; XLA:CPU converts them to float32 copies in every
 call instead).
 
-Build: `g++ -O3 -march=native` (the compiler in $CXX, else g++, c++, clang++) into
-`$XDG_CACHE_HOME/marco_jax/cpu_kernels/` (default `~/.cache/...`), keyed by the source, the
-compiler, jaxlib and the host CPU's flags, so a cache shared between machines never loads code
-built for another CPU. About 2 s, once per machine. Without a compiler, or with
-MARCO_CPU_KERNELS=0, the matmuls stay XLA's (one warning line says why when a build fails).
+Built at first use with the host's C++ compiler (`marco_jax.model.native`); without one, or with
+MARCO_CPU_KERNELS=0, the matmuls stay XLA's.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import functools
-import hashlib
 import math
 import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from marco_jax.model.native import kernels_available, load_error
 from marco_jax.model.target import target_platform
 
 TILE = 32  # output columns per packed tile (kTile in the kernel)
@@ -53,10 +42,6 @@ _ARGMAX_TARGET = "marco_packed_argmax"
 _TARGETS = {jnp.dtype(jnp.float32): _TARGET, jnp.dtype(jnp.bfloat16): _TARGET + "_bf16"}
 _ARGMAX_TARGETS = {jnp.dtype(jnp.float32): _ARGMAX_TARGET,
                    jnp.dtype(jnp.bfloat16): _ARGMAX_TARGET + "_bf16"}
-_HANDLERS = {_TARGET: "MarcoPackedMatmul", _TARGET + "_bf16": "MarcoPackedMatmulBf16",
-             _ARGMAX_TARGET: "MarcoPackedArgmax", _ARGMAX_TARGET + "_bf16": "MarcoPackedArgmaxBf16"}
-_SOURCE = Path(__file__).parent / "cpu_kernels" / "packed_matmul.cc"
-_OFF = ("0", "false", "no", "off")
 _MAX_WORKERS = 64  # threads greedy decoding's kernel shares the head's tiles among, at most
 _F32 = jnp.dtype(jnp.float32)
 
@@ -110,7 +95,7 @@ def packed_matmul(x: jax.Array, packed: PackedKernel) -> jax.Array:
     """x [..., K] @ the packed kernel -> [..., n...] float32 (x in float32, bf16 weights widened
     to float32; products summed in float32, tile by tile: the sums of a float32 dot up to the
     order of addition). CPU only; no gradient. Needs `kernels_available()`."""
-    error = _load_error()
+    error = load_error()
     if error is not None:
         raise RuntimeError(f"{_TARGET}: the CPU kernel is not available ({error})")
     k = packed.in_features
@@ -140,7 +125,7 @@ def packed_argmax_parts(x: jax.Array, packed: PackedKernel, columns: int | None 
     jnp.argmax's ties and NaNs is the smallest candidate column holding its largest value, or
     its first NaN (`infer.sampling.packed_greedy_tokens`). CPU only; needs
     `kernels_available()`."""
-    error = _load_error()
+    error = load_error()
     if error is not None:
         raise RuntimeError(f"{_ARGMAX_TARGET}: the CPU kernel is not available ({error})")
     n = packed.out_features
@@ -159,17 +144,6 @@ def packed_argmax_parts(x: jax.Array, packed: PackedKernel, columns: int | None 
     return value.reshape(x.shape[0], -1), column.reshape(x.shape[0], -1)
 
 
-def kernels_enabled() -> bool:
-    """False when MARCO_CPU_KERNELS is 0/false/no/off (XLA's dots everywhere)."""
-    return os.environ.get("MARCO_CPU_KERNELS", "1").strip().lower() not in _OFF
-
-
-def kernels_available() -> bool:
-    """Whether `packed_matmul` can run in this process: enabled, and the kernel built (or found
-    built) and registered with XLA. The first call on a machine compiles it (~2 s)."""
-    return kernels_enabled() and _load_error() is None
-
-
 def packed_dtype(param_dtype: jnp.dtype) -> jnp.dtype:
     """The dtype weights stored in `param_dtype` are packed in: bf16 stays bf16 (read at half the
     bytes, widened in registers), anything else becomes float32."""
@@ -180,92 +154,3 @@ def uses_packed_matmul(matmul_dtype: jnp.dtype) -> bool:
     """Whether inference packs its weights: CPU target, float32 matmuls, the kernel available."""
     return (target_platform() == "cpu" and jnp.dtype(matmul_dtype) == jnp.float32
             and kernels_available())
-
-
-# -- building and loading ---------------------------------------------------------------------
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _cpu_flags() -> str:
-    """The host CPU's model and feature flags (-march=native builds for exactly these)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "marco_jax" / "cpu_kernels"
-
-
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-DNDEBUG")
-
-
-def _library_path(compiler: str) -> Path:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                             check=False).stdout.splitlines()[:1]
-    jaxlib_version = getattr(jax.lib, "__version__", "")
-    key = hashlib.sha256("\n".join([
-        _SOURCE.read_text(), compiler, *_FLAGS, *version, jax.__version__, jaxlib_version,
-        platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
-    return cache_dir() / f"packed_matmul-{key}.so"
-
-
-def _umask() -> int:
-    """This process's umask, read without setting it (os.umask would, for every thread)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
-def _build(compiler: str, out: Path) -> None:
-    """Compile into a temporary file beside `out`, then rename: concurrent builders never load a
-    half-written library."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        cmd = [compiler, *_FLAGS, "-isystem", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"{' '.join(cmd[:3])} ... failed: {last}")
-        os.chmod(tmp, 0o755 & ~_umask())  # mkstemp's 0600 would keep other users of a cache out
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@functools.cache
-def _load_error() -> str | None:
-    """Build (or find) the library and register its handlers, once per process: None, or why it
-    failed (reported once on stderr; XLA's dots stay in place)."""
-    try:
-        compiler = _compiler()
-        if compiler is None:
-            raise RuntimeError("no C++ compiler found ($CXX, g++, c++, clang++)")
-        path = _library_path(compiler)
-        if not path.exists():
-            _build(compiler, path)
-        library = ctypes.CDLL(str(path))
-        for target, handler in _HANDLERS.items():
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, handler)),
-                                        platform="cpu")
-    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
-        print(f"warning: CPU matmul kernel unavailable, using XLA's dots: {e}", file=sys.stderr)
-        return str(e)
-    return None

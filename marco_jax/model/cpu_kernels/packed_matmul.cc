@@ -18,15 +18,13 @@
 // Built at first use with the host compiler and -march=native (packed_matmul.py); the vector
 // type below lowers to AVX-512, AVX2 or NEON registers, whichever the host has.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <cstring>
 #include <limits>
-#include <memory>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
+#include "share_out.h"
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -44,28 +42,10 @@ constexpr int64_t kAheadManyBytes = 2048;
 // pool costs more than it saves.
 constexpr int64_t kMinParallelFma = 1 << 17;
 
-typedef float Vec16 __attribute__((vector_size(64)));
-typedef uint16_t Half16 __attribute__((vector_size(32)));
-typedef uint32_t Word16 __attribute__((vector_size(64)));
-typedef int32_t Int16 __attribute__((vector_size(64)));
-
-inline Vec16 Load(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-// 16 bfloat16 values as float32: the upper half of each float's bits.
-inline Vec16 Load(const uint16_t* p) {
-  Half16 h;
-  std::memcpy(&h, p, sizeof(h));
-  const Word16 bits = __builtin_convertvector(h, Word16) << 16;
-  Vec16 v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return v;
-}
-
-inline void Store(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
+using marco::Int16;
+using marco::Load;
+using marco::Store;
+using marco::Vec16;
 
 // Rows [0, R) of x (row stride k) times one packed tile [k, 32]: emit(r, columns 0-15,
 // columns 16-31) per row.
@@ -147,28 +127,26 @@ struct RunningMax {
   }
 };
 
-// Tiles handed out in chunks to whichever thread asks next; the caller works too, so the call
-// finishes even if no pool thread ever starts (tasks that start late find no chunk left).
+// One panel of rows times the tiles [0, tiles): the products into y, or greedy decoding's
+// running maxima (RunningMax), each worker's published into its slot after every chunk.
 template <typename W>
-struct Work {
+struct Panel {
   const float* x;
   const W* w;
-  int64_t m, k, n, tiles, chunk;
+  int64_t m, k, n, tiles;
   float* y = nullptr;  // the products [m, n] (row stride n); or, for greedy decoding:
   int64_t columns = 0;  // columns that count (the last tile's others are ignored)
   float* best = nullptr;  // [m, slots, 32]: each worker's RunningMax (its slot)
   int32_t* best_column = nullptr;  // [m, slots, 32]
-  int64_t slots = 0;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
+  int64_t slots = 1;
 
-  void Run(int64_t slot) {
-    thread_local RunningMax running;
-    if (y == nullptr) running.Start(m);
-    for (;;) {
-      const int64_t t0 = next.fetch_add(chunk, std::memory_order_relaxed);
-      if (t0 >= tiles) return;
-      const int64_t t1 = std::min(tiles, t0 + chunk);
+  void Run(ffi::ThreadPool& pool) {
+    const int64_t helpers = marco::Helpers(pool, m * k * tiles * kTile >= kMinParallelFma,
+                                           y != nullptr ? tiles : slots - 1);
+    auto start = [&](int64_t) {
+      if (y == nullptr) Running().Start(m);
+    };
+    auto tiles_of = [&](int64_t t0, int64_t t1, int64_t worker) {
       for (int64_t t = t0; t < t1; ++t) {
         if (y != nullptr) {
           float* out = y + t * kTile;
@@ -178,23 +156,28 @@ struct Work {
           };
           Tile(x, m, k, w, t, store);
         } else {
-          Track(running, t);
+          Track(t);
         }
       }
-      // Written before `done` counts the chunk: the caller may return as soon as it has.
-      if (y == nullptr) Publish(running, slot);
-      done.fetch_add(t1 - t0, std::memory_order_release);
-    }
+      if (y == nullptr) Publish(worker);
+    };
+    marco::ShareOut(pool, tiles, helpers, start, tiles_of);
   }
 
-  void Track(RunningMax& running, int64_t t) {
+  static RunningMax& Running() {
+    thread_local RunningMax running;
+    return running;
+  }
+
+  void Track(int64_t t) {
+    RunningMax& running = Running();
     const int64_t valid = std::min(kTile, columns - t * kTile);
     Int16 lanes;
     for (int i = 0; i < 16; ++i) lanes[i] = i;
     const Int16 lo_columns = lanes + static_cast<int32_t>(t * kTile), hi_columns = lo_columns + 16;
     const Int16 lo_valid = lanes < static_cast<int32_t>(valid),
                 hi_valid = lanes + 16 < static_cast<int32_t>(valid);
-    const Vec16 minus_inf = Vec16{} - __builtin_inff();
+    const Vec16 minus_inf = marco::Splat(-__builtin_inff());
     const bool first = !running.any;
     running.any = true;
     auto update = [&](Vec16& value, Int16& column, Vec16 v, Int16 at, Int16 ok) {
@@ -215,7 +198,8 @@ struct Work {
     Tile(x, m, k, w, t, track);
   }
 
-  void Publish(const RunningMax& running, int64_t slot) {
+  void Publish(int64_t slot) {
+    const RunningMax& running = Running();
     for (int64_t r = 0; r < m; ++r) {
       for (int half = 0; half < 2; ++half) {
         const int64_t at = (r * slots + slot) * kTile + half * 16;
@@ -225,23 +209,6 @@ struct Work {
     }
   }
 };
-
-// Runs `work` (its fields but the counters set) over the caller and up to cores - 1 of XLA's
-// intra-op threads (at most `max_helpers`). XLA's pool has a thread per forced host device
-// (--xla_force_host_platform_device_count), which may exceed the cores.
-template <typename W>
-void RunShared(ffi::ThreadPool& pool, std::shared_ptr<Work<W>> work, int64_t max_helpers) {
-  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int64_t helpers =
-      work->m * work->k * work->tiles * kTile < kMinParallelFma
-          ? 0
-          : std::min({static_cast<int64_t>(pool.num_threads()), cores - 1, max_helpers});
-  // About four chunks per thread: even shares when one thread starts late.
-  work->chunk = std::max<int64_t>(1, work->tiles / (4 * (helpers + 1)));
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work, i]() { work->Run(i + 1); });
-  work->Run(0);
-  while (work->done.load(std::memory_order_acquire) < work->tiles) std::this_thread::yield();
-}
 
 template <ffi::DataType T>
 ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<T> w,
@@ -258,15 +225,10 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   // Row panels: a panel's rows of x stay in cache while every tile passes over them (scoring
   // sends thousands of rows; unpanelled, x would be read from memory once per tile).
   for (int64_t r0 = 0; r0 < m; r0 += kRowPanel) {
-    auto work = std::make_shared<Work<W>>();
-    work->m = std::min(kRowPanel, m - r0);
-    work->k = k;
-    work->n = n;
-    work->tiles = tiles;
-    work->x = x.typed_data() + r0 * k;
-    work->w = w.typed_data();
-    work->y = y->typed_data() + r0 * n;
-    RunShared(pool, work, std::numeric_limits<int64_t>::max());
+    Panel<W> panel{x.typed_data() + r0 * k, w.typed_data(), std::min(kRowPanel, m - r0), k, n,
+                   tiles};
+    panel.y = y->typed_data() + r0 * n;
+    panel.Run(pool);
   }
   return ffi::Error::Success();
 }
@@ -293,18 +255,13 @@ ffi::Error PackedArgmax(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   std::fill_n(best->typed_data(), best->element_count(), -__builtin_inff());
   std::fill_n(column->typed_data(), column->element_count(), static_cast<int32_t>(columns));
   for (int64_t r0 = 0; r0 < m; r0 += kRowPanel) {
-    auto work = std::make_shared<Work<W>>();
-    work->m = std::min(kRowPanel, m - r0);
-    work->k = k;
-    work->n = wd[0] * kTile;
-    work->tiles = (columns + kTile - 1) / kTile;
-    work->x = x.typed_data() + r0 * k;
-    work->w = w.typed_data();
-    work->columns = columns;
-    work->slots = slots;
-    work->best = best->typed_data() + r0 * slots * kTile;
-    work->best_column = column->typed_data() + r0 * slots * kTile;
-    RunShared(pool, work, slots - 1);
+    Panel<W> panel{x.typed_data() + r0 * k, w.typed_data(), std::min(kRowPanel, m - r0), k,
+                   wd[0] * kTile, (columns + kTile - 1) / kTile};
+    panel.columns = columns;
+    panel.slots = slots;
+    panel.best = best->typed_data() + r0 * slots * kTile;
+    panel.best_column = column->typed_data() + r0 * slots * kTile;
+    panel.Run(pool);
   }
   return ffi::Error::Success();
 }

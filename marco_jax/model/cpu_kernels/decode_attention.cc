@@ -1,0 +1,241 @@
+// Attention of one decode step over the CPU KV cache: per item i = (row, kv head), the group's
+// G query heads q[i] [G, D] against keys k[i] [D, S] (keys-minor) and values v[i] [S, D], slots
+// masked by valid[row] [S]; fp32 throughout; an XLA FFI custom call for
+// marco_jax/model/attention.py.
+//
+// Why: XLA:CPU ran the step's attention as five small fusions per layer (two batched dots and
+// the softmax's reductions), 150-200 us a layer at batch 8 and 256 slots on a 2-core CPU (the
+// keys and values are 2 MB: ~65 us to read), and every slot is read, written or not. Here each
+// item is one pass over its keys and one over its values, slots not yet written (or padding) are
+// skipped in blocks of 16 (their probabilities are exactly 0: exp(mask - max) underflows), and
+// the items are shared out over XLA's intra-op thread pool.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "share_out.h"
+#include "simd.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using marco::Int16;
+using marco::Load;
+using marco::Splat;
+using marco::Store;
+using marco::Vec16;
+
+constexpr int64_t kLanes = 16;
+// Below this many bytes of keys and values the call runs on the calling thread alone.
+constexpr int64_t kMinParallelBytes = 1 << 20;
+
+
+// exp(x), float32, to about 1 ulp: 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 (in two
+// parts), e^r by Cephes' expf polynomial; 0 below -87.34 (where float32's exp underflows to
+// denormals or 0; the softmax's masked slots sit far below).
+inline Vec16 Exp(Vec16 x) {
+  const Int16 under = x < -87.33654f;
+  x = under ? Splat(-87.33654f) : x;
+  const Vec16 fx = x * 1.44269504088896341f + 0.5f;
+  Int16 n = __builtin_convertvector(fx, Int16);  // toward zero: floor below
+  n = __builtin_convertvector(n, Vec16) > fx ? n - 1 : n;
+  const Vec16 nf = __builtin_convertvector(n, Vec16);
+  x = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+  Vec16 y = Splat(1.9875691500e-4f);
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * (x * x) + x + 1.0f;
+  const Int16 bits = (n + 127) << 23;
+  Vec16 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return under ? Splat(0.0f) : y * scale;
+}
+
+struct Shapes {
+  int64_t items, kv_heads, groups, dim, slots;
+};
+
+constexpr int64_t kChunk = 4 * kLanes;  // slots whose scores stay in registers at once
+constexpr int64_t kMaxGroup = 8;  // query heads per kv head held in registers at once
+
+// scores[g, s0 + j] = sum_d q[g, d] * k[d, s0 + j], j < 64, for G query heads: 4G vector
+// accumulators, each key row's 64 slots (four cache lines) read once.
+template <int G>
+void ScoreChunk(const float* q, int64_t dim, const float* k, int64_t slots, int64_t s0,
+                float* scores, int64_t padded) {
+  Vec16 acc[G][4];
+  for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = Vec16{};
+  const float* row = k + s0;
+  for (int64_t d = 0; d < dim; ++d, row += slots) {
+    __builtin_prefetch(row + 8 * slots, 0, 0);
+    __builtin_prefetch(row + 8 * slots + 32, 0, 0);
+    const Vec16 k0 = Load(row), k1 = Load(row + 16), k2 = Load(row + 32), k3 = Load(row + 48);
+    for (int g = 0; g < G; ++g) {
+      const float qg = q[g * dim + d];
+      acc[g][0] += qg * k0;
+      acc[g][1] += qg * k1;
+      acc[g][2] += qg * k2;
+      acc[g][3] += qg * k3;
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    for (int c = 0; c < 4; ++c) Store(scores + g * padded + s0 + c * kLanes, acc[g][c]);
+  }
+}
+
+void ScoreChunkAnyGroup(const float* q, int64_t groups, int64_t dim, const float* k,
+                        int64_t slots, int64_t s0, float* scores, int64_t padded) {
+  for (int64_t g0 = 0; g0 < groups; g0 += kMaxGroup) {
+    const float* qg = q + g0 * dim;
+    float* out = scores + g0 * padded;
+    switch (std::min(kMaxGroup, groups - g0)) {
+      case 1: ScoreChunk<1>(qg, dim, k, slots, s0, out, padded); break;
+      case 2: ScoreChunk<2>(qg, dim, k, slots, s0, out, padded); break;
+      case 3: ScoreChunk<3>(qg, dim, k, slots, s0, out, padded); break;
+      case 4: ScoreChunk<4>(qg, dim, k, slots, s0, out, padded); break;
+      case 5: ScoreChunk<5>(qg, dim, k, slots, s0, out, padded); break;
+      case 6: ScoreChunk<6>(qg, dim, k, slots, s0, out, padded); break;
+      case 7: ScoreChunk<7>(qg, dim, k, slots, s0, out, padded); break;
+      default: ScoreChunk<8>(qg, dim, k, slots, s0, out, padded); break;
+    }
+  }
+}
+
+// out[0:16 DV] = sum over live slots t of p[t] * v[t] / total: DV vector accumulators.
+template <int DV>
+void WeighValues(const float* p, const float* v, int64_t dim, const uint8_t* use,
+                 int64_t slots, float total, float* out) {
+  Vec16 acc[DV];
+  for (int c = 0; c < DV; ++c) acc[c] = Vec16{};
+  for (int64_t t = 0; t < slots; ++t) {
+    if (!use[t]) continue;
+    const float* vt = v + t * dim;
+    for (int c = 0; c < DV; ++c) acc[c] += p[t] * Load(vt + c * kLanes);
+  }
+  for (int c = 0; c < DV; ++c) Store(out + c * kLanes, acc[c] / total);
+}
+
+void WeighValuesAnyDim(const float* p, const float* v, int64_t dim, const uint8_t* use,
+                       int64_t slots, float total, float* out) {
+  switch (dim / kLanes) {
+    case 4: WeighValues<4>(p, v, dim, use, slots, total, out); return;
+    case 8: WeighValues<8>(p, v, dim, use, slots, total, out); return;
+    default: break;
+  }
+  for (int64_t c = 0; c < dim; c += 4 * kLanes) {  // 64 columns of the values at a time
+    const int64_t width = std::min<int64_t>(4 * kLanes, dim - c);
+    switch (width / kLanes) {
+      case 1: WeighValues<1>(p, v + c, dim, use, slots, total, out + c); break;
+      case 2: WeighValues<2>(p, v + c, dim, use, slots, total, out + c); break;
+      case 3: WeighValues<3>(p, v + c, dim, use, slots, total, out + c); break;
+      default: WeighValues<4>(p, v + c, dim, use, slots, total, out + c); break;
+    }
+  }
+}
+
+// Item i's output out[i] [G, D].
+void AttendItem(const Shapes& s, const float* q, const float* k, const float* v,
+                const bool* valid, float scale, float mask_value, float* out) {
+  const int64_t groups = s.groups, dim = s.dim, slots = s.slots;
+  const int64_t chunks = (slots + kChunk - 1) / kChunk, padded = chunks * kChunk;
+  thread_local std::vector<float> scores;  // [G, padded]
+  thread_local std::vector<uint8_t> use;  // [slots]: the slot's value is weighed
+  thread_local std::vector<float> total;  // [G]
+  scores.assign(groups * padded, 0.0f);
+  use.assign(slots, 0);
+  total.assign(groups, 0.0f);
+  bool any = false;
+  for (int64_t t = 0; t < slots; ++t) any = any || valid[t];
+  for (int64_t t = 0; t < slots; ++t) use[t] = valid[t] || !any;  // none valid: uniform, as XLA
+  // Scores of the chunks holding a used slot; a last partial chunk slot by slot.
+  const int64_t full = slots / kChunk;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t s0 = c * kChunk, s1 = std::min(slots, s0 + kChunk);
+    if (std::find(use.begin() + s0, use.begin() + s1, 1) == use.begin() + s1) continue;
+    if (c < full) {
+      ScoreChunkAnyGroup(q, groups, dim, k, slots, s0, scores.data(), padded);
+      continue;
+    }
+    for (int64_t d = 0; d < dim; ++d) {
+      for (int64_t t = s0; t < s1; ++t) {
+        for (int64_t g = 0; g < groups; ++g) {
+          scores[g * padded + t] += q[g * dim + d] * k[d * slots + t];
+        }
+      }
+    }
+  }
+  // softmax over the slots, masked as XLA's path masks (scale, then the mask value).
+  for (int64_t g = 0; g < groups; ++g) {
+    float* sc = scores.data() + g * padded;
+    float top = mask_value;
+    for (int64_t t = 0; t < slots; ++t) {
+      sc[t] = valid[t] ? sc[t] * scale : mask_value;
+      top = std::max(top, sc[t]);
+    }
+    for (int64_t t = slots; t < padded; ++t) sc[t] = -__builtin_inff();
+    Vec16 sum = Vec16{};
+    for (int64_t b = 0; b < padded; b += kLanes) {
+      const Vec16 p = Exp(Load(sc + b) - top);
+      Store(sc + b, p);
+      sum += p;
+    }
+    for (int i = 0; i < kLanes; ++i) total[g] += sum[i];
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    WeighValuesAnyDim(scores.data() + g * padded, v, dim, use.data(), slots, total[g],
+                      out + g * dim);
+  }
+}
+
+ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                           ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                           ffi::Buffer<ffi::PRED> valid, float scale, float mask_value,
+                           ffi::ResultBuffer<ffi::F32> out) {
+  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(),
+             md = valid.dimensions(), od = out->dimensions();
+  const bool ranks = qd.size() == 3 && kd.size() == 3 && vd.size() == 3 && md.size() == 2 &&
+                     od.size() == 3;
+  if (!ranks || kd[0] != qd[0] || vd[0] != qd[0] || kd[1] != qd[2] || vd[2] != qd[2] ||
+      vd[1] != kd[2] || md[1] != kd[2] || md[0] < 1 || qd[0] % md[0] != 0 ||
+      qd[2] % kLanes != 0 || od[0] != qd[0] || od[1] != qd[1] || od[2] != qd[2]) {
+    return ffi::Error::InvalidArgument(
+        "marco_decode_attention: expected q [B*K, G, D], k [B*K, D, S], v [B*K, S, D], valid "
+        "[B, S], out [B*K, G, D], D a multiple of 16");
+  }
+  const Shapes s{qd[0], qd[0] / md[0], qd[1], qd[2], kd[2]};
+  const float* qp = q.typed_data();
+  const float* kp = k.typed_data();
+  const float* vp = v.typed_data();
+  const bool* mp = valid.typed_data();
+  float* op = out->typed_data();
+  const int64_t bytes = s.items * 2 * s.dim * s.slots * 4;
+  const int64_t helpers = marco::Helpers(pool, bytes >= kMinParallelBytes, s.items - 1);
+  auto start = [](int64_t) {};
+  auto items = [&](int64_t i0, int64_t i1, int64_t) {
+    for (int64_t i = i0; i < i1; ++i) {
+      AttendItem(s, qp + i * s.groups * s.dim, kp + i * s.dim * s.slots,
+                 vp + i * s.slots * s.dim, mp + (i / s.kv_heads) * s.slots, scale, mask_value,
+                 op + i * s.groups * s.dim);
+    }
+  };
+  marco::ShareOut(pool, s.items, helpers, start, items);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoDecodeAttention, DecodeAttention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Attr<float>("scale")
+                                  .Attr<float>("mask_value")
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -1,0 +1,63 @@
+// Work shared out over XLA's intra-op thread pool: chunks of [0, count) claimed by whichever
+// thread asks next. The caller works too, so a call finishes even if no pool thread ever starts;
+// a task that starts late finds no chunk left and touches nothing of the caller's.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace marco {
+
+// Pool threads worth asking to help: none for small work (handing work out costs more than it
+// saves), else up to `at_most`, and never more than the cores less the caller's (XLA's pool has
+// a thread per forced host device, --xla_force_host_platform_device_count, which may exceed the
+// cores).
+inline int64_t Helpers(xla::ffi::ThreadPool& pool, bool worth_it, int64_t at_most) {
+  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  if (!worth_it) return 0;
+  return std::max<int64_t>(0, std::min({static_cast<int64_t>(pool.num_threads()), cores - 1,
+                                        at_most}));
+}
+
+// body(begin, end, worker) over chunks of [0, count), about four per thread (even shares when
+// one starts late); worker 0 is the caller, 1..helpers the pool's threads. start(worker) runs on
+// a worker before its first chunk. Returns when every chunk is done: `start` and `body` are only
+// called for a claimed chunk, which the caller waits for, so they may refer to its stack.
+template <typename Start, typename Body>
+void ShareOut(xla::ffi::ThreadPool& pool, int64_t count, int64_t helpers, const Start& start,
+              const Body& body) {
+  if (count <= 0) return;
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    int64_t count = 0, chunk = 1;
+    const Start* start = nullptr;
+    const Body* body = nullptr;
+
+    void Run(int64_t worker) {
+      for (bool first = true;; first = false) {
+        const int64_t c0 = next.fetch_add(chunk, std::memory_order_relaxed);
+        if (c0 >= count) return;
+        if (first) (*start)(worker);
+        const int64_t c1 = std::min(count, c0 + chunk);
+        (*body)(c0, c1, worker);
+        done.fetch_add(c1 - c0, std::memory_order_release);
+      }
+    }
+  };
+  auto state = std::make_shared<State>();
+  state->count = count;
+  state->chunk = std::max<int64_t>(1, count / (4 * (helpers + 1)));
+  state->start = &start;
+  state->body = &body;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([state, i]() { state->Run(i + 1); });
+  state->Run(0);
+  while (state->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+}
+
+}  // namespace marco

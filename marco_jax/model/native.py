@@ -1,0 +1,139 @@
+"""The CPU kernels of `cpu_kernels/` (C++ XLA FFI custom calls): built at first use, loaded and
+registered with XLA once per process.
+
+Build: `g++ -O3 -march=native` (the compiler in $CXX, else g++, c++, clang++) of every `.cc` file
+there into one library in `$XDG_CACHE_HOME/marco_jax/cpu_kernels/` (default `~/.cache/...`),
+keyed by the sources, the compiler and its flags, jaxlib and the host CPU's flags, so a cache
+shared between machines never loads code built for another CPU. About 3 s, once per machine.
+Without a compiler, or with MARCO_CPU_KERNELS=0, callers keep XLA's ops (one warning line says
+why when a build fails). Users: `packed_matmul` (decode matmuls, greedy token choice) and
+`attention` (a decode step's attention over the KV cache).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+
+_SOURCES = Path(__file__).parent / "cpu_kernels"
+# FFI target -> the library's handler symbol
+HANDLERS = {
+    "marco_packed_matmul": "MarcoPackedMatmul",
+    "marco_packed_matmul_bf16": "MarcoPackedMatmulBf16",
+    "marco_packed_argmax": "MarcoPackedArgmax",
+    "marco_packed_argmax_bf16": "MarcoPackedArgmaxBf16",
+    "marco_decode_attention": "MarcoDecodeAttention",
+}
+_OFF = ("0", "false", "no", "off")
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-DNDEBUG")
+
+
+def kernels_enabled() -> bool:
+    """False when MARCO_CPU_KERNELS is 0/false/no/off (XLA's ops everywhere)."""
+    return os.environ.get("MARCO_CPU_KERNELS", "1").strip().lower() not in _OFF
+
+
+def kernels_available() -> bool:
+    """Whether the kernels can run in this process: enabled, and the library built (or found
+    built) and registered with XLA. The first call on a machine compiles it (~3 s)."""
+    return kernels_enabled() and load_error() is None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "marco_jax" / "cpu_kernels"
+
+
+def _sources() -> list[Path]:
+    return sorted(_SOURCES.glob("*.cc"))
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _cpu_flags() -> str:
+    """The host CPU's model and feature flags (-march=native builds for exactly these)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _library_path(compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             check=False).stdout.splitlines()[:1]
+    jaxlib_version = getattr(jax.lib, "__version__", "")
+    texts = [f.read_text() for f in sorted([*_SOURCES.glob("*.cc"), *_SOURCES.glob("*.h")])]
+    key = hashlib.sha256("\n".join([
+        *texts, compiler, *_FLAGS, *version, jax.__version__, jaxlib_version,
+        platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
+    return cache_dir() / f"kernels-{key}.so"
+
+
+def _umask() -> int:
+    """This process's umask, read without setting it (os.umask would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _build(compiler: str, out: Path) -> None:
+    """Compile into a temporary file beside `out`, then rename: concurrent builders never load a
+    half-written library."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        cmd = [compiler, *_FLAGS, "-isystem", jax.ffi.include_dir(),
+               *map(str, _sources()), "-o", tmp]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"{' '.join(cmd[:3])} ... failed: {last}")
+        os.chmod(tmp, 0o755 & ~_umask())  # mkstemp's 0600 would keep other users of a cache out
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def load_error() -> str | None:
+    """Build (or find) the library and register its handlers, once per process: None, or why it
+    failed (reported once on stderr; XLA's ops stay in place)."""
+    try:
+        compiler = _compiler()
+        if compiler is None:
+            raise RuntimeError("no C++ compiler found ($CXX, g++, c++, clang++)")
+        path = _library_path(compiler)
+        if not path.exists():
+            _build(compiler, path)
+        library = ctypes.CDLL(str(path))
+        for target, handler in HANDLERS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, handler)),
+                                        platform="cpu")
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
+        print(f"warning: CPU kernels unavailable, using XLA's ops: {e}", file=sys.stderr)
+        return str(e)
+    return None
