@@ -124,7 +124,8 @@ def measure_read_bandwidth(gib: float = 1.0, dtype: str = "float32") -> float:
 def decode_bytes_per_step(cfg: Qwen2Config, batch: int, cache_slots: int, weight_bytes: int,
                           kv_bytes: int) -> float:
     """Bytes one decode step must read: the weights (an untied embedding only for the fed rows)
-    and the whole KV cache (our cache attends over all its slots, masked)."""
+    and `cache_slots` filled slots of the KV cache (the benches pass the mean over the decode
+    steps; slots not written yet need no read, and our CPU attention kernel skips them)."""
     embed = cfg.vocab_size * cfg.hidden_size
     weights = cfg.num_params() - (0 if cfg.tie_word_embeddings else embed - batch * cfg.hidden_size)
     kv = (2 * cfg.num_hidden_layers * batch * cache_slots * cfg.num_key_value_heads
