@@ -121,6 +121,26 @@ def measure_read_bandwidth(gib: float = 1.0, dtype: str = "float32") -> float:
     return x.nbytes / best
 
 
+def measure_matmul_flops(n: int = 1024) -> float:
+    """FLOP/s of a jitted float32 [n, n] @ [n, n] (XLA's GEMM, best of 5): the host's measured
+    compute peak, the compute half of a roofline."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    _, best = best_of(lambda: f(a).block_until_ready(), repeats=5)
+    return 2 * n ** 3 / best
+
+
+def decode_flops_per_step(cfg: Qwen2Config, batch: int, cache_slots: int) -> float:
+    """Multiply-add FLOPs of one decode step: every matmul weight (the lm head; not an untied
+    input embedding, which is a gather) once per row, and attention over `cache_slots` filled
+    slots (scores and the weighted sum of values)."""
+    embed = cfg.vocab_size * cfg.hidden_size
+    matmul_params = cfg.num_params() - (0 if cfg.tie_word_embeddings else embed)
+    attention = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.dim_per_head * cache_slots
+    return batch * (2 * matmul_params + attention)
+
+
 def decode_bytes_per_step(cfg: Qwen2Config, batch: int, cache_slots: int, weight_bytes: int,
                           kv_bytes: int) -> float:
     """Bytes one decode step must read: the weights (an untied embedding only for the fed rows)
