@@ -26,6 +26,7 @@ from marco_jax.model.packed_matmul import (
     pack_kernel,
     packed_argmax_parts,
     packed_matmul,
+    packed_matmul_group,
     unpack_kernel,
 )
 from marco_jax.model.qwen2 import init_model
@@ -80,6 +81,24 @@ def test_the_threaded_path_equals_the_single_thread_path():
     for col in (0, 2016, 3968):  # one tile each: 12k multiply-adds per row, single thread
         part = _packed_product(x[:1], w[:, col: col + TILE], 1)
         np.testing.assert_array_equal(part, whole[:1, col: col + TILE])
+
+
+@pytest.mark.parametrize("rows", [1, 8, 600])
+def test_a_group_call_equals_one_call_per_kernel(rows):
+    """`packed_matmul_group` (one pass over several weights' tiles, threaded above 2^17
+    multiply-adds) gives each kernel's products to the bit, padded tiles and 3-D outputs too."""
+    rng = np.random.default_rng(rows)
+    x = jnp.asarray(rng.standard_normal((rows, 96)), jnp.float32)
+    kernels = [pack_kernel(jnp.asarray(rng.standard_normal(shape), jnp.float32))
+               for shape in [(96, 384), (96, 2, 16), (96, 70), (96, 3000)]]
+    grouped = jax.jit(packed_matmul_group)(x, kernels)
+    for packed, got in zip(kernels, grouped, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(jax.jit(packed_matmul)(x,
+                                                                                         packed)))
+    with pytest.raises(ValueError, match="kernels of 95 features in float32 beside 96"):
+        packed_matmul_group(x, [kernels[0], pack_kernel(jnp.ones((95, 32)))])
+    with pytest.raises(ValueError, match="9 kernels; expected 1..8"):
+        packed_matmul_group(x, kernels * 2 + kernels[:1])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -178,15 +197,15 @@ def _model(**overrides):
 
 
 def test_packed_layers_run_every_linear_through_the_kernel():
-    """`layer_arrays(pack=True)`: each layer's seven Linear kernels are packed and every one of
-    them is a call of the kernel in the compiled forward, with the unpacked forward's hidden
-    states."""
+    """`layer_arrays(pack=True)`: each layer's seven Linear kernels are packed and run in four
+    calls of the kernel in the compiled forward (q, k and v in one, gate and up in one), with
+    the unpacked forward's hidden states."""
     model = _model()
     packed = jax.jit(lambda: model.layer_arrays(pack=True))()
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 1000, (2, 12)), jnp.int32)
     forward = jax.jit(lambda layers: model.hidden(tokens, layer_states=layers)[0])
     text = forward.lower(packed).as_text()
-    assert text.count("custom_call @marco_packed_matmul(") == 7 * 2
+    assert text.count("custom_call @marco_packed_matmul(") == 4 * 2
     assert "marco_packed_matmul" not in forward.lower(model.layer_arrays()).as_text()
     np.testing.assert_allclose(np.asarray(forward(packed)),
                                np.asarray(forward(model.layer_arrays())), rtol=2e-5, atol=2e-5)

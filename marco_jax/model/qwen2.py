@@ -39,6 +39,7 @@ from marco_jax.model.packed_matmul import (
     pack_kernel,
     packed_dtype,
     packed_matmul,
+    packed_matmul_group,
 )
 from marco_jax.model.target import target_platform
 from marco_jax.parallel.constraints import RESIDUAL, constrain
@@ -85,9 +86,25 @@ class Linear(nnx.Module):
                            kernel.astype(mm),
                            preferred_element_type=None if mm == self.dtype else jnp.float32)
             y = y.astype(self.dtype)
-        if self.bias is not None:
-            y = y + self.bias.value.astype(self.dtype)
-        return y
+        return self.add_bias(y)
+
+    def add_bias(self, y: jax.Array) -> jax.Array:
+        return y if self.bias is None else y + self.bias.value.astype(self.dtype)
+
+
+def linear_group(x: jax.Array, linears: Sequence[Linear]) -> list[jax.Array]:
+    """Each Linear of the same input x; where all their kernels are packed (CPU inference), in
+    one kernel call (`packed_matmul_group`)."""
+    kernels = [linear.kernel.value for linear in linears]
+    if (not all(isinstance(k, PackedKernel) for k in kernels)
+            or len({(linear.contract_dims, k.tiles.dtype) for linear, k
+                    in zip(linears, kernels, strict=True)}) != 1):
+        return [linear(x) for linear in linears]
+    first = linears[0]
+    x = x.astype(first.dtype)
+    flat = x.reshape(*x.shape[: x.ndim - first.contract_dims], -1)
+    return [linear.add_bias(y.astype(linear.dtype))
+            for linear, y in zip(linears, packed_matmul_group(flat, kernels), strict=True)]
 
 
 class Embed(nnx.Module):
@@ -168,9 +185,8 @@ class Attention(nnx.Module):
         """`cache_kv`: this layer's [B, S, K, D] cache, or with `cache_heads_major`
         (`KVCache.per_layer`) k [B*K, D, S] and v [B*K, S, D]; `cache_fresh`: it is empty
         (`KVCache.fresh`)."""
-        q = apply_rope(self.q_proj(x), cos, sin)
-        k = apply_rope(self.k_proj(x), cos, sin)
-        v = self.v_proj(x)
+        q, k, v = linear_group(x, (self.q_proj, self.k_proj, self.v_proj))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q = checkpoint_name(q, "query_proj")
         k = checkpoint_name(k, "key_proj")
         v = checkpoint_name(v, "value_proj")
@@ -215,7 +231,7 @@ class MLP(nnx.Module):
         self.down_proj = Linear((f, h), ("mlp", "embed"), config, rngs, num_layers=num_layers)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate, up = self.gate_proj(x), self.up_proj(x)
+        gate, up = linear_group(x, (self.gate_proj, self.up_proj))
         if target_platform() == "cpu":  # one pass each way (marco_jax/model/activations.py)
             return self.down_proj(silu_mul(gate, up))
         return self.down_proj(jax.nn.silu(gate) * up)

@@ -127,39 +127,49 @@ struct RunningMax {
   }
 };
 
-// One panel of rows times the tiles [0, tiles): the products into y, or greedy decoding's
-// running maxima (RunningMax), each worker's published into its slot after every chunk.
+constexpr int64_t kMaxParts = 8;  // weights one call multiplies the same rows by
+
+// One panel of rows times the tiles [0, tiles) of up to kMaxParts weights laid end to end (part
+// j's tiles from first_tile[j]): the products into each part's y, or greedy decoding's running
+// maxima (RunningMax, one weight), each worker's published into its slot after every chunk.
 template <typename W>
 struct Panel {
   const float* x;
-  const W* w;
-  int64_t m, k, n, tiles;
-  float* y = nullptr;  // the products [m, n] (row stride n); or, for greedy decoding:
+  int64_t m, k, tiles;
+  int64_t parts = 1;
+  const W* w[kMaxParts] = {};
+  int64_t first_tile[kMaxParts + 1] = {};
+  float* y[kMaxParts] = {};  // the products [m, n_j] (row stride n_j); or, for greedy decoding:
   int64_t columns = 0;  // columns that count (the last tile's others are ignored)
   float* best = nullptr;  // [m, slots, 32]: each worker's RunningMax (its slot)
   int32_t* best_column = nullptr;  // [m, slots, 32]
   int64_t slots = 1;
 
+  bool Greedy() const { return y[0] == nullptr; }
+
   void Run(ffi::ThreadPool& pool) {
     const int64_t helpers = marco::Helpers(pool, m * k * tiles * kTile >= kMinParallelFma,
-                                           y != nullptr ? tiles : slots - 1);
+                                           Greedy() ? slots - 1 : tiles);
     auto start = [&](int64_t) {
-      if (y == nullptr) Running().Start(m);
+      if (Greedy()) Running().Start(m);
     };
     auto tiles_of = [&](int64_t t0, int64_t t1, int64_t worker) {
+      int64_t j = 0;
       for (int64_t t = t0; t < t1; ++t) {
-        if (y != nullptr) {
-          float* out = y + t * kTile;
-          auto store = [&](int64_t r, Vec16 lo, Vec16 hi) {
-            Store(out + r * n, lo);
-            Store(out + r * n + 16, hi);
-          };
-          Tile(x, m, k, w, t, store);
-        } else {
+        if (Greedy()) {
           Track(t);
+          continue;
         }
+        while (t >= first_tile[j + 1]) ++j;
+        const int64_t local = t - first_tile[j], n = (first_tile[j + 1] - first_tile[j]) * kTile;
+        float* out = y[j] + local * kTile;
+        auto store = [&](int64_t r, Vec16 lo, Vec16 hi) {
+          Store(out + r * n, lo);
+          Store(out + r * n + 16, hi);
+        };
+        Tile(x, m, k, w[j], local, store);
       }
-      if (y == nullptr) Publish(worker);
+      if (Greedy()) Publish(worker);
     };
     marco::ShareOut(pool, tiles, helpers, start, tiles_of);
   }
@@ -195,7 +205,7 @@ struct Panel {
       update(running.value[2 * r], running.column[2 * r], lo, lo_columns, lo_valid);
       update(running.value[2 * r + 1], running.column[2 * r + 1], hi, hi_columns, hi_valid);
     };
-    Tile(x, m, k, w, t, track);
+    Tile(x, m, k, w[0], t, track);
   }
 
   void Publish(int64_t slot) {
@@ -210,24 +220,49 @@ struct Panel {
   }
 };
 
+// The same rows times each of the weights (RemainingArgs: tiles [N_j / 32, K, 32], one dtype)
+// into y_j [M, N_j] (RemainingRets), their tiles shared out in one pass: a layer's q, k and v
+// projections (or gate and up) cost one hand-off to the pool, not three (or two).
 template <ffi::DataType T>
-ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<T> w,
-                        ffi::ResultBuffer<ffi::F32> y) {
-  using W = std::remove_pointer_t<decltype(w.typed_data())>;
-  const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  if (xd.size() != 2 || wd.size() != 3 || yd.size() != 2 || wd[2] != kTile || xd[1] != wd[1] ||
-      yd[0] != xd[0] || yd[1] != wd[0] * kTile) {
-    return ffi::Error::InvalidArgument(
-        "marco_packed_matmul: expected x [M, K], w [N / 32, K, 32] and y [M, N]");
+ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::RemainingArgs ws,
+                        ffi::RemainingRets ys) {
+  using W = ffi::NativeType<T>;
+  const auto xd = x.dimensions();
+  const int64_t parts = static_cast<int64_t>(ws.size());
+  const auto bad = ffi::Error::InvalidArgument(
+      "marco_packed_matmul: expected x [M, K], 1 to 8 weights [N_j / 32, K, 32] of one dtype "
+      "and as many outputs [M, N_j]");
+  if (xd.size() != 2 || parts < 1 || parts > kMaxParts ||
+      static_cast<int64_t>(ys.size()) != parts) {
+    return bad;
   }
-  const int64_t m = xd[0], k = xd[1], tiles = wd[0], n = tiles * kTile;
-  if (m == 0 || tiles == 0) return ffi::Error::Success();
+  const int64_t m = xd[0], k = xd[1];
+  Panel<W> whole{x.typed_data(), m, k, 0};
+  whole.parts = parts;
+  for (int64_t j = 0; j < parts; ++j) {
+    auto w = ws.get<ffi::Buffer<T>>(j);
+    auto y = ys.get<ffi::Buffer<ffi::F32>>(j);
+    if (!w.has_value() || !y.has_value()) return bad;
+    const auto wd = w->dimensions(), yd = (*y)->dimensions();
+    if (wd.size() != 3 || wd[1] != k || wd[2] != kTile || yd.size() != 2 || yd[0] != m ||
+        yd[1] != wd[0] * kTile) {
+      return bad;
+    }
+    whole.w[j] = w->typed_data();
+    whole.y[j] = (*y)->typed_data();
+    whole.first_tile[j + 1] = whole.first_tile[j] + wd[0];
+  }
+  whole.tiles = whole.first_tile[parts];
+  if (m == 0 || whole.tiles == 0) return ffi::Error::Success();
   // Row panels: a panel's rows of x stay in cache while every tile passes over them (scoring
   // sends thousands of rows; unpanelled, x would be read from memory once per tile).
   for (int64_t r0 = 0; r0 < m; r0 += kRowPanel) {
-    Panel<W> panel{x.typed_data() + r0 * k, w.typed_data(), std::min(kRowPanel, m - r0), k, n,
-                   tiles};
-    panel.y = y->typed_data() + r0 * n;
+    Panel<W> panel = whole;
+    panel.x = x.typed_data() + r0 * k;
+    panel.m = std::min(kRowPanel, m - r0);
+    for (int64_t j = 0; j < parts; ++j) {
+      panel.y[j] = whole.y[j] + r0 * (whole.first_tile[j + 1] - whole.first_tile[j]) * kTile;
+    }
     panel.Run(pool);
   }
   return ffi::Error::Success();
@@ -255,8 +290,9 @@ ffi::Error PackedArgmax(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   std::fill_n(best->typed_data(), best->element_count(), -__builtin_inff());
   std::fill_n(column->typed_data(), column->element_count(), static_cast<int32_t>(columns));
   for (int64_t r0 = 0; r0 < m; r0 += kRowPanel) {
-    Panel<W> panel{x.typed_data() + r0 * k, w.typed_data(), std::min(kRowPanel, m - r0), k,
-                   wd[0] * kTile, (columns + kTile - 1) / kTile};
+    Panel<W> panel{x.typed_data() + r0 * k, std::min(kRowPanel, m - r0), k,
+                   (columns + kTile - 1) / kTile};
+    panel.w[0] = w.typed_data();
     panel.columns = columns;
     panel.slots = slots;
     panel.best = best->typed_data() + r0 * slots * kTile;
@@ -272,15 +308,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedMatmul, PackedMatmul<ffi::F32>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .RemainingArgs()
+                                  .RemainingRets());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedMatmulBf16, PackedMatmul<ffi::BF16>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .RemainingArgs()
+                                  .RemainingRets());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedArgmax, PackedArgmax<ffi::F32>,
                               ffi::Ffi::Bind()
