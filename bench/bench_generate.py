@@ -53,10 +53,11 @@ the head: the dot then `greedy_tokens` over the logits (XLA's dot, the kernel) b
 kernel's fused greedy, which never writes the logits (what our fp32 greedy decode runs).
 
 `--ours` lists our sides as param dtype[/matmul dtype][+xla]: `bfloat16` stores the weights in
-bf16 (compute stays fp32; decoding reads fp32 packed copies made once), `bfloat16/bfloat16` also
-runs the matmuls on bf16 operands with fp32 accumulation (`model.matmul_dtype`, AMX on Sapphire
-Rapids and later CPUs), and `+xla` runs that side with XLA's dots instead of the packed-weights
-kernel (MARCO_CPU_KERNELS=0 during its calls; a model of its own, so the kept layouts of the
+bf16 (compute stays fp32; decoding reads them packed in bf16, widened in registers),
+`bfloat16/bfloat16` also runs the matmuls on bf16 operands with fp32 accumulation
+(`model.matmul_dtype`, AMX on Sapphire Rapids and later CPUs), and `+xla` runs that side with
+XLA's ops instead of our CPU kernels (packed matmuls, the fused greedy head, the decode
+attention: MARCO_CPU_KERNELS=0 during its calls; a model of its own, so the kept layouts of the
 two sides never replace each other).
 `--hf-dtypes bfloat16` adds transformers with bf16 weights (`torch_dtype=bfloat16`), the peer of
 those. Tokens of bf16 sides are compared with transformers' fp32 tokens as a fraction equal
@@ -136,7 +137,7 @@ class Side(NamedTuple):
 
 def ours_generate(model, tokens: np.ndarray, lengths: np.ndarray, new_tokens: int,
                   xla_dots: bool = False) -> np.ndarray:
-    """Our greedy tokens; `xla_dots`: with the CPU matmul kernel switched off for the call."""
+    """Our greedy tokens; `xla_dots`: with our CPU kernels switched off for the call."""
     with mock.patch.dict(os.environ, {"MARCO_CPU_KERNELS": "0"} if xla_dots else {}):
         return np.asarray(generate(model, tokens, new_tokens, prompt_lengths=lengths,
                                    eos_ids=()).tokens)
@@ -305,7 +306,7 @@ def main() -> None:
                 run = functools.partial(ours_generate, model, tokens, lengths, xla_dots=xla_dots)
                 run(1), run(args.new_tokens)  # compile both lengths
                 label = (f"marco_jax {param_dtype}" + (f"/{matmul_dtype} mm" if matmul_dtype
-                                                       else "") + (" XLA dots" if xla_dots else ""))
+                                                       else "") + (" XLA ops" if xla_dots else ""))
                 sides.append(Side(label, run, decode_bytes_per_step(
                     cfg, batch, slots, jnp.dtype(param_dtype).itemsize, 4),
                     None if matmul_dtype else flops, is_hf=False,
