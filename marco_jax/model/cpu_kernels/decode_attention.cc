@@ -6,9 +6,10 @@
 // Why: XLA:CPU ran the step's attention as five small fusions per layer (two batched dots and
 // the softmax's reductions), 150-200 us a layer at batch 8 and 256 slots on a 2-core CPU (the
 // keys and values are 2 MB: ~65 us to read), and every slot is read, written or not. Here each
-// item is one pass over its keys and one over its values, slots not yet written (or padding) are
-// skipped in blocks of 16 (their probabilities are exactly 0: exp(mask - max) underflows), and
-// the items are shared out over XLA's intra-op thread pool.
+// item is one pass over its keys and one over its values; keys of 64-slot chunks with no live
+// slot and values of dead slots (not yet written, or padding) are never read (their
+// probabilities are exactly 0: exp(mask - max) underflows); the items are shared out over XLA's
+// intra-op thread pool.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -26,17 +27,20 @@ using marco::Load;
 using marco::Splat;
 using marco::Store;
 using marco::Vec16;
+using marco::Word16;
 
 constexpr int64_t kLanes = 16;
 // Below this many bytes of keys and values the call runs on the calling thread alone.
 constexpr int64_t kMinParallelBytes = 1 << 20;
 
 
-// exp(x), float32, to about 1 ulp: 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 (in two
-// parts), e^r by Cephes' expf polynomial; 0 below -87.34 (where float32's exp underflows to
-// denormals or 0; the softmax's masked slots sit far below).
+// exp(x), float32, to about 1 ulp, for x <= 0: 2^n * e^r with n = round(x / ln 2), r = x - n ln 2
+// (in two parts), e^r by Cephes' expf polynomial; 0 below -87.34 (where float32's exp underflows
+// to denormals or 0; the softmax's masked slots sit far below); NaN stays NaN (clamped first, so
+// the integer steps never see it).
 inline Vec16 Exp(Vec16 x) {
-  const Int16 under = x < -87.33654f;
+  const Vec16 in = x;
+  const Int16 under = (x >= -87.33654f) == 0;  // NaN too
   x = under ? Splat(-87.33654f) : x;
   const Vec16 fx = x * 1.44269504088896341f + 0.5f;
   Int16 n = __builtin_convertvector(fx, Int16);  // toward zero: floor below
@@ -50,10 +54,11 @@ inline Vec16 Exp(Vec16 x) {
   y = y * x + 1.6666665459e-1f;
   y = y * x + 5.0000001201e-1f;
   y = y * (x * x) + x + 1.0f;
-  const Int16 bits = (n + 127) << 23;
+  const Word16 bits = __builtin_convertvector(n + 127, Word16) << 23;  // n in [-126, 0]
   Vec16 scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return under ? Splat(0.0f) : y * scale;
+  const Vec16 out = under ? Splat(0.0f) : y * scale;
+  return in != in ? in : out;
 }
 
 struct Shapes {
@@ -142,6 +147,10 @@ void WeighValuesAnyDim(const float* p, const float* v, int64_t dim, const uint8_
 void AttendItem(const Shapes& s, const float* q, const float* k, const float* v,
                 const bool* valid, float scale, float mask_value, float* out) {
   const int64_t groups = s.groups, dim = s.dim, slots = s.slots;
+  if (slots == 0) {  // nothing to attend to: zeros, as XLA's empty sums
+    std::fill_n(out, groups * dim, 0.0f);
+    return;
+  }
   const int64_t chunks = (slots + kChunk - 1) / kChunk, padded = chunks * kChunk;
   thread_local std::vector<float> scores;  // [G, padded]
   thread_local std::vector<uint8_t> use;  // [slots]: the slot's value is weighed

@@ -145,7 +145,9 @@ struct Panel {
   int32_t* best_column = nullptr;  // [m, slots, 32]
   int64_t slots = 1;
 
-  bool Greedy() const { return y[0] == nullptr; }
+  bool greedy = false;  // set by PackedArgmax only
+
+  bool Greedy() const { return greedy; }
 
   void Run(ffi::ThreadPool& pool) {
     const int64_t helpers = marco::Helpers(pool, m * k * tiles * kTile >= kMinParallelFma,
@@ -293,6 +295,7 @@ ffi::Error PackedArgmax(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     Panel<W> panel{x.typed_data() + r0 * k, std::min(kRowPanel, m - r0), k,
                    (columns + kTile - 1) / kTile};
     panel.w[0] = w.typed_data();
+    panel.greedy = true;
     panel.columns = columns;
     panel.slots = slots;
     panel.best = best->typed_data() + r0 * slots * kTile;
