@@ -106,7 +106,7 @@ def packed_matmul_group(x: jax.Array, kernels: Sequence[PackedKernel]) -> list[j
     """`[packed_matmul(x, k) for k in kernels]` in one kernel call (up to 8 kernels of one dtype
     and input size): their tiles are shared out over the threads in one pass, so a layer's q, k
     and v projections (or gate and up) hand work to the pool once, not three times (2-core CPU,
-    the layer-heavy layers at 1 and 8 rows: 15-20% less time than one call each)."""
+    the layer-heavy layers at 1 and 8 rows: 10-34% less time than one call each)."""
     error = load_error()
     if error is not None:
         raise RuntimeError(f"{_TARGET}: the CPU kernel is not available ({error})")
