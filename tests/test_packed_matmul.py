@@ -307,6 +307,18 @@ def test_the_library_is_built_once_per_cache_and_failures_fall_back(tmp_path):
     assert again.stdout == first.stdout and built[0].stat().st_mtime_ns == stamp
     assert "warning" not in again.stderr
 
+    # a build clears killed builds' temporary files (over an hour old) and the earlier layout's
+    # libraries, and keeps a fresh temporary file (another process may be writing it)
+    folder = tmp_path / "leftovers" / "marco_jax" / "cpu_kernels"
+    folder.mkdir(parents=True)
+    for name in ("tmpold.so", "tmpnew.so", "packed_matmul-0123.so", "kernels-other-cpu.so"):
+        (folder / name).write_bytes(b"x")
+    os.utime(folder / "tmpold.so", (1, 1))
+    assert _run(PROBE, tmp_path / "leftovers").stdout == first.stdout
+    left = sorted(p.name for p in folder.iterdir())
+    assert "tmpold.so" not in left and "packed_matmul-0123.so" not in left
+    assert {"tmpnew.so", "kernels-other-cpu.so"} <= set(left) and len(left) == 3
+
     broken = _run(PROBE, tmp_path / "other", CXX="false")
     assert broken.returncode == 0, broken.stderr
     assert broken.stdout.split() == ["False"]

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -98,10 +99,29 @@ def _umask() -> int:
     return 0o022
 
 
+# Leftovers a build removes from the cache: temporary files of builds killed over an hour ago, and
+# libraries of the earlier single-kernel layout (replaced by `kernels-<key>.so`). Libraries of
+# other keys stay: a cache shared by hosts with other CPUs holds one per host.
+_STALE_TMP_SECONDS = 3600
+_OLD_LIBRARIES = "packed_matmul-*.so"
+
+
+def _remove_leftovers(folder: Path) -> None:
+    now = time.time()
+    for path in [*folder.glob("tmp*.so"), *folder.glob(_OLD_LIBRARIES)]:
+        try:
+            if path.name.startswith("tmp") and now - path.stat().st_mtime < _STALE_TMP_SECONDS:
+                continue  # maybe another process's build in progress
+            path.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove
+
+
 def _build(compiler: str, out: Path) -> None:
     """Compile into a temporary file beside `out`, then rename: concurrent builders never load a
     half-written library."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out.parent)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
