@@ -243,8 +243,9 @@ def next_tokens(model: Qwen2ForCausalLM, hidden: jax.Array, head: jax.Array | Pa
     `vocab_limit` (None: any). Greedy over a packed head runs the head and the argmax in one
     kernel pass, without the [B, vocab] logits (`packed_greedy_tokens`)."""
     if sampling.greedy and isinstance(head, PackedKernel):
-        columns = head.out_features if vocab_limit is None else vocab_limit
-        if 0 < columns <= head.out_features:
+        columns = head.out_features if vocab_limit is None else min(vocab_limit,
+                                                                    head.out_features)
+        if columns > 0:
             return packed_greedy_tokens(hidden, head, columns)
     logits = model.logits(hidden, head)
     if vocab_limit is not None and vocab_limit < logits.shape[-1]:

@@ -74,9 +74,8 @@ class Linear(nnx.Module):
         x = x.astype(self.dtype)
         kernel = self.kernel.value
         if isinstance(kernel, PackedKernel):  # CPU inference weights (`layer_arrays(pack=True)`)
-            flat = x.reshape(*x.shape[: x.ndim - self.contract_dims], -1)
-            y = packed_matmul(flat, kernel).astype(self.dtype)
-        elif target_platform() == "cpu":  # one 2-D matmul, see marco_jax/model/matmul.py
+            return linear_group(x, (self,))[0]
+        if target_platform() == "cpu":  # one 2-D matmul, see marco_jax/model/matmul.py
             y = flat_matmul(x, kernel, self.contract_dims, self.matmul_dtype)
         else:
             contract = "abcd"[: self.contract_dims]
