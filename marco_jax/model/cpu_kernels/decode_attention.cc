@@ -12,6 +12,7 @@
 // intra-op thread pool.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "share_out.h"
@@ -77,8 +78,10 @@ void ScoreChunk(const float* q, int64_t dim, const float* k, int64_t slots, int6
   for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = Vec16{};
   const float* row = k + s0;
   for (int64_t d = 0; d < dim; ++d, row += slots) {
-    __builtin_prefetch(row + 8 * slots, 0, 0);
-    __builtin_prefetch(row + 8 * slots + 32, 0, 0);
+    for (int line = 0; line < 4; ++line) {
+      __builtin_prefetch(row + 8 * slots + 16 * line, 0, 0);  // this chunk, 8 rows on
+      __builtin_prefetch(row + kChunk + 16 * line, 0, 0);  // the next chunk's same row
+    }
     const Vec16 k0 = Load(row), k1 = Load(row + 16), k2 = Load(row + 32), k3 = Load(row + 48);
     for (int g = 0; g < G; ++g) {
       const float qg = q[g * dim + d];
@@ -111,41 +114,92 @@ void ScoreChunkAnyGroup(const float* q, int64_t groups, int64_t dim, const float
   }
 }
 
-// out[0:16 DV] = sum over live slots t of p[t] * v[t] / total: DV vector accumulators.
-template <int DV>
-void WeighValues(const float* p, const float* v, int64_t dim, const uint8_t* use,
-                 int64_t slots, float total, float* out) {
-  Vec16 acc[DV];
-  for (int c = 0; c < DV; ++c) acc[c] = Vec16{};
-  for (int64_t t = 0; t < slots; ++t) {
-    if (!use[t]) continue;
-    const float* vt = v + t * dim;
-    for (int c = 0; c < DV; ++c) acc[c] += p[t] * Load(vt + c * kLanes);
+// Which slots of a batch row count, worked out once per call (not per item of the row).
+struct RowSlots {
+  std::vector<int32_t> state;  // [padded]: 1 valid, 0 masked (the mask value), -1 past the slots
+  std::vector<int32_t> live;  // slots whose values are weighed: the valid ones, every one if none
+  std::vector<uint8_t> chunk_live;  // [chunks]: the 64-slot chunk holds a live slot
+
+  void Set(const bool* valid, int64_t slots, int64_t padded) {
+    bool any = false;
+    for (int64_t t = 0; t < slots; ++t) any |= valid[t];
+    state.assign(padded, -1);
+    live.clear();
+    chunk_live.assign(padded / kChunk, 0);
+    for (int64_t t = 0; t < slots; ++t) {
+      state[t] = valid[t] ? 1 : 0;
+      if (valid[t] || !any) {  // none valid: uniform over every slot, as XLA's softmax
+        live.push_back(static_cast<int32_t>(t));
+        chunk_live[t / kChunk] = 1;
+      }
+    }
   }
-  for (int c = 0; c < DV; ++c) Store(out + c * kLanes, acc[c] / total);
+};
+
+// out[g, 16c:16c+16] = sum over live slots t of p[g, t] * v[t, 16c:16c+16] / total[g], for G
+// query heads and DV vectors of columns at once: each live value row read once for the group.
+template <int G, int DV>
+void WeighBlock(const float* p, int64_t padded, const float* v, int64_t dim,
+                const std::vector<int32_t>& live, const float* total, float* out) {
+  Vec16 acc[G][DV];
+  for (int g = 0; g < G; ++g) {
+    for (int c = 0; c < DV; ++c) acc[g][c] = Vec16{};
+  }
+  const int64_t n = static_cast<int64_t>(live.size());
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t t = live[i];
+    const float* vt = v + t * dim;
+    if (i + 8 < n) {
+      for (int c = 0; c < DV; ++c) __builtin_prefetch(v + live[i + 8] * dim + c * kLanes, 0, 0);
+    }
+    Vec16 row[DV];
+    for (int c = 0; c < DV; ++c) row[c] = Load(vt + c * kLanes);
+    for (int g = 0; g < G; ++g) {
+      const float pg = p[g * padded + t];
+      for (int c = 0; c < DV; ++c) acc[g][c] += pg * row[c];
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    for (int c = 0; c < DV; ++c) Store(out + g * dim + c * kLanes, acc[g][c] / total[g]);
+  }
 }
 
-void WeighValuesAnyDim(const float* p, const float* v, int64_t dim, const uint8_t* use,
-                       int64_t slots, float total, float* out) {
-  switch (dim / kLanes) {
-    case 4: WeighValues<4>(p, v, dim, use, slots, total, out); return;
-    case 8: WeighValues<8>(p, v, dim, use, slots, total, out); return;
-    default: break;
+template <int G>
+void WeighColumns(int64_t vectors, const float* p, int64_t padded, const float* v, int64_t dim,
+                  const std::vector<int32_t>& live, const float* total, float* out) {
+  switch (vectors) {
+    case 1: WeighBlock<G, 1>(p, padded, v, dim, live, total, out); return;
+    case 2: WeighBlock<G, 2>(p, padded, v, dim, live, total, out); return;
+    case 3: WeighBlock<G, 3>(p, padded, v, dim, live, total, out); return;
+    default: WeighBlock<G, 4>(p, padded, v, dim, live, total, out); return;
   }
-  for (int64_t c = 0; c < dim; c += 4 * kLanes) {  // 64 columns of the values at a time
-    const int64_t width = std::min<int64_t>(4 * kLanes, dim - c);
-    switch (width / kLanes) {
-      case 1: WeighValues<1>(p, v + c, dim, use, slots, total, out + c); break;
-      case 2: WeighValues<2>(p, v + c, dim, use, slots, total, out + c); break;
-      case 3: WeighValues<3>(p, v + c, dim, use, slots, total, out + c); break;
-      default: WeighValues<4>(p, v + c, dim, use, slots, total, out + c); break;
+}
+
+constexpr int64_t kWeighGroup = 6;  // query heads weighed at once: 6 x 4 accumulators + 4 loads
+
+// Every query head's weighted values: blocks of up to 6 heads x 64 columns in registers.
+void WeighValues(const float* p, int64_t groups, int64_t padded, const float* v, int64_t dim,
+                 const std::vector<int32_t>& live, const float* total, float* out) {
+  for (int64_t c = 0; c < dim; c += 4 * kLanes) {
+    const int64_t vectors = std::min<int64_t>(4, (dim - c) / kLanes);
+    for (int64_t g = 0; g < groups; g += kWeighGroup) {
+      const float* pg = p + g * padded;
+      float* og = out + g * dim + c;
+      switch (std::min(kWeighGroup, groups - g)) {
+        case 1: WeighColumns<1>(vectors, pg, padded, v + c, dim, live, total + g, og); break;
+        case 2: WeighColumns<2>(vectors, pg, padded, v + c, dim, live, total + g, og); break;
+        case 3: WeighColumns<3>(vectors, pg, padded, v + c, dim, live, total + g, og); break;
+        case 4: WeighColumns<4>(vectors, pg, padded, v + c, dim, live, total + g, og); break;
+        case 5: WeighColumns<5>(vectors, pg, padded, v + c, dim, live, total + g, og); break;
+        default: WeighColumns<6>(vectors, pg, padded, v + c, dim, live, total + g, og); break;
+      }
     }
   }
 }
 
 // Item i's output out[i] [G, D].
 void AttendItem(const Shapes& s, const float* q, const float* k, const float* v,
-                const bool* valid, float scale, float mask_value, float* out) {
+                const RowSlots& row, float scale, float mask_value, float* out) {
   const int64_t groups = s.groups, dim = s.dim, slots = s.slots;
   if (slots == 0) {  // nothing to attend to: zeros, as XLA's empty sums
     std::fill_n(out, groups * dim, 0.0f);
@@ -153,19 +207,14 @@ void AttendItem(const Shapes& s, const float* q, const float* k, const float* v,
   }
   const int64_t chunks = (slots + kChunk - 1) / kChunk, padded = chunks * kChunk;
   thread_local std::vector<float> scores;  // [G, padded]
-  thread_local std::vector<uint8_t> use;  // [slots]: the slot's value is weighed
   thread_local std::vector<float> total;  // [G]
   scores.assign(groups * padded, 0.0f);
-  use.assign(slots, 0);
   total.assign(groups, 0.0f);
-  bool any = false;
-  for (int64_t t = 0; t < slots; ++t) any = any || valid[t];
-  for (int64_t t = 0; t < slots; ++t) use[t] = valid[t] || !any;  // none valid: uniform, as XLA
-  // Scores of the chunks holding a used slot; a last partial chunk slot by slot.
+  // Scores of the chunks holding a live slot; a last partial chunk slot by slot.
   const int64_t full = slots / kChunk;
   for (int64_t c = 0; c < chunks; ++c) {
+    if (!row.chunk_live[c]) continue;
     const int64_t s0 = c * kChunk, s1 = std::min(slots, s0 + kChunk);
-    if (std::find(use.begin() + s0, use.begin() + s1, 1) == use.begin() + s1) continue;
     if (c < full) {
       ScoreChunkAnyGroup(q, groups, dim, k, slots, s0, scores.data(), padded);
       continue;
@@ -178,15 +227,22 @@ void AttendItem(const Shapes& s, const float* q, const float* k, const float* v,
       }
     }
   }
-  // softmax over the slots, masked as XLA's path masks (scale, then the mask value).
+  // softmax over the slots, masked as XLA's path masks (scale, then the mask value); slots past
+  // the end are -inf (probability 0). The max skips NaN scores as std::max(top, score) does.
+  const Vec16 masked = Splat(mask_value), past = Splat(-__builtin_inff());
   for (int64_t g = 0; g < groups; ++g) {
     float* sc = scores.data() + g * padded;
-    float top = mask_value;
-    for (int64_t t = 0; t < slots; ++t) {
-      sc[t] = valid[t] ? sc[t] * scale : mask_value;
-      top = std::max(top, sc[t]);
+    Vec16 tops = masked;
+    for (int64_t b = 0; b < padded; b += kLanes) {
+      Int16 state;
+      std::memcpy(&state, row.state.data() + b, sizeof(state));
+      const Vec16 x = Load(sc + b) * scale;
+      const Vec16 m = state > 0 ? x : (state == 0 ? masked : past);
+      Store(sc + b, m);
+      tops = tops < m ? m : tops;
     }
-    for (int64_t t = slots; t < padded; ++t) sc[t] = -__builtin_inff();
+    float top = mask_value;
+    for (int i = 0; i < kLanes; ++i) top = std::max(top, tops[i]);
     Vec16 sum = Vec16{};
     for (int64_t b = 0; b < padded; b += kLanes) {
       const Vec16 p = Exp(Load(sc + b) - top);
@@ -195,10 +251,7 @@ void AttendItem(const Shapes& s, const float* q, const float* k, const float* v,
     }
     for (int i = 0; i < kLanes; ++i) total[g] += sum[i];
   }
-  for (int64_t g = 0; g < groups; ++g) {
-    WeighValuesAnyDim(scores.data() + g * padded, v, dim, use.data(), slots, total[g],
-                      out + g * dim);
-  }
+  WeighValues(scores.data(), groups, padded, v, dim, row.live, total.data(), out);
 }
 
 ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
@@ -222,13 +275,18 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   const float* vp = v.typed_data();
   const bool* mp = valid.typed_data();
   float* op = out->typed_data();
+  const int64_t rows = md[0], padded = (s.slots + kChunk - 1) / kChunk * kChunk;
+  thread_local std::vector<RowSlots> row_slots;
+  if (static_cast<int64_t>(row_slots.size()) < rows) row_slots.resize(rows);
+  for (int64_t r = 0; r < rows; ++r) row_slots[r].Set(mp + r * s.slots, s.slots, padded);
+  const RowSlots* row_of = row_slots.data();
   const int64_t bytes = s.items * 2 * s.dim * s.slots * 4;
   const int64_t helpers = marco::Helpers(pool, bytes >= kMinParallelBytes, s.items - 1);
   auto start = [](int64_t) {};
   auto items = [&](int64_t i0, int64_t i1, int64_t) {
     for (int64_t i = i0; i < i1; ++i) {
       AttendItem(s, qp + i * s.groups * s.dim, kp + i * s.dim * s.slots,
-                 vp + i * s.slots * s.dim, mp + (i / s.kv_heads) * s.slots, scale, mask_value,
+                 vp + i * s.slots * s.dim, row_of[i / s.kv_heads], scale, mask_value,
                  op + i * s.groups * s.dim);
     }
   };
