@@ -117,6 +117,21 @@ def _remove_leftovers(folder: Path) -> None:
             pass  # gone already, or not ours to remove
 
 
+def compile_library(sources: list[Path], out: Path, compiler: str | None = None) -> None:
+    """Compile `sources` into the shared library `out` as the package builds its own (flags
+    above); RuntimeError with the compiler's last line if it fails. `bench/bench_kernel_builds.py`
+    builds other versions of the sources with it."""
+    compiler = compiler or _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found ($CXX, g++, c++, clang++)")
+    cmd = [compiler, *_FLAGS, "-isystem", jax.ffi.include_dir(), *map(str, sources), "-o",
+           str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed: {last}")
+
+
 def _build(compiler: str, out: Path) -> None:
     """Compile into a temporary file beside `out`, then rename: concurrent builders never load a
     half-written library."""
@@ -125,12 +140,7 @@ def _build(compiler: str, out: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        cmd = [compiler, *_FLAGS, "-isystem", jax.ffi.include_dir(),
-               *map(str, _sources()), "-o", tmp]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"{' '.join(cmd[:3])} ... failed: {last}")
+        compile_library(_sources(), Path(tmp), compiler)
         os.chmod(tmp, 0o755 & ~_umask())  # mkstemp's 0600 would keep other users of a cache out
         os.replace(tmp, out)
     finally:

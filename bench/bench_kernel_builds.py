@@ -1,0 +1,197 @@
+"""Two builds of our CPU kernels in one process, their calls taking turns: which is faster.
+
+    JAX_PLATFORMS=cpu .venv/bin/python bench/bench_kernel_builds.py --a 855760d [--b DIR|REV]
+        [--cases mm:8:384x1536+384x1536,attn:8:255:250] [--rounds 15]
+
+Why: this shared VM's read bandwidth moves between ~27 and ~60 GB/s within minutes, so a change
+to a kernel timed as two fresh processes (the commit before, the commit after) often measures
+the VM. Here both builds are loaded at once and every round times one jitted loop of each
+(order reversed every other round); the median of the per-round ratios B / A and its quartiles
+are printed, with each side's median and best time per call. < 1 means B is faster.
+
+--a / --b: a git revision (its `marco_jax/model/cpu_kernels/` read with `git show`) or a folder
+of kernel sources; --b defaults to this checkout's. Each is compiled as the package compiles its
+own library (`native.compile_library`) and its handlers registered under suffixed FFI targets.
+
+Cases (weights and caches cold: enough distinct copies to pass ~128 MB, more than the last-level
+cache, cycled through in the loop, as a decode step reads each layer's once; at most 256 copies):
+  mm:ROWS:KxN[+KxN...]   one packed matmul call over these weights (a group: q/k/v, gate/up)
+  attn:BATCH:SLOTS:LIVE  a decode step's attention, the layer-heavy model's heads (2 kv heads,
+                         groups of 3, head dim 64), the first LIVE of SLOTS slots written
+The two builds' outputs are compared: the largest absolute difference is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from common import alternating  # noqa: E402
+
+from marco_jax.config.cli import fail  # noqa: E402
+from marco_jax.model import native  # noqa: E402
+from marco_jax.model.attention import MASK_VALUE  # noqa: E402
+from marco_jax.model.packed_matmul import TILE, pack_kernel  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+KERNELS = "marco_jax/model/cpu_kernels"
+DEFAULT_CASES = ("mm:1:384x384+384x128+384x128,mm:1:384x1536+384x1536,mm:1:1536x384,"
+                 "mm:8:384x384+384x128+384x128,mm:8:384x1536+384x1536,mm:8:1536x384,"
+                 "mm:8:384x32000,mm:8:128x151936,attn:1:255:192,attn:8:255:192,attn:8:255:250")
+COLD_BYTES = 128 * 2**20
+MAX_COPIES = 256  # tiny cases stay partly cached rather than unroll thousands of calls
+LOOPS = 20  # passes over the copies per timed call
+
+
+def sources(spec: str, into: Path) -> Path:
+    """A folder of kernel sources: `spec` itself, or revision `spec`'s written into `into`."""
+    if Path(spec).is_dir():
+        if not list(Path(spec).glob("*.cc")):
+            fail(f"{spec}: no .cc files; expected a folder of kernel sources or a git revision")
+        return Path(spec)
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", spec, KERNELS + "/"],
+                            capture_output=True, text=True, check=False)
+    names = listed.stdout.split()
+    if listed.returncode != 0 or not any(n.endswith(".cc") for n in names):
+        fail(f"{spec}: not a folder of kernel sources, nor a git revision with {KERNELS}/*.cc")
+    into.mkdir(parents=True)
+    for name in names:
+        text = subprocess.run(["git", "-C", str(REPO), "show", f"{spec}:{name}"],
+                              capture_output=True, check=True).stdout
+        (into / Path(name).name).write_bytes(text)
+    return into
+
+
+def register(folder: Path, tag: str, out: Path) -> None:
+    """Compile `folder`'s kernels into `out` and register each handler as `<target>__<tag>`."""
+    try:
+        native.compile_library(sorted(folder.glob("*.cc")), out)
+    except RuntimeError as e:
+        fail(f"{folder}: {e}")
+    library = ctypes.CDLL(str(out))
+    for target, handler in native.HANDLERS.items():
+        if hasattr(library, handler):
+            jax.ffi.register_ffi_target(f"{target}__{tag}",
+                                        jax.ffi.pycapsule(getattr(library, handler)),
+                                        platform="cpu")
+
+
+def matmul_case(rows: int, shapes: list[tuple[int, int]], rng):
+    nbytes = sum(4 * k * n for k, n in shapes)
+    copies = min(MAX_COPIES, max(2, -(-COLD_BYTES // nbytes)))
+    weights = [[pack_kernel(jnp.asarray(rng.standard_normal(s) * 0.02, jnp.float32))
+                for s in shapes] for _ in range(copies)]
+    x = jnp.asarray(rng.standard_normal((rows, shapes[0][0])), jnp.float32)
+
+    def make(tag: str):
+        def call(h, group):
+            out = [jax.ShapeDtypeStruct((rows, p.tiles.shape[0] * TILE), jnp.float32)
+                   for p in group]
+            ys = jax.ffi.ffi_call(f"marco_packed_matmul__{tag}", out)(h, *(p.tiles for p in group))
+            return h + 1e-3 * sum(y[:, :1] for y in ys)  # a dependency, not a reduction
+
+        def loop(x, weights):
+            def one(_, h):
+                for group in weights:
+                    h = call(h, group)
+                return h
+            return jax.lax.fori_loop(0, LOOPS, one, x)
+        return jax.jit(loop)
+    return make, (x, weights), LOOPS * copies
+
+
+def attention_case(batch: int, slots: int, live: int, rng):
+    kv, group, dim = 2, 3, 64
+    nbytes = 2 * batch * kv * dim * slots * 4
+    copies = min(MAX_COPIES, max(2, -(-COLD_BYTES // nbytes)))
+    valid = jnp.asarray(np.arange(slots)[None].repeat(batch, 0) < live)
+    q = jnp.asarray(rng.standard_normal((batch * kv, group, dim)), jnp.float32)
+    caches = [(jnp.asarray(rng.standard_normal((batch * kv, dim, slots)), jnp.float32),
+               jnp.asarray(rng.standard_normal((batch * kv, slots, dim)), jnp.float32))
+              for _ in range(copies)]
+
+    def make(tag: str):
+        def call(h, k, v):
+            out = jax.ffi.ffi_call(f"marco_decode_attention__{tag}",
+                                   jax.ShapeDtypeStruct(h.shape, jnp.float32))(
+                h, k, v, valid, scale=np.float32(dim ** -0.5),
+                mask_value=np.float32(MASK_VALUE))
+            return h + 1e-3 * out
+
+        def loop(q, caches):
+            def one(_, h):
+                for k, v in caches:
+                    h = call(h, k, v)
+                return h
+            return jax.lax.fori_loop(0, LOOPS, one, q)
+        return jax.jit(loop)
+    return make, (q, caches), LOOPS * copies
+
+
+def parse_case(case: str) -> tuple:
+    """("mm", rows, shapes) or ("attn", batch, slots, live), or one line and exit 2."""
+    kind, *fields = case.split(":")
+    try:
+        if kind == "mm" and len(fields) == 2:
+            shapes = [tuple(int(v) for v in s.split("x")) for s in fields[1].split("+")]
+            if all(len(s) == 2 and min(s) > 0 for s in shapes) and len(
+                    {k for k, _ in shapes}) == 1 and int(fields[0]) > 0:
+                return "mm", int(fields[0]), shapes
+        if kind == "attn" and len(fields) == 3:
+            batch, slots, live = map(int, fields)
+            if batch > 0 and 0 < live <= slots:
+                return "attn", batch, slots, live
+    except ValueError:
+        pass
+    fail(f"--cases {case!r}: expected mm:ROWS:KxN[+KxN...] (one K) or attn:BATCH:SLOTS:LIVE")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--a", required=True, help="git revision or folder of kernel sources")
+    p.add_argument("--b", default=str(REPO / KERNELS))
+    p.add_argument("--cases", default=DEFAULT_CASES)
+    p.add_argument("--rounds", type=int, default=15)
+    args = p.parse_args()
+    if args.rounds < 2:
+        fail(f"--rounds {args.rounds}: expected >= 2")
+    cases = [(case, parse_case(case)) for case in args.cases.split(",")]
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for tag, spec in (("a", args.a), ("b", args.b)):
+            register(sources(spec, Path(tmp) / tag), tag, Path(tmp) / f"{tag}.so")
+        print(f"A = {args.a}, B = {args.b}; {args.rounds} rounds, the sides taking turns; "
+              "us per call: median (best); B / A: median of the rounds [quartiles]")
+        for case, (kind, *sizes) in cases:
+            build = matmul_case if kind == "mm" else attention_case
+            make, operands, calls = build(*sizes, rng)
+            run = {tag: make(tag) for tag in "ab"}
+            outs = {tag: np.asarray(f(*operands)) for tag, f in run.items()}  # compiles
+            times: dict[str, list[float]] = {"a": [], "b": []}
+            for r in range(args.rounds):
+                for tag in alternating("ab", r):
+                    t0 = time.perf_counter()
+                    run[tag](*operands).block_until_ready()
+                    times[tag].append((time.perf_counter() - t0) / calls * 1e6)
+            ratios = np.asarray(times["b"]) / np.asarray(times["a"])
+            q1, mid, q3 = np.percentile(ratios, [25, 50, 75])
+            a, b = (np.asarray(times[t]) for t in "ab")
+            print(f"{case:32s} A {np.median(a):8.1f} ({a.min():7.1f})  B {np.median(b):8.1f} "
+                  f"({b.min():7.1f})  B / A {mid:.3f} [{q1:.3f}, {q3:.3f}]  max |B - A| "
+                  f"{np.abs(outs['a'] - outs['b']).max():.1e}")
+
+
+if __name__ == "__main__":
+    main()
