@@ -69,30 +69,21 @@ struct Shapes {
 constexpr int64_t kChunk = 4 * kLanes;  // slots whose scores stay in registers at once
 constexpr int64_t kMaxGroup = 8;  // query heads per kv head held in registers at once
 
-// scores[g, s0 + j] = sum_d q[g, d] * k[d, s0 + j], j < width (64, or fewer in a last partial
-// chunk, whose key rows are copied into a zero-padded buffer first: reading 64 floats past the
-// row's end would read the next row, or past the buffer's end), for G query heads: 4G vector
-// accumulators, each key row's 64 slots (four cache lines) read once.
+// scores[g, s0 + j] = sum_d q[g, d] * keys[d * stride + j], j < 64 (keys: the chunk's first row,
+// k + s0), for G query heads: 4G vector accumulators, each key row's 64 slots (four cache lines)
+// read once.
 template <int G>
-void ScoreChunk(const float* q, int64_t dim, const float* k, int64_t slots, int64_t s0,
-                int64_t width, float* scores, int64_t padded) {
+void ScoreChunk(const float* q, int64_t dim, const float* keys, int64_t stride, int64_t s0,
+                float* scores, int64_t padded) {
   Vec16 acc[G][4];
   for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = Vec16{};
-  const float* row = k + s0;
-  float tail[kChunk] = {};
-  for (int64_t d = 0; d < dim; ++d, row += slots) {
-    const float* keys = row;
-    if (width < kChunk) {
-      std::memcpy(tail, row, width * sizeof(float));
-      keys = tail;
-    } else {
-      for (int line = 0; line < 4; ++line) {
-        __builtin_prefetch(row + 8 * slots + 16 * line, 0, 0);  // this chunk, 8 rows on
-        __builtin_prefetch(row + kChunk + 16 * line, 0, 0);  // the next chunk's same row
-      }
+  const float* row = keys;
+  for (int64_t d = 0; d < dim; ++d, row += stride) {
+    for (int line = 0; line < 4; ++line) {
+      __builtin_prefetch(row + 8 * stride + 16 * line, 0, 0);  // this chunk, 8 rows on
+      __builtin_prefetch(row + kChunk + 16 * line, 0, 0);  // the next chunk's same row
     }
-    const Vec16 k0 = Load(keys), k1 = Load(keys + 16), k2 = Load(keys + 32),
-                k3 = Load(keys + 48);
+    const Vec16 k0 = Load(row), k1 = Load(row + 16), k2 = Load(row + 32), k3 = Load(row + 48);
     for (int g = 0; g < G; ++g) {
       const float qg = q[g * dim + d];
       acc[g][0] += qg * k0;
@@ -106,21 +97,20 @@ void ScoreChunk(const float* q, int64_t dim, const float* k, int64_t slots, int6
   }
 }
 
-void ScoreChunkAnyGroup(const float* q, int64_t groups, int64_t dim, const float* k,
-                        int64_t slots, int64_t s0, int64_t width, float* scores,
-                        int64_t padded) {
+void ScoreChunkAnyGroup(const float* q, int64_t groups, int64_t dim, const float* keys,
+                        int64_t stride, int64_t s0, float* scores, int64_t padded) {
   for (int64_t g0 = 0; g0 < groups; g0 += kMaxGroup) {
     const float* qg = q + g0 * dim;
     float* out = scores + g0 * padded;
     switch (std::min(kMaxGroup, groups - g0)) {
-      case 1: ScoreChunk<1>(qg, dim, k, slots, s0, width, out, padded); break;
-      case 2: ScoreChunk<2>(qg, dim, k, slots, s0, width, out, padded); break;
-      case 3: ScoreChunk<3>(qg, dim, k, slots, s0, width, out, padded); break;
-      case 4: ScoreChunk<4>(qg, dim, k, slots, s0, width, out, padded); break;
-      case 5: ScoreChunk<5>(qg, dim, k, slots, s0, width, out, padded); break;
-      case 6: ScoreChunk<6>(qg, dim, k, slots, s0, width, out, padded); break;
-      case 7: ScoreChunk<7>(qg, dim, k, slots, s0, width, out, padded); break;
-      default: ScoreChunk<8>(qg, dim, k, slots, s0, width, out, padded); break;
+      case 1: ScoreChunk<1>(qg, dim, keys, stride, s0, out, padded); break;
+      case 2: ScoreChunk<2>(qg, dim, keys, stride, s0, out, padded); break;
+      case 3: ScoreChunk<3>(qg, dim, keys, stride, s0, out, padded); break;
+      case 4: ScoreChunk<4>(qg, dim, keys, stride, s0, out, padded); break;
+      case 5: ScoreChunk<5>(qg, dim, keys, stride, s0, out, padded); break;
+      case 6: ScoreChunk<6>(qg, dim, keys, stride, s0, out, padded); break;
+      case 7: ScoreChunk<7>(qg, dim, keys, stride, s0, out, padded); break;
+      default: ScoreChunk<8>(qg, dim, keys, stride, s0, out, padded); break;
     }
   }
 }
@@ -221,13 +211,22 @@ void AttendItem(const Shapes& s, const float* q, const float* k, const float* v,
   thread_local std::vector<float> total;  // [G]
   scores.assign(groups * padded, 0.0f);
   total.assign(groups, 0.0f);
-  // Scores of the chunks holding a live slot (the products of a partial chunk's missing slots
-  // are 0, overwritten by the mask below).
+  // Scores of the chunks holding a live slot. A last partial chunk's key rows are copied into a
+  // zero-padded [D, 64] buffer first (64 floats read past a row's end would be the next row's,
+  // or past the cache); its missing slots' products, 0, are overwritten by the mask below.
   for (int64_t c = 0; c < chunks; ++c) {
     if (!row.chunk_live[c]) continue;
-    const int64_t s0 = c * kChunk;
-    ScoreChunkAnyGroup(q, groups, dim, k, slots, s0, std::min(kChunk, slots - s0),
-                       scores.data(), padded);
+    const int64_t s0 = c * kChunk, width = std::min(kChunk, slots - s0);
+    if (width == kChunk) {
+      ScoreChunkAnyGroup(q, groups, dim, k + s0, slots, s0, scores.data(), padded);
+      continue;
+    }
+    thread_local std::vector<float> tail;  // [D, 64]
+    tail.assign(dim * kChunk, 0.0f);
+    for (int64_t d = 0; d < dim; ++d) {
+      std::memcpy(tail.data() + d * kChunk, k + d * slots + s0, width * sizeof(float));
+    }
+    ScoreChunkAnyGroup(q, groups, dim, tail.data(), kChunk, s0, scores.data(), padded);
   }
   // softmax over the slots, masked as XLA's path masks (scale, then the mask value); slots past
   // the end are -inf (probability 0). The max skips NaN scores as std::max(top, score) does.
