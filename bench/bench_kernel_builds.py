@@ -18,7 +18,8 @@ cache, cycled through in the loop, as a decode step reads each layer's once; at 
   mm:ROWS:KxN[+KxN...]   one packed matmul call over these weights (a group: q/k/v, gate/up)
   attn:BATCH:SLOTS:LIVE  a decode step's attention, the layer-heavy model's heads (2 kv heads,
                          groups of 3, head dim 64), the first LIVE of SLOTS slots written
-The two builds' outputs are compared: the largest absolute difference is printed.
+The two builds' outputs are compared: the largest absolute difference is printed. A case must
+call both builds' kernels as they were (grouped matmuls, for one, arrived in bd9dab6).
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ def sources(spec: str, into: Path) -> Path:
         if not list(Path(spec).glob("*.cc")):
             fail(f"{spec}: no .cc files; expected a folder of kernel sources or a git revision")
         return Path(spec)
-    listed = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", spec, KERNELS + "/"],
-                            capture_output=True, text=True, check=False)
+    try:
+        listed = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", spec,
+                                 KERNELS + "/"], capture_output=True, text=True, check=False)
+    except OSError as e:
+        fail(f"{spec}: not a folder, and git could not be run to read a revision ({e})")
     names = listed.stdout.split()
     if listed.returncode != 0 or not any(n.endswith(".cc") for n in names):
         fail(f"{spec}: not a folder of kernel sources, nor a git revision with {KERNELS}/*.cc")
