@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import alternating  # noqa: E402
+from common import times_in_turns  # noqa: E402
 
 from marco_jax.config.cli import fail  # noqa: E402
 from marco_jax.model import native  # noqa: E402
@@ -183,15 +183,10 @@ def main() -> None:
             make, operands, calls = build(*sizes, rng)
             run = {tag: make(tag) for tag in "ab"}
             outs = {tag: np.asarray(f(*operands)) for tag, f in run.items()}  # compiles
-            times: dict[str, list[float]] = {"a": [], "b": []}
-            for r in range(args.rounds):
-                for tag in alternating("ab", r):
-                    t0 = time.perf_counter()
-                    run[tag](*operands).block_until_ready()
-                    times[tag].append((time.perf_counter() - t0) / calls * 1e6)
-            ratios = np.asarray(times["b"]) / np.asarray(times["a"])
-            q1, mid, q3 = np.percentile(ratios, [25, 50, 75])
-            a, b = (np.asarray(times[t]) for t in "ab")
+            calls_of = {tag: functools.partial(f, *operands) for tag, f in run.items()}
+            times = times_in_turns(calls_of, args.rounds)
+            a, b = (np.asarray(times[tag]) / calls * 1e6 for tag in "ab")  # us per call
+            q1, mid, q3 = np.percentile(b / a, [25, 50, 75])
             print(f"{case:32s} A {np.median(a):8.1f} ({a.min():7.1f})  B {np.median(b):8.1f} "
                   f"({b.min():7.1f})  B / A {mid:.3f} [{q1:.3f}, {q3:.3f}]  max |B - A| "
                   f"{np.abs(outs['a'] - outs['b']).max():.1e}")

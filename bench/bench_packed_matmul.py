@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))
@@ -30,7 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import alternating, measure_read_bandwidth, parse_list  # noqa: E402
+from common import measure_read_bandwidth, parse_list, times_in_turns  # noqa: E402
 
 from marco_jax.config.cli import fail  # noqa: E402
 from marco_jax.model.native import kernels_available  # noqa: E402
@@ -87,13 +86,8 @@ def compare(label: str, x: jax.Array, w: jax.Array, packed, rounds: int) -> None
     err, scale = float(jnp.max(jnp.abs(ref - got))), float(jnp.max(jnp.abs(ref)))
     if err > 1e-4 * scale:
         fail(f"{label.split()[0]}: the sides differ by {err:.3g} (max |y| {scale:.3g})")
-    sides = [("xla", lambda: _xla(x, w)), ("ours", lambda: _ours(x, packed))]
-    times: dict[str, list[float]] = {"xla": [], "ours": []}
-    for r in range(rounds):
-        for side, fn in alternating(sides, r):
-            t0 = time.perf_counter()
-            fn().block_until_ready()
-            times[side].append(time.perf_counter() - t0)
+    times = times_in_turns({"xla": lambda: _xla(x, w), "ours": lambda: _ours(x, packed)},
+                           rounds)
     med = {s: float(np.median(v)) for s, v in times.items()}
     best = {s: min(v) for s, v in times.items()}
     (rows, k), n = x.shape, w.shape[1]

@@ -49,6 +49,18 @@ def alternating(sides: Sequence, round_: int) -> list:
     return list(sides) if round_ % 2 == 0 else list(sides)[::-1]
 
 
+def times_in_turns(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each call (its result blocked on) in every round, the calls taking turns in
+    `alternating` order: the per-round times of each side, paired by round."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(rounds):
+        for name in alternating(list(calls), round_):
+            t0 = time.perf_counter()
+            jax.block_until_ready(calls[name]())
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def timed_after_reentry(fn: Callable[[], Any]) -> float:
     """Seconds of one call of `fn`, run once untimed first. Our step's first run right after a
     PyTorch step is slower than in a loop of our own steps (layer-heavy, one run of 4 rounds:

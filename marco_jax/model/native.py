@@ -59,11 +59,12 @@ def _sources() -> list[Path]:
     return sorted(_SOURCES.glob("*.cc"))
 
 
-def _compiler() -> str | None:
+def _compiler() -> str:
+    """The C++ compiler to build with: $CXX, else g++, c++, clang++; RuntimeError if none."""
     for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
         if name and shutil.which(name):
             return name
-    return None
+    raise RuntimeError("no C++ compiler found ($CXX, g++, c++, clang++)")
 
 
 def _cpu_flags() -> str:
@@ -122,8 +123,6 @@ def compile_library(sources: list[Path], out: Path, compiler: str | None = None)
     above); RuntimeError with the compiler's last line if it fails. `bench/bench_kernel_builds.py`
     builds other versions of the sources with it."""
     compiler = compiler or _compiler()
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found ($CXX, g++, c++, clang++)")
     cmd = [compiler, *_FLAGS, "-isystem", jax.ffi.include_dir(), *map(str, sources), "-o",
            str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -154,8 +153,6 @@ def load_error() -> str | None:
     failed (reported once on stderr; XLA's ops stay in place)."""
     try:
         compiler = _compiler()
-        if compiler is None:
-            raise RuntimeError("no C++ compiler found ($CXX, g++, c++, clang++)")
         path = _library_path(compiler)
         if not path.exists():
             _build(compiler, path)
