@@ -67,10 +67,10 @@ struct Shapes {
 };
 
 constexpr int64_t kChunk = 4 * kLanes;  // slots whose scores stay in registers at once
-// Keys and values are prefetched into L2 (prefetcht2, locality 1), as the packed matmuls' weights:
-// in one process against non-temporal prefetches, 0.87-0.96x the time per call on cold caches
-// (batch 1 and 8, 192-400 live slots, 2-core AMD EPYC); into L1 was slower (1.03-1.12x), and
-// 16 rows ahead instead of 8 within noise.
+// Values are prefetched into L2 (prefetcht2, locality 1), keys non-temporally: in one process
+// against both non-temporal, 0.93-0.96x the time per call on cold caches at batch 1 and 8 with
+// 192-1,100 live slots (1.00x at batch 8 with 400), 2-core AMD EPYC; keys into L2 too was faster
+// up to 400 live slots but slower at 1,100 (batch 8: 1.04-1.05x), and into L1 slower (1.03-1.12x).
 constexpr int64_t kMaxGroup = 8;  // query heads per kv head held in registers at once
 
 // scores[g, s0 + j] = sum_d q[g, d] * keys[d * stride + j], j < 64 (keys: the chunk's first row,
@@ -84,8 +84,8 @@ void ScoreChunk(const float* q, int64_t dim, const float* keys, int64_t stride, 
   const float* row = keys;
   for (int64_t d = 0; d < dim; ++d, row += stride) {
     for (int line = 0; line < 4; ++line) {
-      __builtin_prefetch(row + 8 * stride + 16 * line, 0, 1);  // this chunk, 8 rows on
-      __builtin_prefetch(row + kChunk + 16 * line, 0, 1);  // the next chunk's same row
+      __builtin_prefetch(row + 8 * stride + 16 * line, 0, 0);  // this chunk, 8 rows on
+      __builtin_prefetch(row + kChunk + 16 * line, 0, 0);  // the next chunk's same row
     }
     const Vec16 k0 = Load(row), k1 = Load(row + 16), k2 = Load(row + 32), k3 = Load(row + 48);
     for (int g = 0; g < G; ++g) {
