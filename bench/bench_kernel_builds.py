@@ -92,34 +92,42 @@ def register(folder: Path, tag: str, out: Path) -> None:
                                         platform="cpu")
 
 
+def cold_copies(nbytes: int) -> int:
+    """Distinct copies of a case's `nbytes` of weights or caches that pass COLD_BYTES."""
+    return min(MAX_COPIES, max(2, -(-COLD_BYTES // nbytes)))
+
+
+def chained(call):
+    """A jitted loop: LOOPS passes of `h = call(h, *copy)` over every copy, each call depending
+    on the one before, as a decode step's layers do."""
+    def loop(h, copies):
+        def one(_, h):
+            for copy in copies:
+                h = call(h, *copy)
+            return h
+        return jax.lax.fori_loop(0, LOOPS, one, h)
+    return jax.jit(loop)
+
+
 def matmul_case(rows: int, shapes: list[tuple[int, int]], rng):
-    nbytes = sum(4 * k * n for k, n in shapes)
-    copies = min(MAX_COPIES, max(2, -(-COLD_BYTES // nbytes)))
+    copies = cold_copies(sum(4 * k * n for k, n in shapes))
     weights = [[pack_kernel(jnp.asarray(rng.standard_normal(s) * 0.02, jnp.float32))
                 for s in shapes] for _ in range(copies)]
     x = jnp.asarray(rng.standard_normal((rows, shapes[0][0])), jnp.float32)
 
     def make(tag: str):
-        def call(h, group):
+        def call(h, *group):
             out = [jax.ShapeDtypeStruct((rows, p.tiles.shape[0] * TILE), jnp.float32)
                    for p in group]
             ys = jax.ffi.ffi_call(f"marco_packed_matmul__{tag}", out)(h, *(p.tiles for p in group))
             return h + 1e-3 * sum(y[:, :1] for y in ys)  # a dependency, not a reduction
-
-        def loop(x, weights):
-            def one(_, h):
-                for group in weights:
-                    h = call(h, group)
-                return h
-            return jax.lax.fori_loop(0, LOOPS, one, x)
-        return jax.jit(loop)
+        return chained(call)
     return make, (x, weights), LOOPS * copies
 
 
 def attention_case(batch: int, slots: int, live: int, rng):
     kv, group, dim = 2, 3, 64
-    nbytes = 2 * batch * kv * dim * slots * 4
-    copies = min(MAX_COPIES, max(2, -(-COLD_BYTES // nbytes)))
+    copies = cold_copies(2 * batch * kv * dim * slots * 4)
     valid = jnp.asarray(np.arange(slots)[None].repeat(batch, 0) < live)
     q = jnp.asarray(rng.standard_normal((batch * kv, group, dim)), jnp.float32)
     caches = [(jnp.asarray(rng.standard_normal((batch * kv, dim, slots)), jnp.float32),
@@ -133,14 +141,7 @@ def attention_case(batch: int, slots: int, live: int, rng):
                 h, k, v, valid, scale=np.float32(dim ** -0.5),
                 mask_value=np.float32(MASK_VALUE))
             return h + 1e-3 * out
-
-        def loop(q, caches):
-            def one(_, h):
-                for k, v in caches:
-                    h = call(h, k, v)
-                return h
-            return jax.lax.fori_loop(0, LOOPS, one, q)
-        return jax.jit(loop)
+        return chained(call)
     return make, (q, caches), LOOPS * copies
 
 

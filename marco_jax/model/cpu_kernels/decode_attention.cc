@@ -64,13 +64,17 @@ inline Vec16 Exp(Vec16 x) {
 
 struct Shapes {
   int64_t items, kv_heads, groups, dim, slots;
+  int64_t padded;  // slots rounded up to whole 64-slot chunks
 };
 
 constexpr int64_t kChunk = 4 * kLanes;  // slots whose scores stay in registers at once
-// Values are prefetched into L2 (prefetcht2, locality 1), keys non-temporally: in one process
-// against both non-temporal, 0.93-0.96x the time per call on cold caches at batch 1 and 8 with
-// 192-1,100 live slots (1.00x at batch 8 with 400), 2-core AMD EPYC; keys into L2 too was faster
-// up to 400 live slots but slower at 1,100 (batch 8: 1.04-1.05x), and into L1 slower (1.03-1.12x).
+// Prefetch localities (__builtin_prefetch's third argument): values into L2 (prefetcht2), keys
+// non-temporally. In one process against both non-temporal, 0.93-0.96x the time per call on cold
+// caches at batch 1 and 8 with 192-1,100 live slots (1.00x at batch 8 with 400), 2-core AMD EPYC;
+// keys into L2 too was faster up to 400 live slots but slower at 1,100 (batch 8: 1.04-1.05x), and
+// into L1 slower (1.03-1.12x).
+constexpr int kKeysLocality = 0;
+constexpr int kValuesLocality = 1;
 constexpr int64_t kMaxGroup = 8;  // query heads per kv head held in registers at once
 
 // scores[g, s0 + j] = sum_d q[g, d] * keys[d * stride + j], j < 64 (keys: the chunk's first row,
@@ -84,8 +88,8 @@ void ScoreChunk(const float* q, int64_t dim, const float* keys, int64_t stride, 
   const float* row = keys;
   for (int64_t d = 0; d < dim; ++d, row += stride) {
     for (int line = 0; line < 4; ++line) {
-      __builtin_prefetch(row + 8 * stride + 16 * line, 0, 0);  // this chunk, 8 rows on
-      __builtin_prefetch(row + kChunk + 16 * line, 0, 0);  // the next chunk's same row
+      __builtin_prefetch(row + 8 * stride + 16 * line, 0, kKeysLocality);  // this chunk, 8 on
+      __builtin_prefetch(row + kChunk + 16 * line, 0, kKeysLocality);  // next chunk, same row
     }
     const Vec16 k0 = Load(row), k1 = Load(row + 16), k2 = Load(row + 32), k3 = Load(row + 48);
     for (int g = 0; g < G; ++g) {
@@ -155,7 +159,9 @@ void WeighBlock(const float* p, int64_t padded, const float* v, int64_t dim,
     const int64_t t = live[i];
     const float* vt = v + t * dim;
     if (i + 8 < n) {
-      for (int c = 0; c < DV; ++c) __builtin_prefetch(v + live[i + 8] * dim + c * kLanes, 0, 1);
+      for (int c = 0; c < DV; ++c) {
+        __builtin_prefetch(v + live[i + 8] * dim + c * kLanes, 0, kValuesLocality);
+      }
     }
     Vec16 row[DV];
     for (int c = 0; c < DV; ++c) row[c] = Load(vt + c * kLanes);
@@ -210,7 +216,7 @@ void AttendItem(const Shapes& s, const float* q, const float* k, const float* v,
     std::fill_n(out, groups * dim, 0.0f);
     return;
   }
-  const int64_t chunks = (slots + kChunk - 1) / kChunk, padded = chunks * kChunk;
+  const int64_t padded = s.padded, chunks = padded / kChunk;
   thread_local std::vector<float> scores;  // [G, padded]
   thread_local std::vector<float> total;  // [G]
   scores.assign(groups * padded, 0.0f);
@@ -274,16 +280,17 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
         "marco_decode_attention: expected q [B*K, G, D], k [B*K, D, S], v [B*K, S, D], valid "
         "[B, S], out [B*K, G, D], D a multiple of 16");
   }
-  const Shapes s{qd[0], qd[0] / md[0], qd[1], qd[2], kd[2]};
+  const Shapes s{qd[0], qd[0] / md[0], qd[1], qd[2], kd[2],
+                 (kd[2] + kChunk - 1) / kChunk * kChunk};
   const float* qp = q.typed_data();
   const float* kp = k.typed_data();
   const float* vp = v.typed_data();
   const bool* mp = valid.typed_data();
   float* op = out->typed_data();
-  const int64_t rows = md[0], padded = (s.slots + kChunk - 1) / kChunk * kChunk;
+  const int64_t rows = md[0];
   thread_local std::vector<RowSlots> row_slots;
   if (static_cast<int64_t>(row_slots.size()) < rows) row_slots.resize(rows);
-  for (int64_t r = 0; r < rows; ++r) row_slots[r].Set(mp + r * s.slots, s.slots, padded);
+  for (int64_t r = 0; r < rows; ++r) row_slots[r].Set(mp + r * s.slots, s.slots, s.padded);
   const RowSlots* row_of = row_slots.data();
   const int64_t bytes = s.items * 2 * s.dim * s.slots * 4;
   const int64_t helpers = marco::Helpers(pool, bytes >= kMinParallelBytes, s.items - 1);
