@@ -43,10 +43,11 @@ _step = jax.jit(attention._heads_major_attention)
 
 
 # (rows, kv heads, group, head dim, slots): batch 8 over 256 slots; Qwen2-0.5B's group of 7;
-# a group of 9 (two register blocks); head dims 128, 48 (three 16-lane pieces) and 16; a slot
-# count that is no multiple of the 64-slot chunk (255, 70); one slot.
+# a group of 9 (two register blocks); head dims 128, 48 (three 16-lane pieces) and 16; slot
+# counts that are no multiple of the 16-slot vector (255, 70, 17: a last partial vector, read from
+# a copy) and long ones (1,151); one slot. Row 0's hole leaves a whole vector of keys unread.
 CASES = [(8, 2, 3, 64, 256), (1, 2, 7, 64, 255), (2, 1, 9, 48, 70), (3, 2, 4, 128, 300),
-         (2, 2, 2, 16, 1)]
+         (2, 2, 2, 16, 1), (2, 1, 5, 32, 17), (2, 2, 3, 64, 1151)]
 
 
 @pytest.mark.parametrize("b, kv, g, d, s", CASES, ids=str)

@@ -6,13 +6,14 @@
 // Why: XLA:CPU ran the step's attention as five small fusions per layer (two batched dots and
 // the softmax's reductions), 150-200 us a layer at batch 8 and 256 slots on a 2-core CPU (the
 // keys and values are 2 MB: ~65 us to read), and every slot is read, written or not. Here each
-// item is one pass over its keys and one over its values; keys of 64-slot chunks with no live
-// slot and values of dead slots (not yet written, or padding) are never read (their
-// probabilities are exactly 0: exp(mask - max) underflows); the items are shared out over XLA's
-// intra-op thread pool.
+// item is one pass over its keys and one over its values, both in address order; keys of
+// 16-slot vectors with no live slot and values of dead slots (not yet written, or padding) are
+// never read (their probabilities are exactly 0: exp(mask - max) underflows); the items are
+// shared out over XLA's intra-op thread pool.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "share_out.h"
@@ -64,61 +65,72 @@ inline Vec16 Exp(Vec16 x) {
 
 struct Shapes {
   int64_t items, kv_heads, groups, dim, slots;
-  int64_t padded;  // slots rounded up to whole 64-slot chunks
+  int64_t padded;  // slots rounded up to whole 16-slot vectors
 };
 
-constexpr int64_t kChunk = 4 * kLanes;  // slots whose scores stay in registers at once
-// Prefetch localities (__builtin_prefetch's third argument): values into L2 (prefetcht2), keys
-// non-temporally. In one process against both non-temporal, 0.93-0.96x the time per call on cold
-// caches at batch 1 and 8 with 192-1,100 live slots (1.00x at batch 8 with 400), 2-core AMD EPYC;
-// keys into L2 too was faster up to 400 live slots but slower at 1,100 (batch 8: 1.04-1.05x), and
-// into L1 slower (1.03-1.12x).
-constexpr int kKeysLocality = 0;
-constexpr int kValuesLocality = 1;
-constexpr int64_t kMaxGroup = 8;  // query heads per kv head held in registers at once
+// Prefetches, all into L2 (prefetcht2, __builtin_prefetch's locality 1). Keys: the rows two row
+// blocks on (8 key rows: the next item's first rows near the end of an item's). Values: the
+// live slot 32 on. Measured in one process (bench/bench_kernel_builds.py, 9 rounds, caches cold,
+// 2-core Intel Sapphire Rapids VM), the key rows read in address order with these prefetches
+// against the earlier 64-slot chunks (each chunk's 64 key rows at the cache's slot stride,
+// prefetched non-temporally): 0.53-0.58x the time per call at batch 1 and 8 with 192-1,100 live
+// slots; non-temporal prefetches here took 1.2-1.6x longer than into L2; the values 32 slots on
+// against 8: 0.91-0.97x (64: no better).
+constexpr int64_t kKeyRowBlock = 4;  // key rows (head dims) multiplied at once
+constexpr int64_t kKeysAheadBlocks = 2;
+constexpr int64_t kValuesAhead = 32;
+constexpr int kLocality = 1;
+constexpr int64_t kMaxGroup = 8;  // query heads per kv head scored at once
 
-// scores[g, s0 + j] = sum_d q[g, d] * keys[d * stride + j], j < 64 (keys: the chunk's first row,
-// k + s0), for G query heads: 4G vector accumulators, each key row's 64 slots (four cache lines)
-// read once.
-template <int G>
-void ScoreChunk(const float* q, int64_t dim, const float* keys, int64_t stride, int64_t s0,
-                float* scores, int64_t padded) {
-  Vec16 acc[G][4];
-  for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = Vec16{};
-  const float* row = keys;
-  for (int64_t d = 0; d < dim; ++d, row += stride) {
-    for (int line = 0; line < 4; ++line) {
-      __builtin_prefetch(row + 8 * stride + 16 * line, 0, kKeysLocality);  // this chunk, 8 on
-      __builtin_prefetch(row + kChunk + 16 * line, 0, kKeysLocality);  // next chunk, same row
+// scores[g, 16j:16j+16] += sum over head dims d in [d0, d0 + R) of q[g, d] * keys[d, 16j:16j+16]
+// for vectors j in [j0, j1) of the key rows (row stride `stride`), G query heads: the R rows are
+// read side by side, left to right, and each score vector is loaded and stored once per R rows.
+template <int G, int R>
+void ScoreRowBlock(const float* q, int64_t dim, const float* keys, int64_t stride, int64_t d0,
+                   int64_t j0, int64_t j1, float* scores, int64_t padded) {
+  const float* rows = keys + d0 * stride;
+  const float* ahead = rows + kKeysAheadBlocks * kKeyRowBlock * stride;
+  for (int64_t j = j0; j < j1; ++j) {
+    Vec16 key[R];
+    for (int r = 0; r < R; ++r) {
+      __builtin_prefetch(ahead + r * stride + j * kLanes, 0, kLocality);
+      key[r] = Load(rows + r * stride + j * kLanes);
     }
-    const Vec16 k0 = Load(row), k1 = Load(row + 16), k2 = Load(row + 32), k3 = Load(row + 48);
     for (int g = 0; g < G; ++g) {
-      const float qg = q[g * dim + d];
-      acc[g][0] += qg * k0;
-      acc[g][1] += qg * k1;
-      acc[g][2] += qg * k2;
-      acc[g][3] += qg * k3;
+      float* out = scores + g * padded + j * kLanes;
+      Vec16 acc = Load(out);
+      for (int r = 0; r < R; ++r) acc += q[g * dim + d0 + r] * key[r];
+      Store(out, acc);
     }
-  }
-  for (int g = 0; g < G; ++g) {
-    for (int c = 0; c < 4; ++c) Store(scores + g * padded + s0 + c * kLanes, acc[g][c]);
   }
 }
 
-void ScoreChunkAnyGroup(const float* q, int64_t groups, int64_t dim, const float* keys,
-                        int64_t stride, int64_t s0, float* scores, int64_t padded) {
+// Every head dim's row, kKeyRowBlock at a time: scores[g, 16j:16j+16] for j in [j0, j1) (start
+// from zeros), the sum over d in increasing order.
+template <int G>
+void ScoreRows(const float* q, int64_t dim, const float* keys, int64_t stride, int64_t j0,
+               int64_t j1, float* scores, int64_t padded) {
+  int64_t d = 0;
+  for (; d + kKeyRowBlock <= dim; d += kKeyRowBlock) {
+    ScoreRowBlock<G, kKeyRowBlock>(q, dim, keys, stride, d, j0, j1, scores, padded);
+  }
+  for (; d < dim; ++d) ScoreRowBlock<G, 1>(q, dim, keys, stride, d, j0, j1, scores, padded);
+}
+
+void ScoreRowsAnyGroup(const float* q, int64_t groups, int64_t dim, const float* keys,
+                       int64_t stride, int64_t j0, int64_t j1, float* scores, int64_t padded) {
   for (int64_t g0 = 0; g0 < groups; g0 += kMaxGroup) {
     const float* qg = q + g0 * dim;
     float* out = scores + g0 * padded;
     switch (std::min(kMaxGroup, groups - g0)) {
-      case 1: ScoreChunk<1>(qg, dim, keys, stride, s0, out, padded); break;
-      case 2: ScoreChunk<2>(qg, dim, keys, stride, s0, out, padded); break;
-      case 3: ScoreChunk<3>(qg, dim, keys, stride, s0, out, padded); break;
-      case 4: ScoreChunk<4>(qg, dim, keys, stride, s0, out, padded); break;
-      case 5: ScoreChunk<5>(qg, dim, keys, stride, s0, out, padded); break;
-      case 6: ScoreChunk<6>(qg, dim, keys, stride, s0, out, padded); break;
-      case 7: ScoreChunk<7>(qg, dim, keys, stride, s0, out, padded); break;
-      default: ScoreChunk<8>(qg, dim, keys, stride, s0, out, padded); break;
+      case 1: ScoreRows<1>(qg, dim, keys, stride, j0, j1, out, padded); break;
+      case 2: ScoreRows<2>(qg, dim, keys, stride, j0, j1, out, padded); break;
+      case 3: ScoreRows<3>(qg, dim, keys, stride, j0, j1, out, padded); break;
+      case 4: ScoreRows<4>(qg, dim, keys, stride, j0, j1, out, padded); break;
+      case 5: ScoreRows<5>(qg, dim, keys, stride, j0, j1, out, padded); break;
+      case 6: ScoreRows<6>(qg, dim, keys, stride, j0, j1, out, padded); break;
+      case 7: ScoreRows<7>(qg, dim, keys, stride, j0, j1, out, padded); break;
+      default: ScoreRows<8>(qg, dim, keys, stride, j0, j1, out, padded); break;
     }
   }
 }
@@ -127,19 +139,25 @@ void ScoreChunkAnyGroup(const float* q, int64_t groups, int64_t dim, const float
 struct RowSlots {
   std::vector<int32_t> state;  // [padded]: 1 valid, 0 masked (the mask value), -1 past the slots
   std::vector<int32_t> live;  // slots whose values are weighed: the valid ones, every one if none
-  std::vector<uint8_t> chunk_live;  // [chunks]: the 64-slot chunk holds a live slot
+  std::vector<std::pair<int64_t, int64_t>> key_runs;  // runs [j0, j1) of 16-slot vectors
+                                                      // holding a live slot: the keys read
 
   void Set(const bool* valid, int64_t slots, int64_t padded) {
     bool any = false;
     for (int64_t t = 0; t < slots; ++t) any |= valid[t];
     state.assign(padded, -1);
     live.clear();
-    chunk_live.assign(padded / kChunk, 0);
+    key_runs.clear();
     for (int64_t t = 0; t < slots; ++t) {
       state[t] = valid[t] ? 1 : 0;
       if (valid[t] || !any) {  // none valid: uniform over every slot, as XLA's softmax
         live.push_back(static_cast<int32_t>(t));
-        chunk_live[t / kChunk] = 1;
+        const int64_t j = t / kLanes;
+        if (!key_runs.empty() && key_runs.back().second >= j) {
+          key_runs.back().second = j + 1;
+        } else {
+          key_runs.emplace_back(j, j + 1);
+        }
       }
     }
   }
@@ -158,9 +176,9 @@ void WeighBlock(const float* p, int64_t padded, const float* v, int64_t dim,
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = live[i];
     const float* vt = v + t * dim;
-    if (i + 8 < n) {
+    if (i + kValuesAhead < n) {
       for (int c = 0; c < DV; ++c) {
-        __builtin_prefetch(v + live[i + 8] * dim + c * kLanes, 0, kValuesLocality);
+        __builtin_prefetch(v + live[i + kValuesAhead] * dim + c * kLanes, 0, kLocality);
       }
     }
     Vec16 row[DV];
@@ -216,27 +234,27 @@ void AttendItem(const Shapes& s, const float* q, const float* k, const float* v,
     std::fill_n(out, groups * dim, 0.0f);
     return;
   }
-  const int64_t padded = s.padded, chunks = padded / kChunk;
+  const int64_t padded = s.padded, whole = slots / kLanes;
   thread_local std::vector<float> scores;  // [G, padded]
   thread_local std::vector<float> total;  // [G]
   scores.assign(groups * padded, 0.0f);
   total.assign(groups, 0.0f);
-  // Scores of the chunks holding a live slot. A last partial chunk's key rows are copied into a
-  // zero-padded [D, 64] buffer first (64 floats read past a row's end would be the next row's,
+  // Scores of the vectors holding a live slot. A last partial vector's key rows are copied into a
+  // zero-padded [D, 16] buffer first (16 floats read past a row's end would be the next row's,
   // or past the cache); its missing slots' products, 0, are overwritten by the mask below.
-  for (int64_t c = 0; c < chunks; ++c) {
-    if (!row.chunk_live[c]) continue;
-    const int64_t s0 = c * kChunk, width = std::min(kChunk, slots - s0);
-    if (width == kChunk) {
-      ScoreChunkAnyGroup(q, groups, dim, k + s0, slots, s0, scores.data(), padded);
-      continue;
+  for (const auto& [j0, j1] : row.key_runs) {
+    if (j0 < std::min(j1, whole)) {
+      ScoreRowsAnyGroup(q, groups, dim, k, slots, j0, std::min(j1, whole), scores.data(), padded);
     }
-    thread_local std::vector<float> tail;  // [D, 64]
-    tail.assign(dim * kChunk, 0.0f);
+    if (j1 <= whole) continue;
+    thread_local std::vector<float> tail;  // [D, 16]
+    tail.assign(dim * kLanes, 0.0f);
     for (int64_t d = 0; d < dim; ++d) {
-      std::memcpy(tail.data() + d * kChunk, k + d * slots + s0, width * sizeof(float));
+      std::memcpy(tail.data() + d * kLanes, k + d * slots + whole * kLanes,
+                  (slots - whole * kLanes) * sizeof(float));
     }
-    ScoreChunkAnyGroup(q, groups, dim, tail.data(), kChunk, s0, scores.data(), padded);
+    ScoreRowsAnyGroup(q, groups, dim, tail.data(), kLanes, 0, 1, scores.data() + whole * kLanes,
+                      padded);
   }
   // softmax over the slots, masked as XLA's path masks (scale, then the mask value); slots past
   // the end are -inf (probability 0). The max skips NaN scores as std::max(top, score) does.
@@ -281,7 +299,7 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
         "[B, S], out [B*K, G, D], D a multiple of 16");
   }
   const Shapes s{qd[0], qd[0] / md[0], qd[1], qd[2], kd[2],
-                 (kd[2] + kChunk - 1) / kChunk * kChunk};
+                 (kd[2] + kLanes - 1) / kLanes * kLanes};
   const float* qp = q.typed_data();
   const float* kp = k.typed_data();
   const float* vp = v.typed_data();
