@@ -6,6 +6,8 @@ no live slot; where decoding runs it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,7 +75,37 @@ def test_decode_attention_equals_float64_softmax_and_xla(b, kv, g, d, s, monkeyp
     np.testing.assert_allclose(ours, xla, atol=2e-6, rtol=2e-6)
 
 
-def _lowered_step(dtype: str, tokens: int) -> str:
+@pytest.mark.parametrize("slot", [0, 37, 69, 500], ids=lambda s: f"slot{s}")
+def test_decode_attention_writing_equals_cache_update_then_xla(slot, monkeypatch):
+    """The kernel that writes the step's key and value into the cache itself: the updated cache
+    and the output equal XLA's dynamic_update_slice (its clamping of a slot past the end
+    included) followed by XLA's attention path."""
+    b, kv, g, d, s = 3, 2, 3, 32, 70
+    rng = np.random.default_rng(slot)
+    q = jnp.asarray(rng.standard_normal((b, 1, kv * g, d)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal(shape), jnp.float32)
+            for shape in ((b * kv, d, s), (b * kv, s, d)))
+    k_new = jnp.asarray(rng.standard_normal((b * kv, d, 1)), jnp.float32)
+    v_new = jnp.asarray(rng.standard_normal((b * kv, 1, d)), jnp.float32)
+    valid = jnp.asarray(rng.random((b, s)) < 0.7).at[:, min(slot, s - 1)].set(True)
+    assert attention.uses_decode_attention_kernel(q, k, v)
+    out, k_out, v_out = jax.jit(attention.decode_attention_writing)(
+        q, k, v, k_new, v_new, jnp.int32(slot), valid)
+
+    def reference(q, k, v):
+        k = jax.lax.dynamic_update_slice_in_dim(k, k_new, slot, axis=2)
+        v = jax.lax.dynamic_update_slice_in_dim(v, v_new, slot, axis=1)
+        qg = q.reshape(b, 1, kv, g, d)
+        return attention._heads_major_attention(qg, k, v, valid[:, None]), k, v
+
+    monkeypatch.setenv("MARCO_CPU_KERNELS", "0")
+    want_out, want_k, want_v = jax.jit(reference)(q, k, v)
+    np.testing.assert_array_equal(np.asarray(k_out), np.asarray(want_k))
+    np.testing.assert_array_equal(np.asarray(v_out), np.asarray(want_v))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want_out), atol=2e-6, rtol=2e-6)
+
+
+def _lowered_step(dtype: str, tokens: int, fresh: bool = True) -> str:
     config = Qwen2Config(vocab_size=500, hidden_size=64, intermediate_size=128,
                          num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                          rope_theta=10_000.0, dtype=dtype)
@@ -84,14 +116,19 @@ def _lowered_step(dtype: str, tokens: int) -> str:
         positions = jnp.zeros(tokens.shape, jnp.int32)
         return model.decode_step(tokens, positions, jnp.ones_like(tokens), cache)[0]
 
-    cache = KVCache.init(config, 2, 32)
+    cache = dataclasses.replace(KVCache.init(config, 2, 32), fresh=fresh)
     assert cache.per_layer
     return jax.jit(step).lower(state, jnp.zeros((2, tokens), jnp.int32), cache).as_text()
 
 
 def test_decoding_runs_the_kernel_once_per_layer_and_prefill_does_not():
-    """Decode steps (one token) of a float32 model call the kernel in each of its 3 layers; a
-    prefill (8 tokens) and bf16 compute keep XLA's path."""
+    """Decode steps (one token) of a float32 model call the kernel in each of its 3 layers (the
+    one that writes the step's keys and values, over a filled cache; over a fresh one, the step's
+    own keys only, the one that does not); a prefill (8 tokens) and bf16 compute keep XLA's
+    path."""
+    step = _lowered_step("float32", 1, fresh=False)
+    assert step.count("custom_call @marco_decode_attention_write(") == 3
+    assert "custom_call @marco_decode_attention(" not in step
     assert _lowered_step("float32", 1).count("custom_call @marco_decode_attention(") == 3
     assert "marco_decode_attention" not in _lowered_step("float32", 8)
     assert "marco_decode_attention" not in _lowered_step("bfloat16", 1)

@@ -129,6 +129,30 @@ def decode_attention_kernel(rows: jax.Array, k: jax.Array, v: jax.Array,
         mask_value=np.float32(MASK_VALUE))
 
 
+def decode_attention_writing(q: jax.Array, k: jax.Array, v: jax.Array, k_new: jax.Array,
+                             v_new: jax.Array, slot: jax.Array, valid: jax.Array
+                             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A decode step's attention that first writes the step's keys and values into the cache:
+    q [B, 1, H, D], k [B*K, D, S] and v [B*K, S, D] (the CPU cache, updated in place), k_new
+    [B*K, D, 1] and v_new [B*K, 1, D] (`to_heads_major`), slot [] (clamped, as
+    `dynamic_update_slice` clamps), valid [B, S] -> (out [B, 1, H, D], k, v). The same values as
+    that update followed by `_heads_major_attention`; XLA's update paid a cache miss per key
+    (one per head dim and item) that the kernel's own pass over the keys then paid again. Only
+    where `uses_decode_attention_kernel`."""
+    b, t, h, d = q.shape
+    kv_heads = k.shape[0] // b
+    rows = _block_rows(q, kv_heads).reshape(b * kv_heads, h // kv_heads * t, d)
+    out, k, v = jax.ffi.ffi_call(
+        "marco_decode_attention_write",
+        (jax.ShapeDtypeStruct(rows.shape, jnp.float32), jax.ShapeDtypeStruct(k.shape, k.dtype),
+         jax.ShapeDtypeStruct(v.shape, v.dtype)),
+        input_output_aliases={1: 1, 2: 2})(
+        rows, k, v, k_new.reshape(b * kv_heads, d), v_new.reshape(b * kv_heads, d),
+        jnp.asarray(slot, jnp.int32), valid.astype(jnp.bool_),
+        scale=np.float32(d ** -0.5), mask_value=np.float32(MASK_VALUE))
+    return _block_unrows(out.reshape(b, kv_heads, h // kv_heads, d), h), k, v
+
+
 def _block_rows(x: jax.Array, kv_heads: int) -> jax.Array:
     """Queries [B, T', H, D] as rows [B, K, G*T', D]: per (row, kv head) the group's queries,
     the left operand of the heads-major batched matmuls."""

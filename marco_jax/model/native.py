@@ -34,6 +34,7 @@ HANDLERS = {
     "marco_packed_argmax": "MarcoPackedArgmax",
     "marco_packed_argmax_bf16": "MarcoPackedArgmaxBf16",
     "marco_decode_attention": "MarcoDecodeAttention",
+    "marco_decode_attention_write": "MarcoDecodeAttentionWrite",
 }
 _OFF = ("0", "false", "no", "off")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-DNDEBUG")

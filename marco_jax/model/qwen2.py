@@ -27,8 +27,10 @@ from marco_jax.model.activations import silu_mul
 from marco_jax.model.attention import (
     attend,
     attention_mask,
+    decode_attention_writing,
     self_attention_mask,
     uses_causal_blocks,
+    uses_decode_attention_kernel,
     xla_attention,
 )
 from marco_jax.model.config import Qwen2Config
@@ -200,6 +202,13 @@ class Attention(nnx.Module):
         if cache_heads_major:
             k_new, v_new = to_heads_major(k_stored, v_stored)
             k_axis, v_axis = HEADS_MAJOR_SLOT_AXES
+        if (cache_heads_major and not cache_fresh and x.shape[1] == 1
+                and uses_decode_attention_kernel(q, ck, cv)):
+            # A decode step in the CPU kernel, which writes this step's key and value itself.
+            mask = attention_mask(segment_ids, cache_segment_ids, start + jnp.arange(1),
+                                  jnp.arange(cv.shape[1]))
+            out, k, v = decode_attention_writing(q, ck, cv, k_new, v_new, start, mask[:, 0])
+            return self.o_proj(out), (k, v)
         k = jax.lax.dynamic_update_slice_in_dim(ck, k_new, start, axis=k_axis)
         v = jax.lax.dynamic_update_slice_in_dim(cv, v_new, start, axis=v_axis)
         # A fresh cache's only keys are this call's, at slots [0, T): self-attention's mask.

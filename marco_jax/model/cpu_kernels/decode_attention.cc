@@ -283,29 +283,38 @@ void AttendItem(const Shapes& s, const float* q, const float* k, const float* v,
   WeighValues(scores.data(), groups, padded, v, dim, row.live, total.data(), out);
 }
 
-ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
-                           ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                           ffi::Buffer<ffi::PRED> valid, float scale, float mask_value,
-                           ffi::ResultBuffer<ffi::F32> out) {
-  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(),
-             md = valid.dimensions(), od = out->dimensions();
+// The step's own key and value per item ([items, D] each), written into the cache's slot `slot`
+// by the thread that then reads the item: where XLA wrote them before the call (a
+// dynamic-update-slice), the keys' column of slots, one value per cache line of D x S, cost
+// 33-35 us a layer at batch 8 over 255 slots on a 2-core CPU, each line's miss paid twice.
+struct NewSlot {
+  const float* k;
+  const float* v;
+  int64_t slot;
+  float* k_cache;  // the cache read by the items, [items, D, S] and [items, S, D]
+  float* v_cache;
+};
+
+// Shapes of a call's operands, or false: q [B*K, G, D], k [B*K, D, S], v [B*K, S, D], valid
+// [B, S], out [B*K, G, D].
+bool ShapesOf(ffi::Span<const int64_t> qd, ffi::Span<const int64_t> kd,
+              ffi::Span<const int64_t> vd, ffi::Span<const int64_t> md,
+              ffi::Span<const int64_t> od, Shapes& s) {
   const bool ranks = qd.size() == 3 && kd.size() == 3 && vd.size() == 3 && md.size() == 2 &&
                      od.size() == 3;
   if (!ranks || kd[0] != qd[0] || vd[0] != qd[0] || kd[1] != qd[2] || vd[2] != qd[2] ||
       vd[1] != kd[2] || md[1] != kd[2] || md[0] < 1 || qd[0] % md[0] != 0 ||
       qd[2] % kLanes != 0 || od[0] != qd[0] || od[1] != qd[1] || od[2] != qd[2]) {
-    return ffi::Error::InvalidArgument(
-        "marco_decode_attention: expected q [B*K, G, D], k [B*K, D, S], v [B*K, S, D], valid "
-        "[B, S], out [B*K, G, D], D a multiple of 16");
+    return false;
   }
-  const Shapes s{qd[0], qd[0] / md[0], qd[1], qd[2], kd[2],
-                 (kd[2] + kLanes - 1) / kLanes * kLanes};
-  const float* qp = q.typed_data();
-  const float* kp = k.typed_data();
-  const float* vp = v.typed_data();
-  const bool* mp = valid.typed_data();
-  float* op = out->typed_data();
-  const int64_t rows = md[0];
+  s = Shapes{qd[0], qd[0] / md[0], qd[1], qd[2], kd[2], (kd[2] + kLanes - 1) / kLanes * kLanes};
+  return true;
+}
+
+void Attend(ffi::ThreadPool& pool, const Shapes& s, const float* qp, const float* kp,
+            const float* vp, const bool* mp, float scale, float mask_value, float* op,
+            const NewSlot* write) {
+  const int64_t rows = s.items / s.kv_heads;
   thread_local std::vector<RowSlots> row_slots;
   if (static_cast<int64_t>(row_slots.size()) < rows) row_slots.resize(rows);
   for (int64_t r = 0; r < rows; ++r) row_slots[r].Set(mp + r * s.slots, s.slots, s.padded);
@@ -315,12 +324,61 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   auto start = [](int64_t) {};
   auto items = [&](int64_t i0, int64_t i1, int64_t) {
     for (int64_t i = i0; i < i1; ++i) {
+      if (write != nullptr && s.slots > 0) {
+        float* keys = write->k_cache + i * s.dim * s.slots + write->slot;
+        float* values = write->v_cache + (i * s.slots + write->slot) * s.dim;
+        for (int64_t d = 0; d < s.dim; ++d) keys[d * s.slots] = write->k[i * s.dim + d];
+        std::memcpy(values, write->v + i * s.dim, s.dim * sizeof(float));
+      }
       AttendItem(s, qp + i * s.groups * s.dim, kp + i * s.dim * s.slots,
                  vp + i * s.slots * s.dim, row_of[i / s.kv_heads], scale, mask_value,
                  op + i * s.groups * s.dim);
     }
   };
   marco::ShareOut(pool, s.items, helpers, start, items);
+}
+
+ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                           ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                           ffi::Buffer<ffi::PRED> valid, float scale, float mask_value,
+                           ffi::ResultBuffer<ffi::F32> out) {
+  Shapes s;
+  if (!ShapesOf(q.dimensions(), k.dimensions(), v.dimensions(), valid.dimensions(),
+                out->dimensions(), s)) {
+    return ffi::Error::InvalidArgument(
+        "marco_decode_attention: expected q [B*K, G, D], k [B*K, D, S], v [B*K, S, D], valid "
+        "[B, S], out [B*K, G, D], D a multiple of 16");
+  }
+  Attend(pool, s, q.typed_data(), k.typed_data(), v.typed_data(), valid.typed_data(), scale,
+         mask_value, out->typed_data(), nullptr);
+  return ffi::Error::Success();
+}
+
+// DecodeAttention after writing the step's keys and values (k_new, v_new [B*K, D]) into the
+// cache at slot `slot` (clamped into [0, S), as XLA's dynamic-update-slice clamps): the cache
+// operands are aliased to k_out and v_out (XLA's input_output_aliases), updated in place.
+ffi::Error DecodeAttentionWrite(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                                ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                                ffi::Buffer<ffi::F32> k_new, ffi::Buffer<ffi::F32> v_new,
+                                ffi::Buffer<ffi::S32> slot, ffi::Buffer<ffi::PRED> valid,
+                                float scale, float mask_value, ffi::ResultBuffer<ffi::F32> out,
+                                ffi::ResultBuffer<ffi::F32> k_out,
+                                ffi::ResultBuffer<ffi::F32> v_out) {
+  Shapes s;
+  const auto nd = k_new.dimensions(), vnd = v_new.dimensions();
+  if (!ShapesOf(q.dimensions(), k_out->dimensions(), v_out->dimensions(), valid.dimensions(),
+                out->dimensions(), s) || nd.size() != 2 || vnd.size() != 2 ||
+      nd[0] != s.items || nd[1] != s.dim || vnd[0] != s.items || vnd[1] != s.dim ||
+      slot.element_count() != 1) {
+    return ffi::Error::InvalidArgument(
+        "marco_decode_attention_write: expected q [B*K, G, D], k [B*K, D, S], v [B*K, S, D], "
+        "k_new and v_new [B*K, D], slot [], valid [B, S], out [B*K, G, D], D a multiple of 16");
+  }
+  const int64_t at = std::clamp<int64_t>(slot.typed_data()[0], 0, std::max<int64_t>(0, s.slots - 1));
+  const NewSlot write{k_new.typed_data(), v_new.typed_data(), at, k_out->typed_data(),
+                      v_out->typed_data()};
+  Attend(pool, s, q.typed_data(), k_out->typed_data(), v_out->typed_data(), valid.typed_data(),
+         scale, mask_value, out->typed_data(), &write);
   return ffi::Error::Success();
 }
 
@@ -335,4 +393,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoDecodeAttention, DecodeAttention,
                                   .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Attr<float>("scale")
                                   .Attr<float>("mask_value")
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoDecodeAttentionWrite, DecodeAttentionWrite,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Attr<float>("scale")
+                                  .Attr<float>("mask_value")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
