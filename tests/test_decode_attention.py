@@ -2,7 +2,8 @@
 (`marco_jax/model/cpu_kernels/decode_attention.cc`): outputs against a float64 numpy softmax
 attention and against XLA's path (MARCO_CPU_KERNELS=0) on padded, partly written, odd-length
 caches, GQA groups above the kernel's register block, head dims it handles in pieces, a row with
-no live slot; where decoding runs it."""
+no live slot; the kernel that writes the step's key and value into the cache first; where
+decoding runs each."""
 
 from __future__ import annotations
 

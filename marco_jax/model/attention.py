@@ -121,7 +121,7 @@ def decode_attention_kernel(rows: jax.Array, k: jax.Array, v: jax.Array,
     v [B*K, S, D], valid [B, S] -> [B*K, G, D] float32, `_heads_major_attention`'s values (its
     scale and mask value; sums in another order, exp to about 1 ulp). XLA:CPU ran this as five
     small fusions a layer, 150-200 us at batch 8 over 256 slots on a 2-core CPU, reading every
-    slot; the kernel reads the keys of 64-slot chunks holding a live slot and each live slot's
+    slot; the kernel reads the keys of 16-slot vectors holding a live slot and each live slot's
     value, once."""
     return jax.ffi.ffi_call("marco_decode_attention",
                             jax.ShapeDtypeStruct(rows.shape, jnp.float32))(
