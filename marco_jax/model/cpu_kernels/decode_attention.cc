@@ -70,12 +70,13 @@ struct Shapes {
 
 // Prefetches, all into L2 (prefetcht2, __builtin_prefetch's locality 1). Keys: the rows two row
 // blocks on (8 key rows: the next item's first rows near the end of an item's). Values: the
-// live slot 32 on. Measured in one process (bench/bench_kernel_builds.py, 9 rounds, caches cold,
-// 2-core Intel Sapphire Rapids VM), the key rows read in address order with these prefetches
-// against the earlier 64-slot chunks (each chunk's 64 key rows at the cache's slot stride,
-// prefetched non-temporally): 0.53-0.58x the time per call at batch 1 and 8 with 192-1,100 live
-// slots; non-temporal prefetches here took 1.2-1.6x longer than into L2; the values 32 slots on
-// against 8: 0.91-0.97x (64: no better).
+// live slot 32 on. Measured in one process (bench/bench_kernel_builds.py, caches cold, 2-core
+// Intel Sapphire Rapids VM), the key rows read in address order with these prefetches against
+// the earlier 64-slot chunks (each chunk's 64 key rows at the cache's slot stride, prefetched
+// non-temporally): 0.47-0.61x the time per call at batch 1 and 8 with 192-1,100 live slots (11
+// rounds); non-temporal prefetches here took 1.2-1.6x as long as into L2; the values 32 slots on
+// against 8: 0.91-0.97x (64: no better); 1, 3 or 4 row blocks ahead, or 8 rows side by side: no
+// better than 2 and 4.
 constexpr int64_t kKeyRowBlock = 4;  // key rows (head dims) multiplied at once
 constexpr int64_t kKeysAheadBlocks = 2;
 constexpr int64_t kValuesAhead = 32;
