@@ -74,9 +74,9 @@ struct Shapes {
 // Intel Sapphire Rapids VM), the key rows read in address order with these prefetches against
 // the earlier 64-slot chunks (each chunk's 64 key rows at the cache's slot stride, prefetched
 // non-temporally): 0.47-0.61x the time per call at batch 1 and 8 with 192-1,100 live slots (11
-// rounds); non-temporal prefetches here took 1.2-1.6x as long as into L2; the values 32 slots on
-// against 8: 0.91-0.97x (64: no better); 1, 3 or 4 row blocks ahead, or 8 rows side by side: no
-// better than 2 and 4.
+// rounds); the same reads with non-temporal prefetches took 1.6-3.3x as long as into L2 (one
+// process each); the values 32 slots on against 8: 0.91-0.97x (64: no better); 1, 3 or 4 row
+// blocks ahead, or 8 rows side by side: no better than 2 and 4.
 constexpr int64_t kKeyRowBlock = 4;  // key rows (head dims) multiplied at once
 constexpr int64_t kKeysAheadBlocks = 2;
 constexpr int64_t kValuesAhead = 32;
