@@ -202,15 +202,14 @@ class Attention(nnx.Module):
         if cache_heads_major:
             k_new, v_new = to_heads_major(k_stored, v_stored)
             k_axis, v_axis = HEADS_MAJOR_SLOT_AXES
-        if (cache_heads_major and not cache_fresh and x.shape[1] == 1
-                and uses_decode_attention_kernel(q, ck, cv)):
-            # A decode step in the CPU kernel, which writes this step's key and value itself.
-            mask = attention_mask(segment_ids, cache_segment_ids, start + jnp.arange(1),
-                                  jnp.arange(cv.shape[1]))
-            out, k, v = decode_attention_writing(q, ck, cv, k_new, v_new, start, mask[:, 0])
-            return self.o_proj(out), (k, v)
-        k = jax.lax.dynamic_update_slice_in_dim(ck, k_new, start, axis=k_axis)
-        v = jax.lax.dynamic_update_slice_in_dim(cv, v_new, start, axis=v_axis)
+        # A one-token step over a filled CPU cache in the kernel, which writes this step's key
+        # and value itself.
+        kernel_writes = (cache_heads_major and not cache_fresh and x.shape[1] == 1
+                         and uses_decode_attention_kernel(q, ck, cv))
+        k, v = ck, cv
+        if not kernel_writes:
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k_new, start, axis=k_axis)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, v_new, start, axis=v_axis)
         # A fresh cache's only keys are this call's, at slots [0, T): self-attention's mask.
         if cache_fresh and cache_heads_major and not uses_causal_blocks(x.shape[1]):
             # The decode steps' two plain matmuls over the keys and values as the cache lays
@@ -227,7 +226,11 @@ class Attention(nnx.Module):
         else:
             mask = attention_mask(segment_ids, cache_segment_ids, start + jnp.arange(x.shape[1]),
                                   jnp.arange(v.shape[1]))
-            out = xla_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, cache_heads_major)
+            if kernel_writes:
+                out, k, v = decode_attention_writing(q, k, v, k_new, v_new, start, mask[:, 0])
+            else:
+                out = xla_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
+                                    cache_heads_major)
         return self.o_proj(out), (k, v)
 
 

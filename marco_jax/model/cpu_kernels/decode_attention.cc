@@ -292,8 +292,6 @@ struct NewSlot {
   const float* k;
   const float* v;
   int64_t slot;
-  float* k_cache;  // the cache read by the items, [items, D, S] and [items, S, D]
-  float* v_cache;
 };
 
 // Shapes of a call's operands, or false: q [B*K, G, D], k [B*K, D, S], v [B*K, S, D], valid
@@ -312,9 +310,10 @@ bool ShapesOf(ffi::Span<const int64_t> qd, ffi::Span<const int64_t> kd,
   return true;
 }
 
-void Attend(ffi::ThreadPool& pool, const Shapes& s, const float* qp, const float* kp,
-            const float* vp, const bool* mp, float scale, float mask_value, float* op,
-            const NewSlot* write) {
+// Every item's attention; with `write`, each item's new key and value first go into the cache
+// (kp, vp), which is otherwise only read.
+void Attend(ffi::ThreadPool& pool, const Shapes& s, const float* qp, float* kp, float* vp,
+            const bool* mp, float scale, float mask_value, float* op, const NewSlot* write) {
   const int64_t rows = s.items / s.kv_heads;
   thread_local std::vector<RowSlots> row_slots;
   if (static_cast<int64_t>(row_slots.size()) < rows) row_slots.resize(rows);
@@ -326,8 +325,8 @@ void Attend(ffi::ThreadPool& pool, const Shapes& s, const float* qp, const float
   auto items = [&](int64_t i0, int64_t i1, int64_t) {
     for (int64_t i = i0; i < i1; ++i) {
       if (write != nullptr && s.slots > 0) {
-        float* keys = write->k_cache + i * s.dim * s.slots + write->slot;
-        float* values = write->v_cache + (i * s.slots + write->slot) * s.dim;
+        float* keys = kp + i * s.dim * s.slots + write->slot;
+        float* values = vp + (i * s.slots + write->slot) * s.dim;
         for (int64_t d = 0; d < s.dim; ++d) keys[d * s.slots] = write->k[i * s.dim + d];
         std::memcpy(values, write->v + i * s.dim, s.dim * sizeof(float));
       }
@@ -375,9 +374,9 @@ ffi::Error DecodeAttentionWrite(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
         "marco_decode_attention_write: expected q [B*K, G, D], k [B*K, D, S], v [B*K, S, D], "
         "k_new and v_new [B*K, D], slot [], valid [B, S], out [B*K, G, D], D a multiple of 16");
   }
-  const int64_t at = std::clamp<int64_t>(slot.typed_data()[0], 0, std::max<int64_t>(0, s.slots - 1));
-  const NewSlot write{k_new.typed_data(), v_new.typed_data(), at, k_out->typed_data(),
-                      v_out->typed_data()};
+  const int64_t last = std::max<int64_t>(0, s.slots - 1);
+  const NewSlot write{k_new.typed_data(), v_new.typed_data(),
+                      std::clamp<int64_t>(slot.typed_data()[0], 0, last)};
   Attend(pool, s, q.typed_data(), k_out->typed_data(), v_out->typed_data(), valid.typed_data(),
          scale, mask_value, out->typed_data(), &write);
   return ffi::Error::Success();
