@@ -295,29 +295,31 @@ PROBE = """
 
 
 def test_the_library_is_built_once_per_cache_and_failures_fall_back(tmp_path):
-    """The first process builds the library into the cache, the next loads it unchanged; with a
-    compiler that fails, one warning line and XLA's dots."""
+    """The first process builds the library into the cache (clearing killed builds' leftovers),
+    the next loads it unchanged; with a compiler that fails, one warning line and XLA's dots."""
+    # leftovers: killed builds' temporary files and object folders (over an hour old: removed;
+    # fresh: another process may be writing them, kept), the earlier layout's libraries
+    # (removed) and another CPU's library (kept)
+    folder = tmp_path / "marco_jax" / "cpu_kernels"
+    (folder / "tmpolddir").mkdir(parents=True)
+    (folder / "tmpnewdir").mkdir()
+    for name in ("tmpold.so", "tmpnew.so", "packed_matmul-0123.so", "kernels-other-cpu.so",
+                 "tmpolddir/0-packed_matmul.o"):
+        (folder / name).write_bytes(b"x")
+    for name in ("tmpold.so", "tmpolddir"):
+        os.utime(folder / name, (1, 1))
+
     first = _run(PROBE, tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.split() == ["True", "[[12.0,", "15.0,", "18.0,", "21.0]]"]
-    built = list((tmp_path / "marco_jax" / "cpu_kernels").glob("kernels-*.so"))
+    built = [p for p in folder.glob("kernels-*.so") if p.name != "kernels-other-cpu.so"]
     assert len(built) == 1
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted(["tmpnew.so", "tmpnewdir", "kernels-other-cpu.so", built[0].name]), left
     stamp = built[0].stat().st_mtime_ns
     again = _run(PROBE, tmp_path)
     assert again.stdout == first.stdout and built[0].stat().st_mtime_ns == stamp
     assert "warning" not in again.stderr
-
-    # a build clears killed builds' temporary files (over an hour old) and the earlier layout's
-    # libraries, and keeps a fresh temporary file (another process may be writing it)
-    folder = tmp_path / "leftovers" / "marco_jax" / "cpu_kernels"
-    folder.mkdir(parents=True)
-    for name in ("tmpold.so", "tmpnew.so", "packed_matmul-0123.so", "kernels-other-cpu.so"):
-        (folder / name).write_bytes(b"x")
-    os.utime(folder / "tmpold.so", (1, 1))
-    assert _run(PROBE, tmp_path / "leftovers").stdout == first.stdout
-    left = sorted(p.name for p in folder.iterdir())
-    assert "tmpold.so" not in left and "packed_matmul-0123.so" not in left
-    assert {"tmpnew.so", "kernels-other-cpu.so"} <= set(left) and len(left) == 3
 
     broken = _run(PROBE, tmp_path / "other", CXX="false")
     assert broken.returncode == 0, broken.stderr
