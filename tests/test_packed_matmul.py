@@ -55,7 +55,7 @@ SHAPES = [((48, 96), 1), ((96, 48), 1), ((48, 3, 16), 1), ((3, 16, 48), 2), ((40
 
 
 @pytest.mark.parametrize("shape, contract_dims", SHAPES, ids=lambda v: str(v))
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 7, 8, 9, 15, 16, 23, 300, 1100])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 7, 8, 9, 12, 15, 16, 20, 23, 300, 1100])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_products_equal_a_float64_reference(shape, contract_dims, rows, dtype):
     """bf16 weights: the reference multiplies the bf16 values (widened exactly to float64)."""
