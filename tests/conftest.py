@@ -4,7 +4,8 @@ reason where a bare clone lacks something (no ../shared/data, an optional extra 
 Environment set before JAX is imported anywhere so every test sees the same device list.
 
 Compiles: one persistent JAX compilation cache per test session (a fresh temporary directory,
-removed at the end), inherited by the CLI subprocesses, so a run that restarts (resume, fault
+removed at the end), inherited by pytest-xdist's workers (`-n 2`, started after this file ran in
+the controlling process) and by the CLI subprocesses, so a run that restarts (resume, fault
 injection, the README's two stages) or a test that rebuilds a jitted function it compiled before
 loads the executable instead of recompiling it. XLA:CPU compiles are deterministic, so this
 changes test time only; set JAX_COMPILATION_CACHE_DIR to keep or share a cache across runs.
