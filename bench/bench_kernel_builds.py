@@ -18,6 +18,10 @@ cache, cycled through in the loop, as a decode step reads each layer's once; at 
   mm:ROWS:KxN[+KxN...]   one packed matmul call over these weights (a group: q/k/v, gate/up)
   attn:BATCH:SLOTS:LIVE  a decode step's attention, the layer-heavy model's heads (2 kv heads,
                          groups of 3, head dim 64), the first LIVE of SLOTS slots written
+  attnw:BATCH:SLOTS:LIVE the same, by the kernel that first writes the step's key and value
+                         (at slot LIVE - 1), the caches carried through the loop and donated,
+                         as a decode loop carries its KV cache; skipped where a build has no
+                         such kernel (before c565fca)
 The two builds' outputs are compared: the largest absolute difference is printed. A case must
 call both builds' kernels as they were (grouped matmuls, for one, arrived in bd9dab6).
 """
@@ -50,7 +54,8 @@ REPO = Path(__file__).resolve().parent.parent
 KERNELS = "marco_jax/model/cpu_kernels"
 DEFAULT_CASES = ("mm:1:384x384+384x128+384x128,mm:1:384x1536+384x1536,mm:1:1536x384,"
                  "mm:8:384x384+384x128+384x128,mm:8:384x1536+384x1536,mm:8:1536x384,"
-                 "mm:8:384x32000,mm:8:128x151936,attn:1:255:192,attn:8:255:192,attn:8:255:250")
+                 "mm:8:384x32000,mm:8:128x151936,attn:1:255:192,attn:8:255:192,attn:8:255:250,"
+                 "attnw:8:255:250")
 COLD_BYTES = 128 * 2**20
 MAX_COPIES = 256  # tiny cases stay partly cached rather than unroll thousands of calls
 LOOPS = 20  # passes over the copies per timed call
@@ -78,18 +83,20 @@ def sources(spec: str, into: Path) -> Path:
     return into
 
 
-def register(folder: Path, tag: str, out: Path) -> None:
-    """Compile `folder`'s kernels into `out` and register each handler as `<target>__<tag>`."""
+def register(folder: Path, tag: str, out: Path) -> set[str]:
+    """Compile `folder`'s kernels into `out` and register each handler as `<target>__<tag>`;
+    the targets the build has."""
     try:
         native.compile_library(sorted(folder.glob("*.cc")), out)
     except RuntimeError as e:
         fail(f"{folder}: {e}")
     library = ctypes.CDLL(str(out))
-    for target, handler in native.HANDLERS.items():
-        if hasattr(library, handler):
-            jax.ffi.register_ffi_target(f"{target}__{tag}",
-                                        jax.ffi.pycapsule(getattr(library, handler)),
-                                        platform="cpu")
+    found = {target for target, handler in native.HANDLERS.items() if hasattr(library, handler)}
+    for target in found:
+        jax.ffi.register_ffi_target(f"{target}__{tag}",
+                                    jax.ffi.pycapsule(getattr(library, native.HANDLERS[target])),
+                                    platform="cpu")
+    return found
 
 
 def cold_copies(nbytes: int) -> int:
@@ -121,8 +128,8 @@ def matmul_case(rows: int, shapes: list[tuple[int, int]], rng):
                    for p in group]
             ys = jax.ffi.ffi_call(f"marco_packed_matmul__{tag}", out)(h, *(p.tiles for p in group))
             return h + 1e-3 * sum(y[:, :1] for y in ys)  # a dependency, not a reduction
-        return chained(call)
-    return make, (x, weights), LOOPS * copies
+        return functools.partial(chained(call), x, weights)
+    return make, LOOPS * copies
 
 
 def attention_case(batch: int, slots: int, live: int, rng):
@@ -141,12 +148,57 @@ def attention_case(batch: int, slots: int, live: int, rng):
                 h, k, v, valid, scale=np.float32(dim ** -0.5),
                 mask_value=np.float32(MASK_VALUE))
             return h + 1e-3 * out
-        return chained(call)
-    return make, (q, caches), LOOPS * copies
+        return functools.partial(chained(call), q, caches)
+    return make, LOOPS * copies
+
+
+def writing_attention_case(batch: int, slots: int, live: int, rng):
+    """`attention_case` by the kernel that writes the step's key and value into the cache first
+    (slot live - 1, the newest valid one); each build's step carries its own copies of the
+    caches from call to call (donated: updated in place, as in a decode loop)."""
+    kv, group, dim = 2, 3, 64
+    copies = cold_copies(2 * batch * kv * dim * slots * 4)
+    valid = jnp.asarray(np.arange(slots)[None].repeat(batch, 0) < live)
+    q = jnp.asarray(rng.standard_normal((batch * kv, group, dim)), jnp.float32)
+    k_new, v_new = (jnp.asarray(rng.standard_normal((batch * kv, dim)), jnp.float32)
+                    for _ in range(2))
+    caches = [(rng.standard_normal((batch * kv, dim, slots)).astype(np.float32),
+               rng.standard_normal((batch * kv, slots, dim)).astype(np.float32))
+              for _ in range(copies)]
+    slot = jnp.int32(live - 1)
+
+    def make(tag: str):
+        def loop(h, caches):
+            def one(_, carry):
+                h, caches = carry
+                written = []
+                for k, v in caches:
+                    out, k, v = jax.ffi.ffi_call(
+                        f"marco_decode_attention_write__{tag}",
+                        (jax.ShapeDtypeStruct(h.shape, jnp.float32),
+                         jax.ShapeDtypeStruct(k.shape, k.dtype),
+                         jax.ShapeDtypeStruct(v.shape, v.dtype)),
+                        input_output_aliases={1: 1, 2: 2})(
+                        h, k, v, k_new + 1e-3 * h[:, 0], v_new, slot, valid,
+                        scale=np.float32(dim ** -0.5), mask_value=np.float32(MASK_VALUE))
+                    h = h + 1e-3 * out
+                    written.append((k, v))
+                return h, written
+            return jax.lax.fori_loop(0, LOOPS, one, (h, caches))
+
+        run = jax.jit(loop, donate_argnums=1)
+        state = [[(jnp.asarray(k), jnp.asarray(v)) for k, v in caches]]  # this build's own
+
+        def step():
+            h, state[0] = run(q, state[0])
+            return h
+        return step
+    return make, LOOPS * copies
 
 
 def parse_case(case: str) -> tuple:
-    """("mm", rows, shapes) or ("attn", batch, slots, live), or one line and exit 2."""
+    """("mm", rows, shapes) or ("attn" / "attnw", batch, slots, live), or one line and exit
+    2."""
     kind, *fields = case.split(":")
     try:
         if kind == "mm" and len(fields) == 2:
@@ -154,13 +206,14 @@ def parse_case(case: str) -> tuple:
             if all(len(s) == 2 and min(s) > 0 for s in shapes) and len(
                     {k for k, _ in shapes}) == 1 and int(fields[0]) > 0:
                 return "mm", int(fields[0]), shapes
-        if kind == "attn" and len(fields) == 3:
+        if kind in ("attn", "attnw") and len(fields) == 3:
             batch, slots, live = map(int, fields)
             if batch > 0 and 0 < live <= slots:
-                return "attn", batch, slots, live
+                return kind, batch, slots, live
     except ValueError:
         pass
-    fail(f"--cases {case!r}: expected mm:ROWS:KxN[+KxN...] (one K) or attn:BATCH:SLOTS:LIVE")
+    fail(f"--cases {case!r}: expected mm:ROWS:KxN[+KxN...] (one K), attn:BATCH:SLOTS:LIVE or "
+         "attnw:BATCH:SLOTS:LIVE")
 
 
 def main() -> None:
@@ -175,17 +228,23 @@ def main() -> None:
     cases = [(case, parse_case(case)) for case in args.cases.split(",")]
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        for tag, spec in (("a", args.a), ("b", args.b)):
-            register(sources(spec, Path(tmp) / tag), tag, Path(tmp) / f"{tag}.so")
+        targets = {tag: register(sources(spec, Path(tmp) / tag), tag, Path(tmp) / f"{tag}.so")
+                   for tag, spec in (("a", args.a), ("b", args.b))}
         print(f"A = {args.a}, B = {args.b}; {args.rounds} rounds, the sides taking turns; "
               "us per call: median (best); B / A: median of the rounds [quartiles]")
         for case, (kind, *sizes) in cases:
-            build = matmul_case if kind == "mm" else attention_case
-            make, operands, calls = build(*sizes, rng)
-            run = {tag: make(tag) for tag in "ab"}
-            outs = {tag: np.asarray(f(*operands)) for tag, f in run.items()}  # compiles
-            calls_of = {tag: functools.partial(f, *operands) for tag, f in run.items()}
-            times = times_in_turns(calls_of, args.rounds)
+            lacking = [tag.upper() for tag in "ab" if kind == "attnw"
+                       and "marco_decode_attention_write" not in targets[tag]]
+            if lacking:
+                print(f"{case:32s} skipped: {' and '.join(lacking)} has no writing attention "
+                      "kernel")
+                continue
+            build = {"mm": matmul_case, "attn": attention_case,
+                     "attnw": writing_attention_case}[kind]
+            make, calls = build(*sizes, rng)
+            steps = {tag: make(tag) for tag in "ab"}
+            outs = {tag: np.asarray(step()) for tag, step in steps.items()}  # compiles
+            times = times_in_turns(steps, args.rounds)
             a, b = (np.asarray(times[tag]) / calls * 1e6 for tag in "ab")  # us per call
             q1, mid, q3 = np.percentile(b / a, [25, 50, 75])
             print(f"{case:32s} A {np.median(a):8.1f} ({a.min():7.1f})  B {np.median(b):8.1f} "

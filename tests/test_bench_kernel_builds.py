@@ -1,6 +1,6 @@
 """bench/bench_kernel_builds.py, the in-process A/B of two builds of the CPU kernels: two builds of
-the same sources give bit-equal outputs on both kinds of case, and wrong input is one line, exit
-status 2."""
+the same sources give bit-equal outputs on every kind of case (the writing attention kernel's
+carrying its caches from call to call), and wrong input is one line, exit status 2."""
 
 from __future__ import annotations
 
@@ -28,10 +28,11 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(not kernels_available(), reason="no C++ compiler for the CPU kernels")
 def test_two_builds_of_the_same_sources_agree_bit_for_bit():
     done = _bench("--a", str(KERNELS), "--b", str(KERNELS), "--rounds", "2",
-                  "--cases", "mm:3:256x2048+256x512,attn:2:1024:1000")
+                  "--cases", "mm:3:256x2048+256x512,attn:2:1024:1000,attnw:2:1024:1000")
     assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stdout.splitlines() if line.startswith(("mm:", "attn:"))]
-    assert len(lines) == 2, done.stdout
+    lines = [line for line in done.stdout.splitlines()
+             if line.startswith(("mm:", "attn:", "attnw:"))]
+    assert len(lines) == 3, done.stdout
     for line in lines:
         assert line.endswith("max |B - A| 0.0e+00"), line
         assert "B / A" in line
@@ -41,6 +42,7 @@ def test_two_builds_of_the_same_sources_agree_bit_for_bit():
     (["--a", "no-such-revision-xyz"], "no-such-revision-xyz: not a folder of kernel sources"),
     (["--a", str(KERNELS), "--cases", "mm:0:64x64"], "--cases 'mm:0:64x64': expected"),
     (["--a", str(KERNELS), "--cases", "attn:2:64:65"], "--cases 'attn:2:64:65': expected"),
+    (["--a", str(KERNELS), "--cases", "attnw:2:0:0"], "--cases 'attnw:2:0:0': expected"),
     (["--a", str(KERNELS), "--rounds", "1"], "--rounds 1: expected >= 2"),
 ])
 def test_wrong_input_is_one_line_and_exit_2(args, says, monkeypatch, capsys):
