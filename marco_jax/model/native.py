@@ -147,10 +147,10 @@ def compile_library(sources: list[Path], out: Path, compiler: str | None = None)
 
 
 def _raise_if_failed(cmd: list[str], returncode: int, stderr: str) -> None:
-    """RuntimeError naming the command and the compiler's first error line (else its last)."""
+    """RuntimeError naming the command and the compiler's first `error:` line (else its last)."""
     if returncode != 0:
         lines = stderr.strip().splitlines() or ["no output"]
-        line = next((text for text in lines if "error" in text), lines[-1]).strip()
+        line = next((text for text in lines if "error:" in text), lines[-1]).strip()
         raise RuntimeError(f"{' '.join(cmd[:3])} ... failed: {line}")
 
 
