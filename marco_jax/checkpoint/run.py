@@ -18,7 +18,9 @@ it is never deleted. Paths may be local or gs://.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
+import sys
 import time
 from typing import Any
 
@@ -90,26 +92,37 @@ class RunCheckpointer:
         logged and skipped (`self.skipped`); a readable step that does not fit the run raises
         CheckpointLayoutError (a config mistake must not silently fall back)."""
         for step in reversed(self.all_steps()):
-            try:
-                stored = self.read_meta(step)
-            except Exception as e:  # noqa: BLE001 - any read failure means "unreadable step"
-                self._skip(step, f"meta unreadable: {_short(e)}")
-                continue
-            problems = layout_mismatches(stored, expected_meta)
-            if problems:
-                raise CheckpointLayoutError(
-                    f"checkpoint {self.directory / str(step)} does not fit this run:\n  "
-                    + "\n  ".join(problems))
-            try:
-                out = self.manager.restore(step, args=ocp.args.Composite(
-                    params=ocp.args.StandardRestore(abstract_params),
-                    opt_state=ocp.args.StandardRestore(abstract_opt_state),
-                    data=ocp.args.JsonRestore()))
-            except Exception as e:  # noqa: BLE001
-                self._skip(step, f"arrays unreadable: {_short(e)}")
-                continue
-            return step, out[PARAMS_DIR], out["opt_state"], out["data"]
+            skipped = len(self.skipped)
+            restored = self._restore_step(step, abstract_params, abstract_opt_state,
+                                          expected_meta)
+            if len(self.skipped) > skipped:
+                _discard_abandoned_reads()
+            if restored is not None:
+                return restored
         return None
+
+    def _restore_step(self, step: int, abstract_params: Any, abstract_opt_state: Any,
+                      expected_meta: dict) -> tuple[int, Any, Any, dict] | None:
+        """`restore_latest` for one step: None when it is unreadable (set aside)."""
+        try:
+            stored = self.read_meta(step)
+        except Exception as e:  # noqa: BLE001 - any read failure means "unreadable step"
+            self._skip(step, f"meta unreadable: {_short(e)}")
+            return None
+        problems = layout_mismatches(stored, expected_meta)
+        if problems:
+            raise CheckpointLayoutError(
+                f"checkpoint {self.directory / str(step)} does not fit this run:\n  "
+                + "\n  ".join(problems))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_params),
+                opt_state=ocp.args.StandardRestore(abstract_opt_state),
+                data=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001
+            self._skip(step, f"arrays unreadable: {_short(e)}")
+            return None
+        return step, out[PARAMS_DIR], out["opt_state"], out["data"]
 
     def _skip(self, step: int, reason: str) -> None:
         """Set an unreadable step aside (renamed, never deleted) so the run can save that step
@@ -125,6 +138,19 @@ class RunCheckpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _discard_abandoned_reads() -> None:
+    """Collect the shard reads Orbax abandoned when a step failed to read. Closed by the garbage
+    collector at some later moment, each would print an ignored exception's traceback (with a
+    ~60-line TensorStore spec) on stderr, after the one warning line that already said why the
+    step was set aside. Collected now, with unraisable exceptions silenced for that call only."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
 
 
 def _short(e: BaseException) -> str:
