@@ -132,14 +132,26 @@ def matmul_case(rows: int, shapes: list[tuple[int, int]], rng):
     return make, LOOPS * copies
 
 
-def attention_case(batch: int, slots: int, live: int, rng):
-    kv, group, dim = 2, 3, 64
+ATTENTION_HEADS = 2, 3, 64  # the layer-heavy model's kv heads, group size and head dim
+
+
+def attention_operands(batch: int, slots: int, live: int, rng):
+    """A decode step's attention operands: copies (cold) of the caches k [B*K, D, S] and
+    v [B*K, S, D] as NumPy arrays, q [B*K, G, D] and the first `live` slots valid [B, S]."""
+    kv, group, dim = ATTENTION_HEADS
     copies = cold_copies(2 * batch * kv * dim * slots * 4)
     valid = jnp.asarray(np.arange(slots)[None].repeat(batch, 0) < live)
     q = jnp.asarray(rng.standard_normal((batch * kv, group, dim)), jnp.float32)
-    caches = [(jnp.asarray(rng.standard_normal((batch * kv, dim, slots)), jnp.float32),
-               jnp.asarray(rng.standard_normal((batch * kv, slots, dim)), jnp.float32))
+    caches = [(rng.standard_normal((batch * kv, dim, slots)).astype(np.float32),
+               rng.standard_normal((batch * kv, slots, dim)).astype(np.float32))
               for _ in range(copies)]
+    return q, valid, caches
+
+
+def attention_case(batch: int, slots: int, live: int, rng):
+    q, valid, caches = attention_operands(batch, slots, live, rng)
+    caches = [(jnp.asarray(k), jnp.asarray(v)) for k, v in caches]
+    dim = q.shape[-1]
 
     def make(tag: str):
         def call(h, k, v):
@@ -149,22 +161,17 @@ def attention_case(batch: int, slots: int, live: int, rng):
                 mask_value=np.float32(MASK_VALUE))
             return h + 1e-3 * out
         return functools.partial(chained(call), q, caches)
-    return make, LOOPS * copies
+    return make, LOOPS * len(caches)
 
 
 def writing_attention_case(batch: int, slots: int, live: int, rng):
     """`attention_case` by the kernel that writes the step's key and value into the cache first
     (slot live - 1, the newest valid one); each build's step carries its own copies of the
     caches from call to call (donated: updated in place, as in a decode loop)."""
-    kv, group, dim = 2, 3, 64
-    copies = cold_copies(2 * batch * kv * dim * slots * 4)
-    valid = jnp.asarray(np.arange(slots)[None].repeat(batch, 0) < live)
-    q = jnp.asarray(rng.standard_normal((batch * kv, group, dim)), jnp.float32)
-    k_new, v_new = (jnp.asarray(rng.standard_normal((batch * kv, dim)), jnp.float32)
+    q, valid, caches = attention_operands(batch, slots, live, rng)
+    dim = q.shape[-1]
+    k_new, v_new = (jnp.asarray(rng.standard_normal((q.shape[0], dim)), jnp.float32)
                     for _ in range(2))
-    caches = [(rng.standard_normal((batch * kv, dim, slots)).astype(np.float32),
-               rng.standard_normal((batch * kv, slots, dim)).astype(np.float32))
-              for _ in range(copies)]
     slot = jnp.int32(live - 1)
 
     def make(tag: str):
@@ -187,13 +194,14 @@ def writing_attention_case(batch: int, slots: int, live: int, rng):
             return jax.lax.fori_loop(0, LOOPS, one, (h, caches))
 
         run = jax.jit(loop, donate_argnums=1)
-        state = [[(jnp.asarray(k), jnp.asarray(v)) for k, v in caches]]  # this build's own
+        own = [(jnp.asarray(k), jnp.asarray(v)) for k, v in caches]  # this build's copies
 
         def step():
-            h, state[0] = run(q, state[0])
+            nonlocal own
+            h, own = run(q, own)
             return h
         return step
-    return make, LOOPS * copies
+    return make, LOOPS * len(caches)
 
 
 def parse_case(case: str) -> tuple:

@@ -3,11 +3,13 @@ is set aside (kept, renamed) and the newest readable one is resumed, reported in
 with one warning line on stderr (no tracebacks of the reads Orbax abandoned); a
 failed save is retried once synchronously, and a save that keeps failing stops the run."""
 
+import gc
 import json
 import os
 import shutil
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import jax
@@ -17,7 +19,7 @@ import pytest
 from train_fixtures import synthetic_iterators, tiny_config
 
 from marco_jax.checkpoint import load_model, load_params
-from marco_jax.checkpoint.run import RunCheckpointer
+from marco_jax.checkpoint.run import RunCheckpointer, _discard_abandoned_reads
 from marco_jax.train.hooks import CheckpointSaveFailed
 from marco_jax.train.loop import train
 
@@ -96,6 +98,37 @@ def test_corrupt_newest_step_is_set_aside_and_the_run_resumes_from_the_previous(
     assert got[3] == ref[3] and got[4] == ref[4]
 
 
+def test_abandoned_reads_are_collected_at_once_and_quietly():
+    """The mechanism behind the test below, deterministic: a read suspended at its await and
+    left in a reference cycle (only the garbage collector frees it) whose close raises, as
+    Orbax's abandoned shard reads do, is gone after `_discard_abandoned_reads`, unreported."""
+
+    class Pending:
+        def __await__(self):
+            yield
+
+    async def read():
+        try:
+            await Pending()
+        except GeneratorExit as e:
+            raise RuntimeError("read abandoned") from e
+
+    coroutine = read()
+    coroutine.send(None)  # suspended inside its await
+    alive = weakref.ref(coroutine)
+    cycle = [coroutine]
+    cycle.append(cycle)
+    del coroutine, cycle
+    unraisable, hook = [], sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        _discard_abandoned_reads()
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert alive() is None and not unraisable, unraisable
+
+
 RESUME = """
 import sys
 import jax
@@ -110,7 +143,9 @@ train(cfg, sys.argv[1], iterators=synthetic_iterators, progress=False, devices=j
 def test_a_set_aside_step_costs_one_warning_line_and_no_tracebacks(run4, tmp_path):
     """Orbax abandons the other shard reads when one fails; closed by the garbage collector at
     some later moment, each printed an ignored exception's traceback (a ~60-line TensorStore spec)
-    on stderr. Only visible in a fresh process: under pytest they are collected at other times."""
+    on stderr. Only visible in a fresh process (under pytest they are collected at other times),
+    and not in every run: without the fix 1 of 6 runs of this resume printed them (3), another
+    run earlier 17; none with it (0 of 7)."""
     workdir = tmp_path / "run"
     shutil.copytree(run4, workdir)
     data_files = sorted((p for p in (workdir / "checkpoints" / "4" / "params").rglob("d/*")

@@ -92,13 +92,11 @@ class RunCheckpointer:
         logged and skipped (`self.skipped`); a readable step that does not fit the run raises
         CheckpointLayoutError (a config mistake must not silently fall back)."""
         for step in reversed(self.all_steps()):
-            skipped = len(self.skipped)
             restored = self._restore_step(step, abstract_params, abstract_opt_state,
                                           expected_meta)
-            if len(self.skipped) > skipped:
-                _discard_abandoned_reads()
             if restored is not None:
                 return restored
+            _discard_abandoned_reads()  # set aside; no exception frame holds the reads now
         return None
 
     def _restore_step(self, step: int, abstract_params: Any, abstract_opt_state: Any,
