@@ -46,6 +46,7 @@ from marco_jax.infer.generate import (
     next_tokens,
     packs_head,
     packs_weights,
+    screens_head,
     stored_decode_head,
 )
 from marco_jax.infer.sampling import SamplingParams
@@ -215,9 +216,9 @@ class Engine:
                                      static_argnames=("steps", "sampling", "vocab_limit"),
                                      donate_argnums=(4,))
         # Weight layouts built on first use and kept (`_kept_layouts`).
-        self._decode_head = jax.jit(trace_under_mesh(decode_head, mesh), static_argnums=(0, 2))
+        self._decode_head = jax.jit(trace_under_mesh(decode_head, mesh), static_argnums=(0, 2, 3))
         self._decode_layers = jax.jit(trace_under_mesh(decode_layers, mesh),
-                                      static_argnums=(0, 2))
+                                      static_argnums=(0, 2, 3))
 
     def _kept_layouts(self) -> tuple[jax.Array, tuple[nnx.State, ...] | None]:
         """(lm head, per-layer params or None), built on first use and kept for every later
@@ -250,8 +251,9 @@ class Engine:
                 model, [] if head is source else [head],
                 jax.tree.leaves(self._state["model"]["layers"])):
             return head
-        return kept_derived(_PACKED_HEADS, self, [source], True,
-                            lambda: self._decode_head(self._graphdef, self._state, True))
+        screen = screens_head(model)
+        return kept_derived(_PACKED_HEADS, self, [source], ("packed", screen),
+                            lambda: self._decode_head(self._graphdef, self._state, True, screen))
 
     # -- plumbing: placing inputs, gathering outputs, splitting work over processes -------------
     def _put(self, array: np.ndarray) -> jax.Array:

@@ -27,8 +27,10 @@ from marco_jax.infer.sampling import SamplingParams, packed_greedy_tokens, sampl
 from marco_jax.model.kv_cache import KVCache
 from marco_jax.model.packed_matmul import (
     PackedKernel,
+    greedy_screen_available,
     pack_kernel,
     packed_dtype,
+    screen_head,
     uses_packed_matmul,
 )
 from marco_jax.model.qwen2 import Qwen2ForCausalLM
@@ -63,13 +65,24 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, multiple: int = 1
     return tokens, mask
 
 
-def decode_head(graphdef: nnx.GraphDef, state: nnx.State, pack: bool = False
-                ) -> jax.Array | PackedKernel:
+def decode_head(graphdef: nnx.GraphDef, state: nnx.State, pack: bool = False,
+                screen: bool = False) -> jax.Array | PackedKernel:
     """The lm head as decoding reads it, [embed, vocab] in the matmul dtype, or with `pack` as a
-    `PackedKernel` (jit it: for a tied head it is a transposed copy of the embedding)."""
+    `PackedKernel` (jit it: for a tied head it is a transposed copy of the embedding), with
+    `screen` carrying greedy decoding's screen (pass `screens_head(model)`)."""
     model = nnx.merge(graphdef, state)
     head = model.lm_head_kernel()
-    return pack_kernel(head, dtype=packed_dtype(model.config.jnp_param_dtype)) if pack else head
+    if not pack:
+        return head
+    packed = pack_kernel(head, dtype=packed_dtype(model.config.jnp_param_dtype))
+    return screen_head(packed, head) if screen else packed
+
+
+def screens_head(model: Qwen2ForCausalLM) -> bool:
+    """Whether a packed head carries greedy decoding's screen (`packed_matmul.screen_head`): float32
+    tiles (params not in bf16) on a CPU with AMX tiles. It costs a bf16 copy of the head beside
+    the packed one, counted in `packs_head`'s budget."""
+    return packed_dtype(model.config.jnp_param_dtype) == jnp.float32 and greedy_screen_available()
 
 
 def decode_layers(graphdef: nnx.GraphDef, state: nnx.State, pack: bool = False
@@ -128,19 +141,20 @@ def keeps_layer_copy(model: Qwen2ForCausalLM) -> bool:
     return _copy_fits(jax.tree.leaves(nnx.state(model.model.layers)), packs_weights(model))
 
 
-def _copy_fits(sources: Sequence[jax.Array], packed: bool) -> bool:
-    """`keeps_layer_copy` for a copy of these param arrays (in `packed_dtype` when `packed`)."""
+def _copy_fits(sources: Sequence[jax.Array], packed: bool, extra_bytes: int = 0) -> bool:
+    """`keeps_layer_copy` for a copy of these param arrays (in `packed_dtype` when `packed`) and
+    `extra_bytes` more."""
     if jax.default_backend() != "cpu" or jax.process_count() > 1:
         return False
     memory = _this_host_memory()
     if memory is None:
         return False
     copy_bytes = sum(shard.data.size * (packed_dtype(a.dtype) if packed else a.dtype).itemsize
-                     for a in sources for shard in a.addressable_shards)
+                     for a in sources for shard in a.addressable_shards) + extra_bytes
     return copy_bytes <= LAYER_COPY_MAX_RAM_FRACTION * memory
 
 
-_decode_head_jit = jax.jit(decode_head, static_argnums=(0, 2))
+_decode_head_jit = jax.jit(decode_head, static_argnums=(0, 2, 3))
 _decode_layers_jit = jax.jit(decode_layers, static_argnums=(0, 2))
 # model -> (weak references to the source arrays, a key, the derived arrays): decode layouts
 # built once per params and reused by later calls on the same model.
@@ -203,7 +217,9 @@ def packs_head(model: Qwen2ForCausalLM, also_kept: Sequence[jax.Array] = (),
         return False
     if layer_params is None:
         layer_params = jax.tree.leaves(nnx.state(model.model.layers))
-    return _copy_fits([model.lm_head_source(), *layer_params, *also_kept], packed=True)
+    head = model.lm_head_source()
+    screen_bytes = 2 * head.size if screens_head(model) else 0  # bf16, ~padding
+    return _copy_fits([head, *layer_params, *also_kept], packed=True, extra_bytes=screen_bytes)
 
 
 def _head_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State
@@ -214,8 +230,9 @@ def _head_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State
     times its 128-token prefill). Costs one head-sized array per live model whose head is packed,
     tied or stored in another dtype than the matmul dtype."""
     if packs_head(model, layer_params=jax.tree.leaves(state["model"]["layers"])):
-        return kept_derived(_HEADS, model, [model.lm_head_source()], "packed",
-                            lambda: _decode_head_jit(graphdef, state, True))
+        screen = screens_head(model)
+        return kept_derived(_HEADS, model, [model.lm_head_source()], ("packed", screen),
+                            lambda: _decode_head_jit(graphdef, state, True, screen))
     stored = stored_decode_head(model)
     if stored is not None:
         return stored
@@ -376,5 +393,5 @@ def generate(model: Qwen2ForCausalLM, prompt_tokens: jax.Array | np.ndarray, max
 
 __all__ = ["GenerateOutput", "decode_head", "decode_layers", "generate", "host_memory_bytes",
            "keeps_layer_copy", "kept_derived", "left_pad", "packs_head", "packs_weights",
-           "stored_decode_head",
+           "screens_head", "stored_decode_head",
            "upcast_weights_warning"]

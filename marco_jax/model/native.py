@@ -35,6 +35,7 @@ HANDLERS = {
     "marco_packed_matmul_bf16": "MarcoPackedMatmulBf16",
     "marco_packed_argmax": "MarcoPackedArgmax",
     "marco_packed_argmax_bf16": "MarcoPackedArgmaxBf16",
+    "marco_packed_argmax_screened": "MarcoPackedArgmaxScreened",
     "marco_decode_attention": "MarcoDecodeAttention",
     "marco_decode_attention_write": "MarcoDecodeAttentionWrite",
 }
@@ -170,6 +171,14 @@ def _build(compiler: str, out: Path) -> None:
             os.unlink(tmp)
 
 
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library (for its plain C functions), or None where `load_error()`."""
+    return _LOADED[0] if load_error() is None else None
+
+
+_LOADED: list[ctypes.CDLL] = []
+
+
 @functools.cache
 def load_error() -> str | None:
     """Build (or find) the library and register its handlers, once per process: None, or why it
@@ -183,6 +192,7 @@ def load_error() -> str | None:
         for target, handler in HANDLERS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, handler)),
                                         platform="cpu")
+        _LOADED.append(library)
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
         print(f"warning: CPU kernels unavailable, using XLA's ops: {e}", file=sys.stderr)
         return str(e)

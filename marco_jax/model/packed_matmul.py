@@ -12,7 +12,10 @@ prints both sides on the layer and head shapes, 1 to 1,024 rows).
 Where it runs: inference on CPU with float32 matmuls, over the decode weights that `generate` and
 the eval engine build once per params (`Qwen2ForCausalLM.layer_arrays(pack=True)`,
 `decode_head`), for prefill and decode alike; greedy decoding reduces the head's products
-to the next tokens inside the kernel (`packed_argmax_parts`). Training keeps XLA's dots (the
+to the next tokens inside the kernel (`packed_argmax_parts`); on CPUs with AMX tiles that pass
+screens a bf16 copy of the head first and computes exactly only the columns the screen cannot
+rule out (`screen_head`: the same tokens, half the head's bytes and a fraction of its
+arithmetic). Training keeps XLA's dots (the
 kernel has no gradient). bf16 matmuls keep XLA's dots too (AMX tiles on CPUs that have them);
 bf16 weights under float32 matmuls are packed as stored, in bf16, and widened to float32 in
 registers (half the bytes of a float32 copy; XLA:CPU converts them to float32 copies in every
@@ -24,6 +27,7 @@ MARCO_CPU_KERNELS=0, the matmuls stay XLA's.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
 import os
@@ -33,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from marco_jax.model.native import kernels_available, load_error
+from marco_jax.model.native import kernels_available, library, load_error
 from marco_jax.model.target import target_platform
 
 TILE = 32  # output columns per packed tile (kTile in the kernel)
@@ -43,6 +47,8 @@ _ARGMAX_TARGET = "marco_packed_argmax"
 _TARGETS = {jnp.dtype(jnp.float32): _TARGET, jnp.dtype(jnp.bfloat16): _TARGET + "_bf16"}
 _ARGMAX_TARGETS = {jnp.dtype(jnp.float32): _ARGMAX_TARGET,
                    jnp.dtype(jnp.bfloat16): _ARGMAX_TARGET + "_bf16"}
+_SCREENED_TARGET = "marco_packed_argmax_screened"
+SCREEN_ROWS = 16  # rows the screened greedy kernel takes (kScreenRows); more read every tile
 _MAX_WORKERS = 64  # threads greedy decoding's kernel shares the head's tiles among, at most
 _F32 = jnp.dtype(jnp.float32)
 
@@ -52,9 +58,13 @@ _F32 = jnp.dtype(jnp.float32)
 class PackedKernel:
     """A Linear kernel [k1..kc, n...] packed for `packed_matmul`: tiles [ceil(N / 32), K, 32] in
     float32 or bfloat16, K = k1*..*kc, N = prod(n...) (zero columns pad the last tile);
-    `out_shape` is (n...)."""
+    `out_shape` is (n...). An lm head may carry greedy decoding's screen (`screen_head`): a bf16
+    copy [ceil(N / 64), ceil(K / 32), 4, 16, 16, 2] and the largest column norms [3] of that copy,
+    of its rounding residual and of the float32 head, which bound the screen's error."""
     tiles: jax.Array
     out_shape: tuple[int, ...] = dataclasses.field(metadata={"static": True})
+    screen: jax.Array | None = None
+    screen_norms: jax.Array | None = None
 
     @property
     def in_features(self) -> int:
@@ -82,6 +92,48 @@ def pack_kernel(kernel: jax.Array, contract_dims: int = 1,
         w = jnp.pad(w, ((0, 0), (0, padded - n)))
     tiles = w.reshape(k, padded // TILE, TILE).transpose(1, 0, 2)
     return PackedKernel(tiles=tiles, out_shape=out_shape)
+
+
+def screen_head(packed: PackedKernel, kernel: jax.Array) -> PackedKernel:
+    """`packed` (float32 tiles of `kernel` [K, N]) with greedy decoding's screen: `kernel` in bf16
+    (nearest even), zero-padded to [ceil(K / 32) * 32, ceil(N / 64) * 64], in the layout AMX
+    tile products read (cpu_kernels/amx_screen.h), and the largest column L2 norms of that copy, of
+    its rounding residual and of `kernel`, which bound the screen's error (packed_matmul.cc,
+    PackedArgmaxScreened). Half the head's bytes again; build it where
+    `greedy_screen_available()`."""
+    k, n = kernel.shape
+    if packed.tiles.dtype != _F32 or packed.out_shape != (n,) or packed.in_features != k:
+        raise ValueError(f"screen_head: {packed.tiles.dtype} tiles of [{packed.in_features}, "
+                         f"{packed.out_shape}] for a kernel {kernel.shape}; expected the float32 "
+                         "tiles of that kernel")
+    chunks, groups = -(-k // 32), -(-n // 64)
+    w = kernel.astype(jnp.float32)
+    padded = jnp.pad(w, ((0, chunks * 32 - k), (0, groups * 64 - n)))
+    screen = (padded.reshape(chunks, 16, 2, groups, 4, 16).transpose(3, 0, 4, 1, 5, 2)
+              .astype(jnp.bfloat16))
+    rounded = w.astype(jnp.bfloat16).astype(jnp.float32)
+    norms = jnp.stack([jnp.sqrt(jnp.max(jnp.sum(jnp.square(v), axis=0)))
+                       for v in (rounded, rounded - w, w)])
+    return dataclasses.replace(packed, screen=screen, screen_norms=norms)
+
+
+def greedy_screen_available() -> bool:
+    """Whether greedy decoding can screen the head on AMX tiles in this process (the kernels
+    built for a CPU with AMX, and the OS granting tile state); without, it reads every tile."""
+    lib = library() if kernels_available() else None
+    return lib is not None and lib.MarcoAmxScreenReady() == 1
+
+
+def screen_stats() -> dict[str, int]:
+    """This process's screened greedy calls so far: `screened`, `read_every_tile` (calls that
+    fell back: no AMX, more than 16 rows, non-finite or huge values, too many close columns) and
+    `exact_tiles` (32-column tiles computed exactly after a screen)."""
+    lib = library()
+    if lib is None:
+        return {"screened": 0, "read_every_tile": 0, "exact_tiles": 0}
+    out = (ctypes.c_int64 * 3)()
+    lib.MarcoScreenStats(out)
+    return {"screened": out[0], "read_every_tile": out[1], "exact_tiles": out[2]}
 
 
 def unpack_kernel(packed: PackedKernel) -> jax.Array:
@@ -139,8 +191,9 @@ def packed_argmax_parts(x: jax.Array, packed: PackedKernel, columns: int | None 
     column [M, C] int32): the kernel's workers each keep, per 32-column lane, the largest
     product they met and its first column (NaN above every number). Row r's argmax with
     jnp.argmax's ties and NaNs is the smallest candidate column holding its largest value, or
-    its first NaN (`infer.sampling.packed_greedy_tokens`). CPU only; needs
-    `kernels_available()`."""
+    its first NaN (`infer.sampling.packed_greedy_tokens`). A head with a screen (`screen_head`)
+    and at most 16 rows runs the screened kernel: the same answer, fewer candidates (the
+    columns it computed exactly). CPU only; needs `kernels_available()`."""
     error = load_error()
     if error is not None:
         raise RuntimeError(f"{_ARGMAX_TARGET}: the CPU kernel is not available ({error})")
@@ -153,6 +206,12 @@ def packed_argmax_parts(x: jax.Array, packed: PackedKernel, columns: int | None 
         raise ValueError(f"packed_argmax_parts: columns={columns}; expected 1..{n}")
     slots = min(os.cpu_count() or 1, _MAX_WORKERS)  # one per worker the kernel may use
     shape = (x.shape[0], slots, TILE)
+    outputs = (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.int32))
+    if packed.screen is not None and x.shape[0] <= SCREEN_ROWS:
+        value, column = jax.ffi.ffi_call(_SCREENED_TARGET, outputs)(
+            x.astype(jnp.float32), packed.tiles, packed.screen, packed.screen_norms,
+            columns=np.int64(columns))
+        return value.reshape(x.shape[0], -1), column.reshape(x.shape[0], -1)
     value, column = jax.ffi.ffi_call(
         _ARGMAX_TARGETS[jnp.dtype(packed.tiles.dtype)],
         (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.int32)))(

@@ -18,11 +18,15 @@
 // Built at first use with the host compiler and -march=native (packed_matmul.py); the vector
 // type below lowers to AVX-512, AVX2 or NEON registers, whichever the host has.
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
+#include "amx_screen.h"
 #include "share_out.h"
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
@@ -272,6 +276,31 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Rema
   return ffi::Error::Success();
 }
 
+// Greedy decoding over the packed lm head, every tile read: each panel of rows' running maxima
+// into best / column [M, slots, 32] (filled beforehand).
+template <typename W>
+void FullArgmax(ffi::ThreadPool& pool, const float* x, int64_t m, int64_t k, const W* w,
+                int64_t columns, float* best, int32_t* column, int64_t slots) {
+  for (int64_t r0 = 0; r0 < m; r0 += kRowPanel) {
+    Panel<W> panel{x + r0 * k, std::min(kRowPanel, m - r0), k, (columns + kTile - 1) / kTile};
+    panel.w[0] = w;
+    panel.greedy = true;
+    panel.columns = columns;
+    panel.slots = slots;
+    panel.best = best + r0 * slots * kTile;
+    panel.best_column = column + r0 * slots * kTile;
+    panel.Run(pool);
+  }
+}
+
+bool ArgmaxShapesOk(const ffi::Span<const int64_t>& xd, const ffi::Span<const int64_t>& wd,
+                    int64_t columns, const ffi::Span<const int64_t>& bd,
+                    const ffi::Span<const int64_t>& cd) {
+  return xd.size() == 2 && wd.size() == 3 && wd[2] == kTile && xd[1] == wd[1] && columns >= 1 &&
+         columns <= wd[0] * kTile && bd.size() == 3 && bd[0] == xd[0] && bd[1] >= 1 &&
+         bd[2] == kTile && cd.size() == 3 && cd[0] == bd[0] && cd[1] == bd[1] && cd[2] == kTile;
+}
+
 // Greedy decoding over the packed lm head without writing the logits: per row, each worker's
 // running maximum by lane (RunningMax) in its slot of best / column [M, slots, 32]; slots no
 // worker filled keep -inf and the column `columns` (never a token). Tiles past `columns` are
@@ -280,30 +309,197 @@ template <ffi::DataType T>
 ffi::Error PackedArgmax(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<T> w,
                         int64_t columns, ffi::ResultBuffer<ffi::F32> best,
                         ffi::ResultBuffer<ffi::S32> column) {
-  using W = std::remove_pointer_t<decltype(w.typed_data())>;
-  const auto xd = x.dimensions(), wd = w.dimensions(), bd = best->dimensions(),
-             cd = column->dimensions();
-  if (xd.size() != 2 || wd.size() != 3 || wd[2] != kTile || xd[1] != wd[1] || columns < 1 ||
-      columns > wd[0] * kTile || bd.size() != 3 || bd[0] != xd[0] || bd[1] < 1 ||
-      bd[2] != kTile || cd.size() != 3 || cd[0] != bd[0] || cd[1] != bd[1] || cd[2] != kTile) {
+  if (!ArgmaxShapesOk(x.dimensions(), w.dimensions(), columns, best->dimensions(),
+                      column->dimensions())) {
     return ffi::Error::InvalidArgument(
         "marco_packed_argmax: expected x [M, K], w [N / 32, K, 32], 0 < columns <= N, best and "
         "column [M, slots, 32]");
   }
-  const int64_t m = xd[0], k = xd[1], slots = bd[1];
   std::fill_n(best->typed_data(), best->element_count(), -__builtin_inff());
   std::fill_n(column->typed_data(), column->element_count(), static_cast<int32_t>(columns));
-  for (int64_t r0 = 0; r0 < m; r0 += kRowPanel) {
-    Panel<W> panel{x.typed_data() + r0 * k, std::min(kRowPanel, m - r0), k,
-                   (columns + kTile - 1) / kTile};
-    panel.w[0] = w.typed_data();
-    panel.greedy = true;
-    panel.columns = columns;
-    panel.slots = slots;
-    panel.best = best->typed_data() + r0 * slots * kTile;
-    panel.best_column = column->typed_data() + r0 * slots * kTile;
-    panel.Run(pool);
+  FullArgmax(pool, x.typed_data(), x.dimensions()[0], x.dimensions()[1], w.typed_data(), columns,
+             best->typed_data(), column->typed_data(), best->dimensions()[1]);
+  return ffi::Error::Success();
+}
+
+// What the screened greedy calls did in this process (tests and benches read it):
+// [calls screened, calls that read every tile instead, tiles computed exactly after a screen].
+std::atomic<int64_t> screen_stats[3];
+
+// One worker's screen: the groups in which some row came within its margin of the largest
+// approximate product that worker had seen, and each such group's per-row maxima [hits][rows].
+struct ScreenHits {
+  std::vector<int64_t> groups;
+  std::vector<float> maxima;
+  float floor[marco::kScreenRows];  // per row: largest maximum seen less the row's margin
+};
+
+// Greedy decoding over a float32 head in two passes, with PackedArgmax's outputs and answer:
+// AMX tiles multiply x rounded to bf16 by a bf16 copy of the head (`screen`, amx_screen.h), then
+// the float32 tiles holding every column that can still be the argmax are computed exactly, by
+// the same code as PackedArgmax, in column order.
+//
+// Why the answer is exact: for row r and column j, let x^ and w^ be x and w rounded to bf16, dx =
+// x^ - x, dw = w^ - w. The screened product a (x^ . w^ summed in float32) and the float32 one f
+// (x . w, summed in float32) differ by at most
+//   D = |dx| |w^_j| + |x| |dw_j| + g (|x^| |w^_j| + |x| |w_j|),   g = 1.01 K 2^-24
+// (L2 norms; x^ . w^ - x . w = dx . w^ + x . dw; each float32 sum of K products errs by at most
+// g times the sum of their magnitudes), with the head's largest column norms of w^, dw and w
+// (`norms`) in place of column j's. The argmax column j* then has a_j* >= f_j* - D >= f_m - D >=
+// a_m - 2D for the largest screened product a_m: every column within 2D of a_m is computed
+// exactly, every column tied for the largest float32 product among them. Margin: 2.5 D (the
+// norms' own rounding), plus the flushed denormals of AMX (DAZ/FTZ: below 1.2e-38 per term).
+// The rounding residuals are measured, not bounded: |dx| is about a third of 2^-8 |x| on real
+// data, so the margin is about 3 times tighter than the worst case.
+// Read every tile instead (as PackedArgmax) without AMX, for more than 16 rows, for a
+// non-finite or huge x or head (|x| * norm > 1e30: no product can overflow), or where more than
+// a sixteenth of the tiles would be computed exactly.
+ffi::Error PackedArgmaxScreened(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::BF16> screen,
+                                ffi::Buffer<ffi::F32> norms, int64_t columns,
+                                ffi::ResultBuffer<ffi::F32> best,
+                                ffi::ResultBuffer<ffi::S32> column) {
+  const auto xd = x.dimensions(), wd = w.dimensions(), sd = screen.dimensions();
+  const bool shapes_ok = ArgmaxShapesOk(xd, wd, columns, best->dimensions(), column->dimensions());
+  const int64_t m = shapes_ok ? xd[0] : 0, k = shapes_ok ? xd[1] : 0;
+  const int64_t tiles = shapes_ok ? wd[0] : 0;
+  const int64_t chunks = (k + marco::kScreenChunk - 1) / marco::kScreenChunk;
+  const int64_t groups = (tiles * kTile + marco::kScreenGroup - 1) / marco::kScreenGroup;
+  if (!shapes_ok || sd.size() != 6 || sd[0] != groups || sd[1] != chunks || sd[2] != 4 ||
+      sd[3] != 16 || sd[4] != 16 || sd[5] != 2 || norms.element_count() != 3) {
+    return ffi::Error::InvalidArgument(
+        "marco_packed_argmax_screened: expected x [M, K], w [N / 32, K, 32], screen "
+        "[ceil(N / 64), ceil(K / 32), 4, 16, 16, 2], norms [3], 0 < columns <= N, best and column "
+        "[M, slots, 32]");
   }
+  const int64_t slots = best->dimensions()[1];
+  float* best_data = best->typed_data();
+  int32_t* column_data = column->typed_data();
+  std::fill_n(best_data, best->element_count(), -__builtin_inff());
+  std::fill_n(column_data, column->element_count(), static_cast<int32_t>(columns));
+  if (m == 0) return ffi::Error::Success();
+  const float* xs = x.typed_data();
+  auto read_every_tile = [&] {
+    screen_stats[1].fetch_add(1, std::memory_order_relaxed);
+    FullArgmax(pool, xs, m, k, w.typed_data(), columns, best_data, column_data, slots);
+    return ffi::Error::Success();
+  };
+  // The head's largest column norms: of w^, of dw = w^ - w, of w.
+  const double w_hat = norms.typed_data()[0], dw = norms.typed_data()[1],
+               w_norm = norms.typed_data()[2];
+  if (!marco::AmxReady() || m > marco::kScreenRows || !(std::max({w_hat, dw, w_norm}) <= 1e30)) {
+    return read_every_tile();
+  }
+  // x rounded to bf16 (nearest even), zero-padded to whole chunks; each row's margin.
+  std::vector<uint16_t> x_bf16(m * chunks * marco::kScreenChunk, 0);
+  float margin[marco::kScreenRows];
+  const double g = 1.01 * static_cast<double>(k) * 0x1p-24;
+  for (int64_t r = 0; r < m; ++r) {
+    double x2 = 0, dx2 = 0, x_hat2 = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      const float v = xs[r * k + i];
+      if (!(std::fabs(v) <= 1e30f)) return read_every_tile();
+      uint32_t bits;
+      std::memcpy(&bits, &v, sizeof(bits));
+      bits += 0x7fff + ((bits >> 16) & 1);
+      const uint16_t rounded = static_cast<uint16_t>(bits >> 16);
+      x_bf16[r * chunks * marco::kScreenChunk + i] = rounded;
+      const uint32_t wide = static_cast<uint32_t>(rounded) << 16;
+      float v_hat;
+      std::memcpy(&v_hat, &wide, sizeof(v_hat));
+      x2 += static_cast<double>(v) * v;
+      x_hat2 += static_cast<double>(v_hat) * v_hat;
+      dx2 += (static_cast<double>(v_hat) - v) * (static_cast<double>(v_hat) - v);
+    }
+    const double x_norm = std::sqrt(x2), x_hat = std::sqrt(x_hat2), dx = std::sqrt(dx2);
+    if (!(x_norm * std::max(w_hat, w_norm) <= 1e30)) return read_every_tile();
+    const double d = dx * w_hat + x_norm * dw + g * (x_hat * w_hat + x_norm * w_norm);
+    const double flushed = 2.4e-38 * static_cast<double>(k) * (1 + x_hat + w_hat);
+    margin[r] = static_cast<float>(2.5 * d + flushed);
+  }
+  const int64_t screened_groups = (columns + marco::kScreenGroup - 1) / marco::kScreenGroup;
+  const int64_t helpers = marco::Helpers(
+      pool, m * k * screened_groups * marco::kScreenGroup >= kMinParallelFma, screened_groups);
+  std::vector<ScreenHits> hits(helpers + 1);
+  const uint16_t* screen_data = reinterpret_cast<const uint16_t*>(screen.typed_data());
+  auto start = [&](int64_t worker) {
+    hits[worker].groups.clear();
+    hits[worker].maxima.clear();
+    std::fill_n(hits[worker].floor, marco::kScreenRows, -__builtin_inff());
+  };
+  auto screen_groups = [&](int64_t g0, int64_t g1, int64_t worker) {
+    ScreenHits& mine = hits[worker];
+    alignas(64) float products[marco::kScreenRows * marco::kScreenGroup];
+    marco::ConfigureScreenTiles(m);
+    for (int64_t g = g0; g < g1; ++g) {
+      marco::ScreenGroup(x_bf16.data(), chunks, screen_data + g * chunks * marco::kScreenGroupValues,
+                         products);
+      const int64_t valid = std::min(marco::kScreenGroup, columns - g * marco::kScreenGroup);
+      if (valid < marco::kScreenGroup) {  // columns past `columns` never count
+        for (int64_t r = 0; r < m; ++r) {
+          std::fill_n(products + r * marco::kScreenGroup + valid, marco::kScreenGroup - valid,
+                      -__builtin_inff());
+        }
+      }
+      Vec16 row_max[marco::kScreenRows];
+      bool hit = false;
+      for (int64_t r = 0; r < m; ++r) {
+        const float* p = products + r * marco::kScreenGroup;
+        const Vec16 a = Load(p), b = Load(p + 16), d = Load(p + 32), e = Load(p + 48);
+        const Vec16 ab = a > b ? a : b, de = d > e ? d : e;
+        row_max[r] = ab > de ? ab : de;
+        const Int16 over = row_max[r] >= marco::Splat(mine.floor[r]);
+        for (int i = 0; i < 16; ++i) hit |= over[i] != 0;
+      }
+      if (!hit) continue;
+      mine.groups.push_back(g);
+      for (int64_t r = 0; r < m; ++r) {
+        float most = row_max[r][0];
+        for (int i = 1; i < 16; ++i) most = std::max(most, row_max[r][i]);
+        mine.maxima.push_back(most);
+        mine.floor[r] = std::max(mine.floor[r], most - margin[r]);
+      }
+    }
+    marco::ReleaseScreenTiles();
+  };
+  marco::ShareOut(pool, screened_groups, helpers, start, screen_groups);
+  // Every worker's floor is at most the final one, so a group no worker kept is ruled out.
+  float floor[marco::kScreenRows];
+  for (int64_t r = 0; r < m; ++r) {
+    float most = -__builtin_inff();
+    for (const ScreenHits& h : hits) {
+      for (size_t i = 0; i < h.groups.size(); ++i) most = std::max(most, h.maxima[i * m + r]);
+    }
+    floor[r] = most - margin[r];
+  }
+  std::vector<int64_t> exact_tiles;
+  for (const ScreenHits& h : hits) {
+    for (size_t i = 0; i < h.groups.size(); ++i) {
+      bool kept = false;
+      for (int64_t r = 0; r < m; ++r) kept |= h.maxima[i * m + r] >= floor[r];
+      if (!kept) continue;
+      for (int64_t t = h.groups[i] * 2; t < h.groups[i] * 2 + 2 && t * kTile < columns; ++t) {
+        exact_tiles.push_back(t);
+      }
+    }
+  }
+  const int64_t read_tiles = (columns + kTile - 1) / kTile;
+  if (static_cast<int64_t>(exact_tiles.size()) > std::max<int64_t>(16, read_tiles / 16)) {
+    return read_every_tile();
+  }
+  std::sort(exact_tiles.begin(), exact_tiles.end());
+  Panel<float> panel{xs, m, k, read_tiles};
+  panel.w[0] = w.typed_data();
+  panel.greedy = true;
+  panel.columns = columns;
+  panel.slots = slots;
+  panel.best = best_data;
+  panel.best_column = column_data;
+  Panel<float>::Running().Start(m);
+  for (int64_t t : exact_tiles) panel.Track(t);
+  panel.Publish(0);
+  screen_stats[0].fetch_add(1, std::memory_order_relaxed);
+  screen_stats[2].fetch_add(static_cast<int64_t>(exact_tiles.size()), std::memory_order_relaxed);
   return ffi::Error::Success();
 }
 
@@ -340,3 +536,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedArgmaxBf16, PackedArgmax<ffi::BF16>,
                                   .Attr<int64_t>("columns")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedArgmaxScreened, PackedArgmaxScreened,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("columns")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+// Whether the screened greedy kernel can use AMX tiles in this process (1) or reads every tile.
+extern "C" int MarcoAmxScreenReady() { return marco::AmxReady() ? 1 : 0; }
+
+// screen_stats (above) into out[3].
+extern "C" void MarcoScreenStats(int64_t* out) {
+  for (int i = 0; i < 3; ++i) out[i] = screen_stats[i].load(std::memory_order_relaxed);
+}
