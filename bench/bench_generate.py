@@ -111,7 +111,13 @@ from marco_jax.convert.hf_to_ours import convert_hf_to_orbax  # noqa: E402
 from marco_jax.infer import generate  # noqa: E402
 from marco_jax.infer.sampling import greedy_tokens, packed_greedy_tokens  # noqa: E402
 from marco_jax.model.config import get_preset  # noqa: E402
-from marco_jax.model.packed_matmul import pack_kernel, packed_matmul  # noqa: E402
+from marco_jax.model.packed_matmul import (  # noqa: E402
+    greedy_screen_available,
+    pack_kernel,
+    packed_matmul,
+    screen_head,
+    screen_stats,
+)
 
 
 def build(tmp: Path, name: str):
@@ -197,6 +203,8 @@ class HeadTimes(NamedTuple):
     xla_greedy: float  # XLA's dot, then greedy_tokens over the logits
     packed_greedy: float  # the packed kernel, then greedy_tokens over the logits
     fused_greedy: float  # the kernel's fused greedy (no logits)
+    screened_greedy: float | None  # the same, screened on AMX tiles (None: no AMX)
+    exact_tiles: float  # per screened call: 32-column tiles computed exactly
 
 
 def head_ceiling(cfg, batch: int, repeats: int = 32) -> HeadTimes:
@@ -221,10 +229,14 @@ def head_ceiling(cfg, batch: int, repeats: int = 32) -> HeadTimes:
 
     xj, wj = jnp.asarray(x), jnp.asarray(w)
     packed = pack_kernel(wj)
-    sides = ((jnp.matmul, wj), (packed_matmul, packed),
+    sides = [(jnp.matmul, wj), (packed_matmul, packed),
              (lambda x, w: greedy_tokens(jnp.matmul(x, w)), wj),
              (lambda x, w: greedy_tokens(packed_matmul(x, w)), packed),
-             (packed_greedy_tokens, packed))
+             (packed_greedy_tokens, packed)]
+    screens = greedy_screen_available()
+    if screens:
+        sides.append((packed_greedy_tokens, jax.jit(screen_head)(packed, wj)))
+    before = screen_stats()
     seconds = []
     for step, weight in sides:
         loop = chain(step)
@@ -237,9 +249,29 @@ def head_ceiling(cfg, batch: int, repeats: int = 32) -> HeadTimes:
         for _ in range(repeats):
             torch.mm(xt, wt, out=out)
 
+    calls = screen_stats()
+    screened = max(1, calls["screened"] - before["screened"])
     torch_loop()
     torch_s = best_of(torch_loop, repeats=3)[1] / repeats
-    return HeadTimes(seconds[0], seconds[1], torch_s, *seconds[2:])
+    return HeadTimes(seconds[0], seconds[1], torch_s, *seconds[2:5],
+                     seconds[5] if screens else None,
+                     (calls["exact_tiles"] - before["exact_tiles"]) / screened)
+
+
+def screened_head_bytes(cfg, before: dict[str, int], after: dict[str, int], steps: int
+                        ) -> tuple[float, float, int] | None:
+    """For a run whose greedy calls screened the head (`screen_stats` before and after it, one
+    call per token): (the step's bytes less those of reading the float32 head, exact tiles per
+    call, calls that read every tile); None if none screened."""
+    calls = after["screened"] - before["screened"]
+    if calls == 0:
+        return None
+    exact = (after["exact_tiles"] - before["exact_tiles"]) / calls
+    fell_back = after["read_every_tile"] - before["read_every_tile"]
+    head = cfg.hidden_size * cfg.vocab_size
+    screened = calls / steps  # the calls that read every tile read the float32 head
+    change = screened * (head * 2 + exact * cfg.hidden_size * 32 * 4 - head * 4)
+    return change, exact, fell_back
 
 
 def main() -> None:
@@ -300,17 +332,26 @@ def main() -> None:
                                   decode_bytes_per_step(cfg, batch, slots, size, size),
                                   flops if hf_dtype == "float32" else None,
                                   is_hf=True, fp32_ours=False))
+            screens = []
             for param_dtype, matmul_dtype, xla_dots in ours:
                 model = load_model(tmp / name / "ours", dtype="float32", param_dtype=param_dtype,
                                    matmul_dtype=matmul_dtype)
                 run = functools.partial(ours_generate, model, tokens, lengths, xla_dots=xla_dots)
-                run(1), run(args.new_tokens)  # compile both lengths
+                run(1)
+                before = screen_stats()
+                run(args.new_tokens)  # compiles this length; counts the screen's work
                 label = (f"marco_jax {param_dtype}" + (f"/{matmul_dtype} mm" if matmul_dtype
                                                        else "") + (" XLA ops" if xla_dots else ""))
-                sides.append(Side(label, run, decode_bytes_per_step(
-                    cfg, batch, slots, jnp.dtype(param_dtype).itemsize, 4),
-                    None if matmul_dtype else flops, is_hf=False,
-                    fp32_ours=(param_dtype, matmul_dtype) == ("float32", "")))
+                step_bytes = decode_bytes_per_step(cfg, batch, slots,
+                                                   jnp.dtype(param_dtype).itemsize, 4)
+                screen = screened_head_bytes(cfg, before, screen_stats(), args.new_tokens)
+                if screen is not None and not xla_dots:
+                    label += " AMX screen"
+                    screens.append((label, step_bytes, *screen))
+                    step_bytes += screen[0]
+                sides.append(Side(label, run, step_bytes, None if matmul_dtype else flops,
+                                  is_hf=False,
+                                  fp32_ours=(param_dtype, matmul_dtype) == ("float32", "")))
             timings = time_decode_sides([side.run for side in sides], args.new_tokens)
             # transformers' first dtype is the token reference and the step ours are set against.
             ref = hf_step = None
@@ -327,6 +368,14 @@ def main() -> None:
                     if side.fp32_ours and hf_dtypes[0] == "float32":
                         same += " " + first_divergence(hf, tokens, lengths, ref, t.tokens)
                 show_row(batch, side, t, roof, vs, same)
+                for label, full_bytes, change, exact, fell_back in screens:
+                    if label == side.label:
+                        full_s = full_bytes / roof.bandwidth(full_bytes)
+                        print(f"      {label}: the step reads the head's bf16 screen and "
+                              f"{exact:.1f} exact tiles a call ({change / 1e6:+.1f} MB against "
+                              f"the float32 head; {fell_back} calls read every tile); against "
+                              f"the float32 head's bytes the row is at "
+                              f"{full_s / t.step_s:.1%} of the roofline")
             head = head_ceiling(cfg, batch)
             head_bytes = cfg.hidden_size * cfg.vocab_size * 4
             print(f"      kernel ceiling: lm-head matmul [{batch},{cfg.hidden_size}]x"
@@ -334,9 +383,12 @@ def main() -> None:
                   f"packed kernel {head.packed * 1e3:.2f} ms, PyTorch {head.torch * 1e3:.2f} ms; "
                   f"reading its weights at the roof bandwidth "
                   f"{head_bytes / roof.bandwidth(head_bytes) * 1e3:.2f} ms")
+            screened = ("no AMX" if head.screened_greedy is None else
+                        f"{head.screened_greedy * 1e3:.2f} ms ({head.exact_tiles:.1f} exact tiles "
+                        "a call)")
             print(f"      greedy through the head: XLA dot + argmax {head.xla_greedy * 1e3:.2f} "
                   f"ms, packed kernel + argmax {head.packed_greedy * 1e3:.2f} ms, fused in the "
-                  f"kernel {head.fused_greedy * 1e3:.2f} ms")
+                  f"kernel {head.fused_greedy * 1e3:.2f} ms, screened on AMX {screened}")
 
 
 if __name__ == "__main__":
