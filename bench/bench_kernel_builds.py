@@ -22,6 +22,10 @@ cache, cycled through in the loop, as a decode step reads each layer's once; at 
                          (at slot LIVE - 1), the caches carried through the loop and donated,
                          as a decode loop carries its KV cache; skipped where a build has no
                          such kernel (before c565fca)
+  greedy:ROWS:KxN        greedy token choice through an lm head [K, N]: the AMX-screened
+                         kernel with this checkout's screen (`screen_head`) where a build has
+                         it and this CPU has AMX, else the fused kernel that reads every tile
+                         (so `--a` before the screen times one against the other)
 The two builds' outputs are compared: the largest absolute difference is printed. A case must
 call both builds' kernels as they were (grouped matmuls, for one, arrived in bd9dab6).
 """
@@ -46,16 +50,22 @@ import numpy as np  # noqa: E402
 from common import times_in_turns  # noqa: E402
 
 from marco_jax.config.cli import fail  # noqa: E402
+from marco_jax.infer.sampling import tokens_from_parts  # noqa: E402
 from marco_jax.model import native  # noqa: E402
 from marco_jax.model.attention import MASK_VALUE  # noqa: E402
-from marco_jax.model.packed_matmul import TILE, pack_kernel  # noqa: E402
+from marco_jax.model.packed_matmul import (  # noqa: E402
+    TILE,
+    greedy_screen_available,
+    pack_kernel,
+    screen_head,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 KERNELS = "marco_jax/model/cpu_kernels"
 DEFAULT_CASES = ("mm:1:384x384+384x128+384x128,mm:1:384x1536+384x1536,mm:1:1536x384,"
                  "mm:8:384x384+384x128+384x128,mm:8:384x1536+384x1536,mm:8:1536x384,"
                  "mm:8:384x32000,mm:8:128x151936,attn:1:255:192,attn:8:255:192,attn:8:255:250,"
-                 "attnw:8:255:250")
+                 "attnw:8:255:250,greedy:1:128x151936,greedy:8:128x151936,greedy:8:896x151936")
 COLD_BYTES = 128 * 2**20
 MAX_COPIES = 256  # tiny cases stay partly cached rather than unroll thousands of calls
 LOOPS = 20  # passes over the copies per timed call
@@ -204,6 +214,33 @@ def writing_attention_case(batch: int, slots: int, live: int, rng):
     return make, LOOPS * len(caches)
 
 
+def greedy_case(rows: int, k: int, n: int, rng, screens: dict[str, bool]):
+    """Greedy token choice through a head [K, N] (cold copies), each call's tokens nudging the
+    next call's input; `screens[tag]`: that build screens the head on AMX tiles."""
+    copies = cold_copies(6 * k * n)  # float32 tiles and the bf16 screen
+    heads = []
+    for _ in range(copies):
+        w = jnp.asarray(rng.standard_normal((k, n)) * 0.02, jnp.float32)
+        heads.append(jax.jit(screen_head)(pack_kernel(w), w))
+    x = jnp.asarray(rng.standard_normal((rows, k)), jnp.float32)
+    slots = os.cpu_count() or 1
+    outs = tuple(jax.ShapeDtypeStruct((rows, slots, TILE), d) for d in (jnp.float32, jnp.int32))
+
+    def make(tag: str):
+        def call(h, head):
+            if screens[tag]:
+                value, column = jax.ffi.ffi_call(f"marco_packed_argmax_screened__{tag}", outs)(
+                    h, head.tiles, head.screen, head.screen_norms, columns=np.int64(n))
+            else:
+                value, column = jax.ffi.ffi_call(f"marco_packed_argmax__{tag}", outs)(
+                    h, head.tiles, columns=np.int64(n))
+            tokens = tokens_from_parts(value.reshape(rows, -1), column.reshape(rows, -1))
+            return h + 1e-6 * tokens[:, None].astype(jnp.float32)
+        return functools.partial(chained(lambda h, *head: call(h, *head)), x,
+                                 [(head,) for head in heads])
+    return make, LOOPS * copies
+
+
 def parse_case(case: str) -> tuple:
     """("mm", rows, shapes) or ("attn" / "attnw", batch, slots, live), or one line and exit
     2."""
@@ -214,14 +251,18 @@ def parse_case(case: str) -> tuple:
             if all(len(s) == 2 and min(s) > 0 for s in shapes) and len(
                     {k for k, _ in shapes}) == 1 and int(fields[0]) > 0:
                 return "mm", int(fields[0]), shapes
+        if kind == "greedy" and len(fields) == 2:
+            rows, (k, n) = int(fields[0]), map(int, fields[1].split("x"))
+            if rows > 0 and k > 0 and n > 0:
+                return "greedy", rows, k, n
         if kind in ("attn", "attnw") and len(fields) == 3:
             batch, slots, live = map(int, fields)
             if batch > 0 and 0 < live <= slots:
                 return kind, batch, slots, live
     except ValueError:
         pass
-    fail(f"--cases {case!r}: expected mm:ROWS:KxN[+KxN...] (one K), attn:BATCH:SLOTS:LIVE or "
-         "attnw:BATCH:SLOTS:LIVE")
+    fail(f"--cases {case!r}: expected mm:ROWS:KxN[+KxN...] (one K), attn:BATCH:SLOTS:LIVE, "
+         "attnw:BATCH:SLOTS:LIVE or greedy:ROWS:KxN")
 
 
 def main() -> None:
@@ -247,9 +288,17 @@ def main() -> None:
                 print(f"{case:32s} skipped: {' and '.join(lacking)} has no writing attention "
                       "kernel")
                 continue
-            build = {"mm": matmul_case, "attn": attention_case,
-                     "attnw": writing_attention_case}[kind]
-            make, calls = build(*sizes, rng)
+            if kind == "greedy":
+                screens = {tag: "marco_packed_argmax_screened" in targets[tag]
+                           and greedy_screen_available() for tag in "ab"}
+                print(f"{case}: " + ", ".join(
+                    f"{tag.upper()} {'screened on AMX' if on else 'reads every tile'}"
+                    for tag, on in screens.items()))
+                make, calls = greedy_case(*sizes, rng, screens)
+            else:
+                build = {"mm": matmul_case, "attn": attention_case,
+                         "attnw": writing_attention_case}[kind]
+                make, calls = build(*sizes, rng)
             steps = {tag: make(tag) for tag in "ab"}
             outs = {tag: np.asarray(step()) for tag, step in steps.items()}  # compiles
             times = times_in_turns(steps, args.rounds)

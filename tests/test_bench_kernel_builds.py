@@ -28,11 +28,12 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(not kernels_available(), reason="no C++ compiler for the CPU kernels")
 def test_two_builds_of_the_same_sources_agree_bit_for_bit():
     done = _bench("--a", str(KERNELS), "--b", str(KERNELS), "--rounds", "2",
-                  "--cases", "mm:3:256x2048+256x512,attn:2:1024:1000,attnw:2:1024:1000")
+                  "--cases", "mm:3:256x2048+256x512,attn:2:1024:1000,attnw:2:1024:1000,"
+                  "greedy:3:64x5000")
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines()
-             if line.startswith(("mm:", "attn:", "attnw:"))]
-    assert len(lines) == 3, done.stdout
+             if line.startswith(("mm:", "attn:", "attnw:", "greedy:")) and "B / A" in line]
+    assert len(lines) == 4, done.stdout
     for line in lines:
         assert line.endswith("max |B - A| 0.0e+00"), line
         assert "B / A" in line
@@ -43,6 +44,7 @@ def test_two_builds_of_the_same_sources_agree_bit_for_bit():
     (["--a", str(KERNELS), "--cases", "mm:0:64x64"], "--cases 'mm:0:64x64': expected"),
     (["--a", str(KERNELS), "--cases", "attn:2:64:65"], "--cases 'attn:2:64:65': expected"),
     (["--a", str(KERNELS), "--cases", "attnw:2:0:0"], "--cases 'attnw:2:0:0': expected"),
+    (["--a", str(KERNELS), "--cases", "greedy:0:64x64"], "--cases 'greedy:0:64x64': expected"),
     (["--a", str(KERNELS), "--rounds", "1"], "--rounds 1: expected >= 2"),
 ])
 def test_wrong_input_is_one_line_and_exit_2(args, says, monkeypatch, capsys):
