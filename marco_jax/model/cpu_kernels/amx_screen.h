@@ -58,6 +58,14 @@ inline void ConfigureScreenTiles(int64_t rows) {
 
 inline void ReleaseScreenTiles() { _tile_release(); }
 
+// Each weight tile's 16 lines, kScreenAheadBytes ahead into L1: tile loads that miss L1 wait on
+// each line in turn.
+constexpr int64_t kScreenAheadBytes = 4096;
+inline void PrefetchTile(const uint16_t* tile) {
+  const char* ahead = reinterpret_cast<const char*>(tile) + kScreenAheadBytes;
+  for (int line = 0; line < 16; ++line) __builtin_prefetch(ahead + 64 * line, 0, 3);
+}
+
 // One group's products [rows, 64] float32 (row stride 64) from x [rows, chunks * 32] bf16 and
 // the group's screen block [chunks, 4, 16, 16, 2]. Products of a pair are exact in float32 and
 // summed in float32 (DAZ/FTZ).
@@ -71,12 +79,16 @@ inline void ScreenGroup(const uint16_t* x, int64_t chunks, const uint16_t* group
   // it to release its tile.
 #define MARCO_SCREEN_CHUNK(XT)                                \
   _tile_loadd(XT, x + c * kScreenChunk, x_stride);            \
+  PrefetchTile(group);                                        \
   _tile_loadd(4, group, 64);                                  \
   _tile_dpbf16ps(0, XT, 4);                                   \
+  PrefetchTile(group + 512);                                  \
   _tile_loadd(5, group + 512, 64);                            \
   _tile_dpbf16ps(1, XT, 5);                                   \
+  PrefetchTile(group + 1024);                                 \
   _tile_loadd(4, group + 1024, 64);                           \
   _tile_dpbf16ps(2, XT, 4);                                   \
+  PrefetchTile(group + 1536);                                 \
   _tile_loadd(5, group + 1536, 64);                           \
   _tile_dpbf16ps(3, XT, 5);                                   \
   group += kScreenGroupValues;                                \
