@@ -32,14 +32,15 @@ _tokens = jax.jit(packed_greedy_tokens, static_argnums=2)
 _screen = jax.jit(screen_head)
 
 
-def _heads(w: np.ndarray):
-    packed = pack_kernel(jnp.asarray(w))
-    return packed, _screen(packed, jnp.asarray(w))
+def _heads(w: np.ndarray, dtype: str = "float32"):
+    kernel = jnp.asarray(w).astype(dtype)
+    packed = pack_kernel(kernel, dtype=dtype)
+    return packed, _screen(packed, kernel)
 
 
-def _both(x: np.ndarray, w: np.ndarray, columns: int | None = None):
+def _both(x: np.ndarray, w: np.ndarray, columns: int | None = None, dtype: str = "float32"):
     """(tokens reading every tile, screened tokens, what the screened call did)."""
-    packed, screened = _heads(w)
+    packed, screened = _heads(w, dtype)
     every = np.asarray(_tokens(jnp.asarray(x), packed, columns))
     before = screen_stats()
     fast = np.asarray(_tokens(jnp.asarray(x), screened, columns).block_until_ready())
@@ -50,11 +51,12 @@ def _both(x: np.ndarray, w: np.ndarray, columns: int | None = None):
 @pytest.mark.parametrize("rows, k, n, columns", [
     (1, 128, 20000, None), (8, 128, 40000, None), (16, 96, 30000, 29999), (5, 48, 20000, 19001),
     (3, 200, 12345, None)], ids=str)
-def test_screened_tokens_equal_reading_every_tile(rows, k, n, columns):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_screened_tokens_equal_reading_every_tile(rows, k, n, columns, dtype):
     rng = np.random.default_rng(rows * 1000 + k)
     w = rng.normal(0, 0.02, (k, n)).astype(np.float32)
     x = rng.normal(0, 1, (rows, k)).astype(np.float32)
-    every, fast, did = _both(x, w, columns)
+    every, fast, did = _both(x, w, columns, dtype)
     np.testing.assert_array_equal(fast, every)
     assert did["screened"] == 1 and did["read_every_tile"] == 0
     assert 0 < did["exact_tiles"] <= max(16, -(-(columns or n) // 32) // 16)
@@ -151,10 +153,11 @@ def test_the_screen_layout_follows_its_index_map():
         np.linalg.norm(w, axis=0).max()], rtol=1e-5)
 
 
-def test_greedy_generation_screens_the_head_and_keeps_its_tokens(monkeypatch):
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_greedy_generation_screens_the_head_and_keeps_its_tokens(param_dtype, monkeypatch):
     config = Qwen2Config(vocab_size=4096, hidden_size=64, intermediate_size=160,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         rope_theta=10_000.0, initializer_range=0.3)
+                         rope_theta=10_000.0, initializer_range=0.3, param_dtype=param_dtype)
     model = init_model(config, seed=3)
     assert generate_module.screens_head(model)
     prompts = np.random.default_rng(7).integers(0, config.vocab_size, (3, 12))

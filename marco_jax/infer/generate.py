@@ -79,10 +79,10 @@ def decode_head(graphdef: nnx.GraphDef, state: nnx.State, pack: bool = False,
 
 
 def screens_head(model: Qwen2ForCausalLM) -> bool:
-    """Whether a packed head carries greedy decoding's screen (`packed_matmul.screen_head`): float32
-    tiles (params not in bf16) on a CPU with AMX tiles. It costs a bf16 copy of the head beside
-    the packed one, counted in `packs_head`'s budget."""
-    return packed_dtype(model.config.jnp_param_dtype) == jnp.float32 and greedy_screen_available()
+    """Whether a packed head carries greedy decoding's screen (`packed_matmul.screen_head`): on a
+    CPU with AMX tiles. It costs a bf16 copy of the head beside the packed one (float32 or bf16
+    tiles), counted in `packs_head`'s budget."""
+    return greedy_screen_available()
 
 
 def decode_layers(graphdef: nnx.GraphDef, state: nnx.State, pack: bool = False

@@ -36,6 +36,7 @@ HANDLERS = {
     "marco_packed_argmax": "MarcoPackedArgmax",
     "marco_packed_argmax_bf16": "MarcoPackedArgmaxBf16",
     "marco_packed_argmax_screened": "MarcoPackedArgmaxScreened",
+    "marco_packed_argmax_screened_bf16": "MarcoPackedArgmaxScreenedBf16",
     "marco_decode_attention": "MarcoDecodeAttention",
     "marco_decode_attention_write": "MarcoDecodeAttentionWrite",
 }

@@ -47,7 +47,8 @@ _ARGMAX_TARGET = "marco_packed_argmax"
 _TARGETS = {jnp.dtype(jnp.float32): _TARGET, jnp.dtype(jnp.bfloat16): _TARGET + "_bf16"}
 _ARGMAX_TARGETS = {jnp.dtype(jnp.float32): _ARGMAX_TARGET,
                    jnp.dtype(jnp.bfloat16): _ARGMAX_TARGET + "_bf16"}
-_SCREENED_TARGET = "marco_packed_argmax_screened"
+_SCREENED_TARGETS = {jnp.dtype(jnp.float32): "marco_packed_argmax_screened",
+                     jnp.dtype(jnp.bfloat16): "marco_packed_argmax_screened_bf16"}
 SCREEN_ROWS = 16  # rows the screened greedy kernel takes (kScreenRows); more read every tile
 _MAX_WORKERS = 64  # threads greedy decoding's kernel shares the head's tiles among, at most
 _F32 = jnp.dtype(jnp.float32)
@@ -95,17 +96,17 @@ def pack_kernel(kernel: jax.Array, contract_dims: int = 1,
 
 
 def screen_head(packed: PackedKernel, kernel: jax.Array) -> PackedKernel:
-    """`packed` (float32 tiles of `kernel` [K, N]) with greedy decoding's screen: `kernel` in bf16
-    (nearest even), zero-padded to [ceil(K / 32) * 32, ceil(N / 64) * 64], in the layout AMX
-    tile products read (cpu_kernels/amx_screen.h), and the largest column L2 norms of that copy, of
-    its rounding residual and of `kernel`, which bound the screen's error (packed_matmul.cc,
-    PackedArgmaxScreened). Half the head's bytes again; build it where
-    `greedy_screen_available()`."""
+    """`packed` (the tiles of `kernel` [K, N], float32 or bf16) with greedy decoding's screen:
+    `kernel` in bf16 (nearest even; bf16 weights as they are), zero-padded to
+    [ceil(K / 32) * 32, ceil(N / 64) * 64], in the layout AMX tile products read
+    (cpu_kernels/amx_screen.h), and the largest column L2 norms of that copy, of its rounding
+    residual and of `kernel`, which bound the screen's error (packed_matmul.cc,
+    PackedArgmaxScreened). Half a float32 head's bytes again (a bf16 head's: as many); build it
+    where `greedy_screen_available()`."""
     k, n = kernel.shape
-    if packed.tiles.dtype != _F32 or packed.out_shape != (n,) or packed.in_features != k:
-        raise ValueError(f"screen_head: {packed.tiles.dtype} tiles of [{packed.in_features}, "
-                         f"{packed.out_shape}] for a kernel {kernel.shape}; expected the float32 "
-                         "tiles of that kernel")
+    if packed.out_shape != (n,) or packed.in_features != k:
+        raise ValueError(f"screen_head: tiles of [{packed.in_features}, {packed.out_shape}] for "
+                         f"a kernel {kernel.shape}; expected the tiles of that kernel")
     chunks, groups = -(-k // 32), -(-n // 64)
     w = kernel.astype(jnp.float32)
     padded = jnp.pad(w, ((0, chunks * 32 - k), (0, groups * 64 - n)))
@@ -208,7 +209,8 @@ def packed_argmax_parts(x: jax.Array, packed: PackedKernel, columns: int | None 
     shape = (x.shape[0], slots, TILE)
     outputs = (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.int32))
     if packed.screen is not None and x.shape[0] <= SCREEN_ROWS:
-        value, column = jax.ffi.ffi_call(_SCREENED_TARGET, outputs)(
+        value, column = jax.ffi.ffi_call(_SCREENED_TARGETS[jnp.dtype(packed.tiles.dtype)],
+                                         outputs)(
             x.astype(jnp.float32), packed.tiles, packed.screen, packed.screen_norms,
             columns=np.int64(columns))
         return value.reshape(x.shape[0], -1), column.reshape(x.shape[0], -1)

@@ -334,7 +334,8 @@ struct ScreenHits {
   float floor[marco::kScreenRows];  // per row: largest maximum seen less the row's margin
 };
 
-// Greedy decoding over a float32 head in two passes, with PackedArgmax's outputs and answer:
+// Greedy decoding over a head (float32 tiles, or bf16 tiles widened as PackedArgmax widens them)
+// in two passes, with PackedArgmax's outputs and answer:
 // AMX tiles multiply x rounded to bf16 by a bf16 copy of the head (`screen`, amx_screen.h), then
 // the float32 tiles holding every column that can still be the argmax are computed exactly, by
 // the same code as PackedArgmax, in column order.
@@ -354,8 +355,9 @@ struct ScreenHits {
 // Read every tile instead (as PackedArgmax) without AMX, for more than 16 rows, for a
 // non-finite or huge x or head (|x| * norm > 1e30: no product can overflow), or where more than
 // a sixteenth of the tiles would be computed exactly.
+template <ffi::DataType T>
 ffi::Error PackedArgmaxScreened(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                                ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::BF16> screen,
+                                ffi::Buffer<T> w, ffi::Buffer<ffi::BF16> screen,
                                 ffi::Buffer<ffi::F32> norms, int64_t columns,
                                 ffi::ResultBuffer<ffi::F32> best,
                                 ffi::ResultBuffer<ffi::S32> column) {
@@ -488,14 +490,15 @@ ffi::Error PackedArgmaxScreened(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     return read_every_tile();
   }
   std::sort(exact_tiles.begin(), exact_tiles.end());
-  Panel<float> panel{xs, m, k, read_tiles};
+  using W = std::remove_pointer_t<decltype(w.typed_data())>;
+  Panel<W> panel{xs, m, k, read_tiles};
   panel.w[0] = w.typed_data();
   panel.greedy = true;
   panel.columns = columns;
   panel.slots = slots;
   panel.best = best_data;
   panel.best_column = column_data;
-  Panel<float>::Running().Start(m);
+  Panel<W>::Running().Start(m);
   for (int64_t t : exact_tiles) panel.Track(t);
   panel.Publish(0);
   screen_stats[0].fetch_add(1, std::memory_order_relaxed);
@@ -537,11 +540,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedArgmaxBf16, PackedArgmax<ffi::BF16>,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedArgmaxScreened, PackedArgmaxScreened,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedArgmaxScreened, PackedArgmaxScreened<ffi::F32>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("columns")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MarcoPackedArgmaxScreenedBf16, PackedArgmaxScreened<ffi::BF16>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("columns")
