@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from marco_jax.infer.generate import generate
 from marco_jax.infer.sampling import packed_greedy_tokens
@@ -173,3 +174,20 @@ def test_greedy_generation_screens_the_head_and_keeps_its_tokens(param_dtype, mo
     assert screen_stats() == after
     np.testing.assert_array_equal(screened, plain)
     assert len(np.unique(screened)) > 10  # not one repeated token
+
+
+def test_the_memory_budget_counts_the_screen(monkeypatch):
+    """`packs_head` counts the screen's bf16 copy with the packed head and layers: a budget
+    between the two totals packs the head only where no screen is built."""
+    config = Qwen2Config(vocab_size=4096, hidden_size=64, intermediate_size=160,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    model = init_model(config, seed=3)
+    head = model.lm_head_source()
+    layers = jax.tree.leaves(nnx.state(model.model.layers))
+    packed_bytes = 4 * (head.size + sum(a.size for a in layers))
+    budget = packed_bytes + head.size  # the screen's 2 bytes a weight would not fit
+    monkeypatch.setattr(generate_module, "_this_host_memory",
+                        lambda: budget / generate_module.LAYER_COPY_MAX_RAM_FRACTION)
+    assert generate_module.screens_head(model) and not generate_module.packs_head(model)
+    monkeypatch.setattr(generate_module, "greedy_screen_available", lambda: False)
+    assert generate_module.packs_head(model)
