@@ -34,6 +34,13 @@ read again and again as a decode loop reads its weights; the larger of the two i
 (the 2-core VMs of 2026-12-06 report a 300 MiB L3, shared with other tenants): there the 1 GiB
 figure alone put steps above 100% of the roofline (up to 170% in one run).
 
+Rows marked "AMX screen" decoded greedily through a screened head (on CPUs with AMX tiles,
+README "CPU kernels"): a bf16 copy of the head multiplied on AMX tiles, then the few 32-column
+tiles still in contention computed exactly in float32. Their roofline counts the bytes such a step
+reads (the bf16 screen and the exact tiles, counted during the run with `screen_stats`) instead
+of the float32 head; a line under the row gives it against the float32 head's bytes too, the
+bound of a decoder that reads its whole head, as transformers' does.
+
 "% w/ flops" is the full roofline, max(bytes / bandwidth, FLOPs / peak), over the step time,
 for float32-compute sides: FLOPs are 2 per weight per row plus attention over the filled slots,
 the peak a 1024^3 float32 GEMM of XLA's (best of 5). On a 2-core AVX-512 VM that peak is about

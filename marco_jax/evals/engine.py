@@ -218,7 +218,7 @@ class Engine:
         # Weight layouts built on first use and kept (`_kept_layouts`).
         self._decode_head = jax.jit(trace_under_mesh(decode_head, mesh), static_argnums=(0, 2, 3))
         self._decode_layers = jax.jit(trace_under_mesh(decode_layers, mesh),
-                                      static_argnums=(0, 2, 3))
+                                      static_argnums=(0, 2))
 
     def _kept_layouts(self) -> tuple[jax.Array, tuple[nnx.State, ...] | None]:
         """(lm head, per-layer params or None), built on first use and kept for every later
