@@ -38,8 +38,9 @@ Rows marked "AMX screen" decoded greedily through a screened head (on CPUs with 
 README "CPU kernels"): a bf16 copy of the head multiplied on AMX tiles, then the few 32-column
 tiles still in contention computed exactly in float32. Their roofline counts the bytes such a step
 reads (the bf16 screen and the exact tiles, counted during the run with `screen_stats`) instead
-of the float32 head; a line under the row gives it against the float32 head's bytes too, the
-bound of a decoder that reads its whole head, as transformers' does.
+of the whole head; a line under the row gives it against the whole head's bytes too, the bound of
+a decoder that reads its whole head, as transformers' does. Their "% w/ flops" is "-": the head's
+products are then mostly bf16 tile products, not float32 FLOPs.
 
 "% w/ flops" is the full roofline, max(bytes / bandwidth, FLOPs / peak), over the step time,
 for float32-compute sides: FLOPs are 2 per weight per row plus attention over the filled slots,
@@ -265,19 +266,21 @@ def head_ceiling(cfg, batch: int, repeats: int = 32) -> HeadTimes:
                      (calls["exact_tiles"] - before["exact_tiles"]) / screened)
 
 
-def screened_head_bytes(cfg, before: dict[str, int], after: dict[str, int], steps: int
-                        ) -> tuple[float, float, int] | None:
+def screened_head_bytes(cfg, weight_bytes: int, before: dict[str, int], after: dict[str, int],
+                        steps: int) -> tuple[float, float, int] | None:
     """For a run whose greedy calls screened the head (`screen_stats` before and after it, one
-    call per token): (the step's bytes less those of reading the float32 head, exact tiles per
-    call, calls that read every tile); None if none screened."""
+    call per token; the head's tiles `weight_bytes` a weight): (the step's bytes less those of
+    reading every tile of the head, exact tiles per call, calls that read every tile); None if
+    none screened."""
     calls = after["screened"] - before["screened"]
     if calls == 0:
         return None
     exact = (after["exact_tiles"] - before["exact_tiles"]) / calls
     fell_back = after["read_every_tile"] - before["read_every_tile"]
     head = cfg.hidden_size * cfg.vocab_size
-    screened = calls / steps  # the calls that read every tile read the float32 head
-    change = screened * (head * 2 + exact * cfg.hidden_size * 32 * 4 - head * 4)
+    screened = calls / steps  # the calls that read every tile read the whole head
+    change = screened * (head * 2 + exact * cfg.hidden_size * 32 * weight_bytes
+                         - head * weight_bytes)
     return change, exact, fell_back
 
 
@@ -349,15 +352,17 @@ def main() -> None:
                 run(args.new_tokens)  # compiles this length; counts the screen's work
                 label = (f"marco_jax {param_dtype}" + (f"/{matmul_dtype} mm" if matmul_dtype
                                                        else "") + (" XLA ops" if xla_dots else ""))
-                step_bytes = decode_bytes_per_step(cfg, batch, slots,
-                                                   jnp.dtype(param_dtype).itemsize, 4)
-                screen = screened_head_bytes(cfg, before, screen_stats(), args.new_tokens)
+                weight_bytes = jnp.dtype(param_dtype).itemsize
+                step_bytes = decode_bytes_per_step(cfg, batch, slots, weight_bytes, 4)
+                screen = screened_head_bytes(cfg, weight_bytes, before, screen_stats(),
+                                             args.new_tokens)
+                step_flops = None if matmul_dtype else flops
                 if screen is not None and not xla_dots:
                     label += " AMX screen"
                     screens.append((label, step_bytes, *screen))
                     step_bytes += screen[0]
-                sides.append(Side(label, run, step_bytes, None if matmul_dtype else flops,
-                                  is_hf=False,
+                    step_flops = None  # the head's products are mostly bf16 tile products
+                sides.append(Side(label, run, step_bytes, step_flops, is_hf=False,
                                   fp32_ours=(param_dtype, matmul_dtype) == ("float32", "")))
             timings = time_decode_sides([side.run for side in sides], args.new_tokens)
             # transformers' first dtype is the token reference and the step ours are set against.
@@ -380,9 +385,9 @@ def main() -> None:
                         full_s = full_bytes / roof.bandwidth(full_bytes)
                         print(f"      {label}: the step reads the head's bf16 screen and "
                               f"{exact:.1f} exact tiles a call ({change / 1e6:+.1f} MB against "
-                              f"the float32 head; {fell_back} calls read every tile); against "
-                              f"the float32 head's bytes the row is at "
-                              f"{full_s / t.step_s:.1%} of the roofline")
+                              f"reading every tile; {fell_back} calls read every tile); "
+                              f"against the bytes of reading every tile of the head the row is "
+                              f"at {full_s / t.step_s:.1%} of the roofline")
             head = head_ceiling(cfg, batch)
             head_bytes = cfg.hidden_size * cfg.vocab_size * 4
             print(f"      kernel ceiling: lm-head matmul [{batch},{cfg.hidden_size}]x"
