@@ -228,7 +228,8 @@ def _head_for(model: Qwen2ForCausalLM, graphdef: nnx.GraphDef, state: nnx.State
     same model: packed where `packs_head`, else the [embed, vocab] matrix (a tied head's
     transpose is a slow copy: 33 ms for tiny-20m's 151,936 x 128 embedding on a 2-core CPU, four
     times its 128-token prefill). Costs one head-sized array per live model whose head is packed,
-    tied or stored in another dtype than the matmul dtype."""
+    tied or stored in another dtype than the matmul dtype, and a bf16 copy of it beside a packed
+    head where `screens_head`."""
     if packs_head(model, layer_params=jax.tree.leaves(state["model"]["layers"])):
         screen = screens_head(model)
         return kept_derived(_HEADS, model, [model.lm_head_source()], ("packed", screen),
