@@ -498,9 +498,17 @@ ffi::Error PackedArgmaxScreened(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   panel.slots = slots;
   panel.best = best_data;
   panel.best_column = column_data;
-  Panel<W>::Running().Start(m);
-  for (int64_t t : exact_tiles) panel.Track(t);
-  panel.Publish(0);
+  // Shared out as PackedArgmax shares its tiles: each worker's tiles in increasing order, its
+  // running maxima in its own slot.
+  const int64_t exact = static_cast<int64_t>(exact_tiles.size());
+  const int64_t exact_helpers = marco::Helpers(pool, m * k * exact * kTile >= kMinParallelFma,
+                                               std::min(slots, exact) - 1);
+  auto start_exact = [&](int64_t) { Panel<W>::Running().Start(m); };
+  auto exact_pass = [&](int64_t i0, int64_t i1, int64_t worker) {
+    for (int64_t i = i0; i < i1; ++i) panel.Track(exact_tiles[i]);
+    panel.Publish(worker);
+  };
+  marco::ShareOut(pool, exact, exact_helpers, start_exact, exact_pass);
   screen_stats[0].fetch_add(1, std::memory_order_relaxed);
   screen_stats[2].fetch_add(static_cast<int64_t>(exact_tiles.size()), std::memory_order_relaxed);
   return ffi::Error::Success();
