@@ -444,15 +444,16 @@ ffi::Error PackedArgmaxScreened(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         }
       }
       Vec16 row_max[marco::kScreenRows];
-      bool hit = false;
+      Int16 over = {};
       for (int64_t r = 0; r < m; ++r) {
         const float* p = products + r * marco::kScreenGroup;
         const Vec16 a = Load(p), b = Load(p + 16), d = Load(p + 32), e = Load(p + 48);
         const Vec16 ab = a > b ? a : b, de = d > e ? d : e;
         row_max[r] = ab > de ? ab : de;
-        const Int16 over = row_max[r] >= marco::Splat(mine.floor[r]);
-        for (int i = 0; i < 16; ++i) hit |= over[i] != 0;
+        over |= row_max[r] >= marco::Splat(mine.floor[r]);
       }
+      bool hit = false;
+      for (int i = 0; i < 16; ++i) hit |= over[i] != 0;
       if (!hit) continue;
       mine.groups.push_back(g);
       for (int64_t r = 0; r < m; ++r) {
