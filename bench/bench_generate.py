@@ -342,7 +342,7 @@ def main() -> None:
                                   decode_bytes_per_step(cfg, batch, slots, size, size),
                                   flops if hf_dtype == "float32" else None,
                                   is_hf=True, fp32_ours=False))
-            screens = []
+            screens = {}  # label -> (whole-head bytes, screened_head_bytes(...))
             for param_dtype, matmul_dtype, xla_dots in ours:
                 model = load_model(tmp / name / "ours", dtype="float32", param_dtype=param_dtype,
                                    matmul_dtype=matmul_dtype)
@@ -359,7 +359,7 @@ def main() -> None:
                 step_flops = None if matmul_dtype else flops
                 if screen is not None and not xla_dots:
                     label += " AMX screen"
-                    screens.append((label, step_bytes, *screen))
+                    screens[label] = (step_bytes, *screen)
                     step_bytes += screen[0]
                     step_flops = None  # the head's products are mostly bf16 tile products
                 sides.append(Side(label, run, step_bytes, step_flops, is_hf=False,
@@ -380,14 +380,14 @@ def main() -> None:
                     if side.fp32_ours and hf_dtypes[0] == "float32":
                         same += " " + first_divergence(hf, tokens, lengths, ref, t.tokens)
                 show_row(batch, side, t, roof, vs, same)
-                for label, full_bytes, change, exact, fell_back in screens:
-                    if label == side.label:
-                        full_s = full_bytes / roof.bandwidth(full_bytes)
-                        print(f"      {label}: the step reads the head's bf16 screen and "
-                              f"{exact:.1f} exact tiles a call ({change / 1e6:+.1f} MB against "
-                              f"reading every tile; {fell_back} calls read every tile); "
-                              f"against the bytes of reading every tile of the head the row is "
-                              f"at {full_s / t.step_s:.1%} of the roofline")
+                if side.label in screens:
+                    full_bytes, change, exact, fell_back = screens[side.label]
+                    full_s = full_bytes / roof.bandwidth(full_bytes)
+                    print(f"      {side.label}: the step reads the head's bf16 screen and "
+                          f"{exact:.1f} exact tiles a call ({change / 1e6:+.1f} MB against "
+                          f"reading every tile; {fell_back} calls read every tile); against the "
+                          f"bytes of reading every tile of the head the row is at "
+                          f"{full_s / t.step_s:.1%} of the roofline")
             head = head_ceiling(cfg, batch)
             head_bytes = cfg.hidden_size * cfg.vocab_size * 4
             print(f"      kernel ceiling: lm-head matmul [{batch},{cfg.hidden_size}]x"

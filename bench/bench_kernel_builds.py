@@ -236,8 +236,7 @@ def greedy_case(rows: int, k: int, n: int, rng, screens: dict[str, bool]):
                     h, head.tiles, columns=np.int64(n))
             tokens = tokens_from_parts(value.reshape(rows, -1), column.reshape(rows, -1))
             return h + 1e-6 * tokens[:, None].astype(jnp.float32)
-        return functools.partial(chained(lambda h, *head: call(h, *head)), x,
-                                 [(head,) for head in heads])
+        return functools.partial(chained(call), x, [(head,) for head in heads])
     return make, LOOPS * copies
 
 

@@ -174,16 +174,18 @@ def _build(compiler: str, out: Path) -> None:
 
 def library() -> ctypes.CDLL | None:
     """The loaded kernel library (for its plain C functions), or None where `load_error()`."""
-    return _LOADED[0] if load_error() is None else None
+    return _load()[0]
 
 
-_LOADED: list[ctypes.CDLL] = []
-
-
-@functools.cache
 def load_error() -> str | None:
     """Build (or find) the library and register its handlers, once per process: None, or why it
     failed (reported once on stderr; XLA's ops stay in place)."""
+    return _load()[1]
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    """(the library, None), or (None, why it failed): `load_error`, once per process."""
     try:
         compiler = _compiler()
         path = _library_path(compiler)
@@ -193,8 +195,7 @@ def load_error() -> str | None:
         for target, handler in HANDLERS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, handler)),
                                         platform="cpu")
-        _LOADED.append(library)
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
         print(f"warning: CPU kernels unavailable, using XLA's ops: {e}", file=sys.stderr)
-        return str(e)
-    return None
+        return None, str(e)
+    return library, None

@@ -361,18 +361,18 @@ ffi::Error PackedArgmaxScreened(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                 ffi::Buffer<ffi::F32> norms, int64_t columns,
                                 ffi::ResultBuffer<ffi::F32> best,
                                 ffi::ResultBuffer<ffi::S32> column) {
+  const auto bad = ffi::Error::InvalidArgument(
+      "marco_packed_argmax_screened: expected x [M, K], w [N / 32, K, 32], screen "
+      "[ceil(N / 64), ceil(K / 32), 4, 16, 16, 2], norms [3], 0 < columns <= N, best and column "
+      "[M, slots, 32]");
   const auto xd = x.dimensions(), wd = w.dimensions(), sd = screen.dimensions();
-  const bool shapes_ok = ArgmaxShapesOk(xd, wd, columns, best->dimensions(), column->dimensions());
-  const int64_t m = shapes_ok ? xd[0] : 0, k = shapes_ok ? xd[1] : 0;
-  const int64_t tiles = shapes_ok ? wd[0] : 0;
+  if (!ArgmaxShapesOk(xd, wd, columns, best->dimensions(), column->dimensions())) return bad;
+  const int64_t m = xd[0], k = xd[1], tiles = wd[0];
   const int64_t chunks = (k + marco::kScreenChunk - 1) / marco::kScreenChunk;
   const int64_t groups = (tiles * kTile + marco::kScreenGroup - 1) / marco::kScreenGroup;
-  if (!shapes_ok || sd.size() != 6 || sd[0] != groups || sd[1] != chunks || sd[2] != 4 ||
-      sd[3] != 16 || sd[4] != 16 || sd[5] != 2 || norms.element_count() != 3) {
-    return ffi::Error::InvalidArgument(
-        "marco_packed_argmax_screened: expected x [M, K], w [N / 32, K, 32], screen "
-        "[ceil(N / 64), ceil(K / 32), 4, 16, 16, 2], norms [3], 0 < columns <= N, best and column "
-        "[M, slots, 32]");
+  if (sd.size() != 6 || sd[0] != groups || sd[1] != chunks || sd[2] != 4 || sd[3] != 16 ||
+      sd[4] != 16 || sd[5] != 2 || norms.element_count() != 3) {
+    return bad;
   }
   const int64_t slots = best->dimensions()[1];
   float* best_data = best->typed_data();
