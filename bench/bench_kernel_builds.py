@@ -1,7 +1,7 @@
 """Two builds of our CPU kernels in one process, their calls taking turns: which is faster.
 
     JAX_PLATFORMS=cpu .venv/bin/python bench/bench_kernel_builds.py --a 855760d [--b DIR|REV]
-        [--cases mm:8:384x1536+384x1536,attn:8:255:250] [--rounds 15]
+        [--cases mm:8:384x1536+384x1536,attn:8:255:250] [--rounds 15] [--warm]
 
 Why: this shared VM's read bandwidth moves between ~27 and ~60 GB/s within minutes, so a change
 to a kernel timed as two fresh processes (the commit before, the commit after) often measures
@@ -14,11 +14,15 @@ of kernel sources; --b defaults to this checkout's. Each is compiled as the pack
 own library (`native.compile_library`) and its handlers registered under suffixed FFI targets.
 
 Cases (weights and caches cold: enough distinct copies to pass ~128 MB, more than the last-level
-cache, cycled through in the loop, as a decode step reads each layer's once; at most 256 copies):
+cache, cycled through in the loop, as a decode step reads each layer's once; at most 256 copies;
+with --warm, two copies, as a small model's decode loop finds its KV cache and layers in cache):
   mm:ROWS:KxN[+KxN...]   one packed matmul call over these weights (a group: q/k/v, gate/up)
-  attn:BATCH:SLOTS:LIVE  a decode step's attention, the layer-heavy model's heads (2 kv heads,
-                         groups of 3, head dim 64), the first LIVE of SLOTS slots written
-  attnw:BATCH:SLOTS:LIVE the same, by the kernel that first writes the step's key and value
+  attn:BATCH:SLOTS:LIVE[:KVxGxD]
+                         a decode step's attention, the first LIVE of SLOTS slots written; by
+                         default the layer-heavy model's heads (2 kv heads, groups of 3, head
+                         dim 64: 2x3x64; the vocab-heavy model's are 2x2x32)
+  attnw:BATCH:SLOTS:LIVE[:KVxGxD]
+                         the same, by the kernel that first writes the step's key and value
                          (at slot LIVE - 1), the caches carried through the loop and donated,
                          as a decode loop carries its KV cache; skipped where a build has no
                          such kernel (before c565fca)
@@ -66,9 +70,12 @@ DEFAULT_CASES = ("mm:1:384x384+384x128+384x128,mm:1:384x1536+384x1536,mm:1:1536x
                  "mm:8:384x384+384x128+384x128,mm:8:384x1536+384x1536,mm:8:1536x384,"
                  "mm:8:384x32000,mm:8:128x151936,attn:1:255:192,attn:8:255:192,attn:8:255:250,"
                  "attnw:8:255:250,greedy:1:128x151936,greedy:8:128x151936,greedy:8:896x151936")
-COLD_BYTES = 128 * 2**20
+COLD_BYTES = 128 * 2**20  # --warm: WARM_COPIES copies instead
+WARM_COPIES = 2
 MAX_COPIES = 256  # tiny cases stay partly cached rather than unroll thousands of calls
-LOOPS = 20  # passes over the copies per timed call
+LOOPS = 20  # passes over the copies per timed call (WARM_LOOPS with --warm)
+WARM_LOOPS = 200
+WARM = False  # --warm
 
 
 def sources(spec: str, into: Path) -> Path:
@@ -110,7 +117,10 @@ def register(folder: Path, tag: str, out: Path) -> set[str]:
 
 
 def cold_copies(nbytes: int) -> int:
-    """Distinct copies of a case's `nbytes` of weights or caches that pass COLD_BYTES."""
+    """Distinct copies of a case's `nbytes` of weights or caches that pass COLD_BYTES (or
+    WARM_COPIES with --warm)."""
+    if WARM:
+        return WARM_COPIES
     return min(MAX_COPIES, max(2, -(-COLD_BYTES // nbytes)))
 
 
@@ -145,10 +155,11 @@ def matmul_case(rows: int, shapes: list[tuple[int, int]], rng):
 ATTENTION_HEADS = 2, 3, 64  # the layer-heavy model's kv heads, group size and head dim
 
 
-def attention_operands(batch: int, slots: int, live: int, rng):
+def attention_operands(batch: int, slots: int, live: int, heads: tuple[int, int, int], rng):
     """A decode step's attention operands: copies (cold) of the caches k [B*K, D, S] and
-    v [B*K, S, D] as NumPy arrays, q [B*K, G, D] and the first `live` slots valid [B, S]."""
-    kv, group, dim = ATTENTION_HEADS
+    v [B*K, S, D] as NumPy arrays, q [B*K, G, D] and the first `live` slots valid [B, S];
+    `heads` = (kv heads K, group size G, head dim D)."""
+    kv, group, dim = heads
     copies = cold_copies(2 * batch * kv * dim * slots * 4)
     valid = jnp.asarray(np.arange(slots)[None].repeat(batch, 0) < live)
     q = jnp.asarray(rng.standard_normal((batch * kv, group, dim)), jnp.float32)
@@ -158,8 +169,8 @@ def attention_operands(batch: int, slots: int, live: int, rng):
     return q, valid, caches
 
 
-def attention_case(batch: int, slots: int, live: int, rng):
-    q, valid, caches = attention_operands(batch, slots, live, rng)
+def attention_case(batch: int, slots: int, live: int, heads: tuple[int, int, int], rng):
+    q, valid, caches = attention_operands(batch, slots, live, heads, rng)
     caches = [(jnp.asarray(k), jnp.asarray(v)) for k, v in caches]
     dim = q.shape[-1]
 
@@ -174,11 +185,12 @@ def attention_case(batch: int, slots: int, live: int, rng):
     return make, LOOPS * len(caches)
 
 
-def writing_attention_case(batch: int, slots: int, live: int, rng):
+def writing_attention_case(batch: int, slots: int, live: int, heads: tuple[int, int, int],
+                           rng):
     """`attention_case` by the kernel that writes the step's key and value into the cache first
     (slot live - 1, the newest valid one); each build's step carries its own copies of the
     caches from call to call (donated: updated in place, as in a decode loop)."""
-    q, valid, caches = attention_operands(batch, slots, live, rng)
+    q, valid, caches = attention_operands(batch, slots, live, heads, rng)
     dim = q.shape[-1]
     k_new, v_new = (jnp.asarray(rng.standard_normal((q.shape[0], dim)), jnp.float32)
                     for _ in range(2))
@@ -241,8 +253,8 @@ def greedy_case(rows: int, k: int, n: int, rng, screens: dict[str, bool]):
 
 
 def parse_case(case: str) -> tuple:
-    """("mm", rows, shapes) or ("attn" / "attnw", batch, slots, live), or one line and exit
-    2."""
+    """("mm", rows, shapes), ("attn" / "attnw", batch, slots, live, heads) or ("greedy", rows,
+    k, n), or one line and exit 2."""
     kind, *fields = case.split(":")
     try:
         if kind == "mm" and len(fields) == 2:
@@ -254,14 +266,18 @@ def parse_case(case: str) -> tuple:
             rows, (k, n) = int(fields[0]), map(int, fields[1].split("x"))
             if rows > 0 and k > 0 and n > 0:
                 return "greedy", rows, k, n
-        if kind in ("attn", "attnw") and len(fields) == 3:
-            batch, slots, live = map(int, fields)
-            if batch > 0 and 0 < live <= slots:
-                return kind, batch, slots, live
+        if kind in ("attn", "attnw") and len(fields) in (3, 4):
+            batch, slots, live = map(int, fields[:3])
+            heads = (tuple(map(int, fields[3].split("x"))) if len(fields) == 4
+                     else ATTENTION_HEADS)
+            if (batch > 0 and 0 < live <= slots and len(heads) == 3 and min(heads) > 0
+                    and heads[2] % 16 == 0):
+                return kind, batch, slots, live, heads
     except ValueError:
         pass
-    fail(f"--cases {case!r}: expected mm:ROWS:KxN[+KxN...] (one K), attn:BATCH:SLOTS:LIVE, "
-         "attnw:BATCH:SLOTS:LIVE or greedy:ROWS:KxN")
+    fail(f"--cases {case!r}: expected mm:ROWS:KxN[+KxN...] (one K), "
+         "attn:BATCH:SLOTS:LIVE[:KVxGxD], attnw:BATCH:SLOTS:LIVE[:KVxGxD] (D a multiple of 16) "
+         "or greedy:ROWS:KxN")
 
 
 def main() -> None:
@@ -270,7 +286,13 @@ def main() -> None:
     p.add_argument("--b", default=str(REPO / KERNELS))
     p.add_argument("--cases", default=DEFAULT_CASES)
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--warm", action="store_true",
+                   help=f"{WARM_COPIES} copies of each case's operands (cached, as a small "
+                        "model's decode loop finds its KV cache) instead of > 128 MB of them")
     args = p.parse_args()
+    global WARM, LOOPS
+    if args.warm:
+        WARM, LOOPS = True, WARM_LOOPS
     if args.rounds < 2:
         fail(f"--rounds {args.rounds}: expected >= 2")
     cases = [(case, parse_case(case)) for case in args.cases.split(",")]

@@ -28,8 +28,8 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(not kernels_available(), reason="no C++ compiler for the CPU kernels")
 def test_two_builds_of_the_same_sources_agree_bit_for_bit():
     done = _bench("--a", str(KERNELS), "--b", str(KERNELS), "--rounds", "2",
-                  "--cases", "mm:3:256x2048+256x512,attn:2:1024:1000,attnw:2:1024:1000,"
-                  "greedy:3:64x5000")
+                  "--cases", "mm:3:256x2048+256x512,attn:2:1024:1000,attnw:2:1024:1000:2x2x32,"
+                  "greedy:3:64x5000", "--warm")
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines()
              if line.startswith(("mm:", "attn:", "attnw:", "greedy:")) and "B / A" in line]
@@ -44,6 +44,9 @@ def test_two_builds_of_the_same_sources_agree_bit_for_bit():
     (["--a", str(KERNELS), "--cases", "mm:0:64x64"], "--cases 'mm:0:64x64': expected"),
     (["--a", str(KERNELS), "--cases", "attn:2:64:65"], "--cases 'attn:2:64:65': expected"),
     (["--a", str(KERNELS), "--cases", "attnw:2:0:0"], "--cases 'attnw:2:0:0': expected"),
+    (["--a", str(KERNELS), "--cases", "attn:2:64:32:2x2x24"],
+     "--cases 'attn:2:64:32:2x2x24': expected"),
+    (["--a", str(KERNELS), "--cases", "attn:2:64:32:2x2"], "--cases 'attn:2:64:32:2x2': expected"),
     (["--a", str(KERNELS), "--cases", "greedy:0:64x64"], "--cases 'greedy:0:64x64': expected"),
     (["--a", str(KERNELS), "--rounds", "1"], "--rounds 1: expected >= 2"),
 ])

@@ -143,22 +143,36 @@ struct RowSlots {
   std::vector<std::pair<int64_t, int64_t>> key_runs;  // runs [j0, j1) of 16-slot vectors
                                                       // holding a live slot: the keys read
 
+  // Branch-free over the slots: it runs once per batch row on the calling thread before the
+  // items are shared out, where a push_back per valid slot took ~9% of a batch-8 call's cycles
+  // (perf; vocab-heavy heads 2 x 2 x 32, 192 of 255 slots live). Against that,
+  // bench_kernel_builds.py --warm, 9 rounds: 0.925 [0.884, 0.938] at batch 8, 0.943 at batch 1.
   void Set(const bool* valid, int64_t slots, int64_t padded) {
-    bool any = false;
-    for (int64_t t = 0; t < slots; ++t) any |= valid[t];
-    state.assign(padded, -1);
-    live.clear();
-    key_runs.clear();
+    state.resize(padded);
+    live.resize(slots);
+    int64_t n = 0;
     for (int64_t t = 0; t < slots; ++t) {
-      state[t] = valid[t] ? 1 : 0;
-      if (valid[t] || !any) {  // none valid: uniform over every slot, as XLA's softmax
-        live.push_back(static_cast<int32_t>(t));
-        const int64_t j = t / kLanes;
-        if (!key_runs.empty() && key_runs.back().second >= j) {
-          key_runs.back().second = j + 1;
-        } else {
-          key_runs.emplace_back(j, j + 1);
-        }
+      const int32_t on = valid[t] ? 1 : 0;
+      state[t] = on;
+      live[n] = static_cast<int32_t>(t);
+      n += on;
+    }
+    std::fill(state.begin() + slots, state.end(), -1);
+    const bool any = n > 0;
+    if (!any) {  // none valid: uniform over every slot, as XLA's softmax
+      for (int64_t t = 0; t < slots; ++t) live[t] = static_cast<int32_t>(t);
+      n = slots;
+    }
+    live.resize(n);
+    key_runs.clear();
+    for (int64_t j = 0; j * kLanes < slots; ++j) {
+      bool hit = !any;
+      for (int64_t t = j * kLanes; t < std::min(slots, (j + 1) * kLanes); ++t) hit |= valid[t];
+      if (!hit) continue;
+      if (!key_runs.empty() && key_runs.back().second == j) {
+        key_runs.back().second = j + 1;
+      } else {
+        key_runs.emplace_back(j, j + 1);
       }
     }
   }
