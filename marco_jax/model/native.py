@@ -8,8 +8,9 @@ compiler and its flags, jaxlib and the host CPU's flags, so a cache shared betwe
 loads code built for another CPU. Once per machine: about 8 s on a 2-core VM (14 s as one
 compiler process for both files).
 Without a compiler, or with MARCO_CPU_KERNELS=0, callers keep XLA's ops (one warning line says
-why when a build fails). Users: `packed_matmul` (decode matmuls, greedy token choice) and
-`attention` (a decode step's attention over the KV cache).
+why when a build fails). Users: `packed_matmul` (decode matmuls, greedy token choice),
+`attention` (a decode step's attention over the KV cache) and `decode_layer` (a decoder layer's
+whole one-token step).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ HANDLERS = {
     "marco_packed_argmax_screened_bf16": "MarcoPackedArgmaxScreenedBf16",
     "marco_decode_attention": "MarcoDecodeAttention",
     "marco_decode_attention_write": "MarcoDecodeAttentionWrite",
+    "marco_decode_layer": "MarcoDecodeLayer",
+    "marco_decode_layer_bf16": "MarcoDecodeLayerBf16",
 }
 _OFF = ("0", "false", "no", "off")
 _COMPILE_FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-DNDEBUG")

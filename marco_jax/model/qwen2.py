@@ -34,6 +34,7 @@ from marco_jax.model.attention import (
     xla_attention,
 )
 from marco_jax.model.config import Qwen2Config
+from marco_jax.model.decode_layer import fused_decode_layer, uses_fused_decode_layer
 from marco_jax.model.kv_cache import HEADS_MAJOR_SLOT_AXES, KVCache, to_heads_major
 from marco_jax.model.matmul import dot_rows_padded, flat_matmul
 from marco_jax.model.packed_matmul import (
@@ -257,12 +258,37 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, cos, sin, segment_ids, cache_kv, cache_segment_ids, start,
                  cache_heads_major=False, cache_fresh=False):
+        if cache_heads_major and not cache_fresh and cache_kv is not None:
+            fused = self.fused_decode_step(x, cos, sin, segment_ids, cache_kv,
+                                           cache_segment_ids, start)
+            if fused is not None:
+                return fused
         attn, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids,
                                          cache_kv, cache_segment_ids, start, cache_heads_major,
                                          cache_fresh)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, new_cache
+
+    def fused_decode_step(self, x, cos, sin, segment_ids, cache_kv, cache_segment_ids, start):
+        """This layer's one-token step over a filled heads-major CPU cache in one kernel call
+        (`marco_jax.model.decode_layer`), or None where that does not apply."""
+        attn, mlp = self.self_attn, self.mlp
+        linears = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj,
+                   mlp.up_proj, mlp.down_proj)
+        k_cache, v_cache = cache_kv
+        if not uses_fused_decode_layer(x, [lin.kernel.value for lin in linears],
+                                       [lin.bias for lin in linears], k_cache, v_cache):
+            return None
+        valid = attention_mask(segment_ids, cache_segment_ids, start + jnp.arange(1),
+                               jnp.arange(v_cache.shape[1]))[:, 0]
+        q, k, v, o, gate, up, down = (lin.kernel.value for lin in linears)
+        out, k_cache, v_cache = fused_decode_layer(
+            x, self.input_layernorm.scale.value, q, k, v, attn.q_proj.bias.value,
+            attn.k_proj.bias.value, attn.v_proj.bias.value, cos, sin, k_cache, v_cache, start,
+            valid, o, self.post_attention_layernorm.scale.value, gate, up, down,
+            self.input_layernorm.eps)
+        return out, (k_cache, v_cache)
 
 
 def _remat(fn: Callable, policy: str, scanned: bool) -> Callable:
