@@ -45,9 +45,11 @@ using marco::Vec16;
 using marco::WriteSlot;
 
 // Below this many multiply-adds a layer (rows x weights) the call runs on the calling thread
-// alone (a helper's start costs more than it saves); the packed matmul's own threshold, 2^17 a
-// call, doubled for a layer's several projections.
-constexpr int64_t kMinParallelFma = 1 << 18;
+// alone (a helper's start costs more than it saves); the packed matmul's threshold per call.
+// tiny-20m at batch 1 (196K a layer) against 2^18, which kept it on one thread
+// (bench_decode_layer.py, 11 rounds): fused / unfused 0.942 and 0.951 (fp32, bf16 weights),
+// where one thread gave 1.017 and 0.979.
+constexpr int64_t kMinParallelFma = 1 << 17;
 // The least weight bytes a worker claims at once: a run of contiguous tiles streams on through
 // the hardware prefetchers, where a worker hopping between tiles others took restarts them.
 // Against ~4 chunks a worker (phases timed by rdtsc, 3 runs each, taking turns): tiny-20m batch
