@@ -141,3 +141,57 @@ def test_greedy_decoding_through_the_fused_step_equals_transformers(tmp_path, mo
                                top_k=None, top_p=None, pad_token_id=0, eos_token_id=None)
         np.testing.assert_array_equal(got[row], want[0, n:].numpy())
     assert len(set(got[0].tolist())) > 3  # the continuation depends on the context
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_generate_fuses_every_layer_and_updates_the_cache_in_place(batch, decode_programs,
+                                                                   monkeypatch):
+    """`generate`'s compiled loop calls the fused kernel once per layer and copies no K or V
+    buffer (the kernel's cache operands are aliased to its outputs)."""
+    import re
+
+    monkeypatch.setenv("MARCO_FUSED_DECODE_LAYER", "1")
+    model = _model("gqa", "float32", seed=2)
+    prompt, new = 5, 7
+    generate(model, np.tile(np.arange(3, 3 + prompt), (batch, 1)), new, eos_ids=())
+    cfg = model.config
+    hlo = decode_programs[0].as_text()
+    assert hlo.count('custom_call_target="marco_decode_layer"') == cfg.num_hidden_layers
+    buffer_elements = batch * cfg.num_key_value_heads * (prompt + new - 1) * cfg.dim_per_head
+    copied = [int(np.prod([int(n) for n in dims.split(",") if n]))
+              for dims in re.findall(r"= f32\[([0-9,]*)\]\{[0-9,]*\} copy\(", hlo)]
+    assert buffer_elements not in copied, (buffer_elements, copied)
+
+
+def _direct_operands(rng, batch: int, slots: int, valid: np.ndarray) -> tuple:
+    """Random operands of `fused_decode_layer` (hidden 64, 4 heads of 16 over 2 kv heads, mlp
+    96), `valid` [batch, slots]."""
+    from marco_jax.model.packed_matmul import pack_kernel
+
+    h, heads, kv, d, f = 64, 4, 2, 16, 96
+    w = lambda *shape: jnp.asarray(rng.standard_normal(shape) * 0.2, jnp.float32)  # noqa: E731
+    angle = rng.standard_normal((batch, 1, d))
+    return (w(batch, 1, h), 1 + w(h), pack_kernel(w(h, heads, d)), pack_kernel(w(h, kv, d)),
+            pack_kernel(w(h, kv, d)), w(heads, d), w(kv, d), w(kv, d),
+            jnp.asarray(np.cos(angle), jnp.float32), jnp.asarray(np.sin(angle), jnp.float32),
+            w(batch * kv, d, slots), w(batch * kv, slots, d), jnp.int32(slots - 1),
+            jnp.asarray(valid), pack_kernel(w(heads, d, h), contract_dims=2), 1 + w(h),
+            pack_kernel(w(h, f)), pack_kernel(w(h, f)), pack_kernel(w(f, h)), 1e-6)
+
+
+def test_a_mask_of_other_rows_is_never_taken_for_this_one():
+    """The kernel keeps each row's live slots from its last call when the mask bytes are the
+    same: a mask with the same bytes but rows of another length must not be taken for it."""
+    from marco_jax.model.decode_layer import fused_decode_layer
+
+    rng = np.random.default_rng(0)
+    pattern = rng.random(64) < 0.5
+    pattern[[15, 31, 47, 63]] = True  # every row of both shapes has its newest slot valid
+    wide = _direct_operands(rng, 2, 32, pattern.reshape(2, 32))
+    narrow = _direct_operands(rng, 4, 16, pattern.reshape(4, 16))
+    other = _direct_operands(rng, 4, 16, np.ones((4, 16), bool))
+    fused_decode_layer(*wide)
+    after_wide = np.asarray(fused_decode_layer(*narrow)[0])
+    fused_decode_layer(*other)
+    after_other = np.asarray(fused_decode_layer(*narrow)[0])
+    np.testing.assert_array_equal(after_wide, after_other)

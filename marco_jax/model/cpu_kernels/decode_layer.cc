@@ -177,9 +177,11 @@ void RunLayer(ffi::ThreadPool& pool, const Layer<W>& L) {
   // only when it changed since this thread's last call (a byte compare, where working it out
   // took ~5 us a layer at batch 8 x 255 slots).
   thread_local std::vector<uint8_t> mask_of_rows;  // bool: PRED's bytes are 0 or 1
+  thread_local int64_t mask_rows = -1;
   const int64_t mask_size = b * d.slots;
-  if (static_cast<int64_t>(mask_of_rows.size()) != mask_size ||
+  if (mask_rows != b || static_cast<int64_t>(mask_of_rows.size()) != mask_size ||
       std::memcmp(mask_of_rows.data(), L.valid, mask_size) != 0) {
+    mask_rows = b;
     if (static_cast<int64_t>(slots_of_rows.size()) < b) slots_of_rows.resize(b);
     for (int64_t r = 0; r < b; ++r) {
       slots_of_rows[r].Set(L.valid + r * d.slots, d.slots, shapes.padded);
