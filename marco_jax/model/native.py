@@ -5,8 +5,8 @@ Build: `g++ -O3 -march=native` (the compiler in $CXX, else g++, c++, clang++) of
 there, one compiler process per file at once, linked into one library in
 `$XDG_CACHE_HOME/marco_jax/cpu_kernels/` (default `~/.cache/...`), keyed by the sources, the
 compiler and its flags, jaxlib and the host CPU's flags, so a cache shared between machines never
-loads code built for another CPU. Once per machine: about 8 s on a 2-core VM (14 s as one
-compiler process for both files).
+loads code built for another CPU. Once per machine: 16-17 s on a 2-core VM (2026-12-08; 7 s
+before the fused decode layer, whose file alone compiles in 10 s).
 Without a compiler, or with MARCO_CPU_KERNELS=0, callers keep XLA's ops (one warning line says
 why when a build fails). Users: `packed_matmul` (decode matmuls, greedy token choice),
 `attention` (a decode step's attention over the KV cache) and `decode_layer` (a decoder layer's
@@ -55,7 +55,7 @@ def kernels_enabled() -> bool:
 
 def kernels_available() -> bool:
     """Whether the kernels can run in this process: enabled, and the library built (or found
-    built) and registered with XLA. The first call on a machine compiles it (~8 s on 2 cores)."""
+    built) and registered with XLA. The first call on a machine compiles it (~16 s on 2 cores)."""
     return kernels_enabled() and load_error() is None
 
 
