@@ -106,7 +106,15 @@ class PhasedWork {
     s.done[phase].store(0, std::memory_order_relaxed);
     s.open.store(phase, std::memory_order_release);
     s.Claim(phase, 0);
-    while (s.done[phase].load(std::memory_order_acquire) < count) Relax();
+    // A helper descheduled in the middle of a chunk (more threads than cores) is waited for by
+    // yielding, after a short spin, not by spinning on its core.
+    for (int idle = 0; s.done[phase].load(std::memory_order_acquire) < count;) {
+      if (++idle < kSpins) {
+        Relax();
+      } else {
+        std::this_thread::yield();
+      }
+    }
   }
 
  private:
