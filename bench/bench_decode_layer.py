@@ -25,7 +25,6 @@ import argparse
 import importlib
 import os
 import sys
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))
@@ -34,11 +33,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_train_vs_torch import SHAPES  # noqa: E402
 from common import (  # noqa: E402
-    alternating,
     host_malloc_line,
     left_padded_prompts,
     parse_list,
     reexec_like_the_clis,
+    times_in_turns,
 )
 from flax import nnx  # noqa: E402
 
@@ -117,14 +116,9 @@ def main() -> None:
                 mask = (np.arange(args.prompt_len)[None]
                         >= args.prompt_len - lengths[:, None]).astype(np.int32)
                 calls = compiled_sides(model, tokens, mask, args.new_tokens)
-                outs, times = {}, {side: [] for side in calls}
-                for side in calls:  # one untimed run each after the compiling one
-                    calls[side]()
-                for round_ in range(args.rounds):
-                    for side in alternating(list(calls), round_):
-                        t0 = time.perf_counter()
-                        outs[side] = calls[side]()
-                        times[side].append(time.perf_counter() - t0)
+                # One untimed run each after the compiling one (its tokens compared below).
+                outs = {side: call() for side, call in calls.items()}
+                times = times_in_turns(calls, args.rounds)
                 f, u = (np.asarray(times[side]) for side in SIDES)
                 ratio, step_us = f / u, (f - u) / args.new_tokens * 1e6
                 q1, mid, q3 = np.percentile(ratio, [25, 50, 75])
